@@ -1,0 +1,81 @@
+"""Rounding modes, named once and used everywhere.
+
+Quantizers differ most in *how* they round, and bit-exact parity hinges on it:
+
+| name              | rule                                   | who uses it                          |
+|-------------------|----------------------------------------|--------------------------------------|
+| round_half_even   | ties to the even integer (IEEE default)| torch.round, numpy.round, ggml's     |
+|                   |                                        | ``nearest_int`` (float magic-number) |
+| round_half_away   | ties away from zero                    | C ``roundf``/``lroundf`` (ggml's     |
+|                   |                                        | legacy quantizers use ``roundf``)    |
+| trunc             | toward zero                            | a C cast ``(int)x``, ``(int8_t)x``   |
+| to_fp16 / to_bf16 | nearest-even into half / bfloat16      | a scale stored as ``ggml_half``,     |
+|                   |                                        | ``GGML_FP32_TO_BF16``                |
+
+All take and return arrays of the caller's namespace (``xp``); ``to_fp16`` returns the
+float32 value of the nearest float16 — the value the decoder will see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._backend import namespace
+
+__all__ = ["round_half_even", "round_half_away", "trunc", "to_fp16", "to_bf16_bits", "bf16_bits_to_f32"]
+
+
+def round_half_even(x: Any) -> Any:
+    """Nearest integer, ties to even: 0.5 -> 0, 1.5 -> 2, -2.5 -> -2 (array-API ``round``)."""
+    xp = namespace(x)
+    return xp.round(x)
+
+
+def round_half_away(x: Any) -> Any:
+    """Nearest integer, ties away from zero, as C's ``roundf``: 0.5 -> 1, -2.5 -> -3.
+
+    sign(x) * floor(|x| + 0.5) would be wrong for 0.49999997 (|x| + 0.5 rounds up to 1.0
+    in float32), so we use trunc(x) and compare the discarded fraction with one half.
+    """
+    xp = namespace(x)
+    t = xp.trunc(x)
+    frac = x - t  # exact in binary floating point, same sign as x
+    step = xp.where(xp.abs(frac) >= 0.5, xp.sign(x), xp.zeros_like(x))
+    return t + step
+
+
+def trunc(x: Any) -> Any:
+    """Toward zero, as a C cast ``(int)x``."""
+    xp = namespace(x)
+    return xp.trunc(x)
+
+
+def to_fp16(x: Any) -> Any:
+    """float32 -> nearest float16 (ties to even) -> back to x's dtype.
+
+    This is ``GGML_FP32_TO_FP16`` (F16C ``vcvtps2ph`` with round-to-nearest-even, and the
+    portable fallback agrees) and torch's ``.half()``. Values beyond 65504 become ±inf.
+    """
+    xp = namespace(x)
+    return xp.astype(xp.astype(x, xp.float16), x.dtype)
+
+
+def to_bf16_bits(x32: Any) -> Any:
+    """float32 NumPy array -> uint16 bfloat16 bit patterns, round to nearest even (NaN kept quiet).
+
+    ggml's ``GGML_FP32_TO_BF16``: u + 0x7fff + ((u >> 16) & 1), then keep the top 16 bits.
+    NumPy-only (it needs a bit-cast).
+    """
+    import numpy as np
+
+    u = np.ascontiguousarray(x32, dtype=np.float32).view(np.uint32)
+    is_nan = (u & 0x7FFFFFFF) > 0x7F800000
+    rounded = ((u.astype(np.uint64) + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(is_nan, ((u >> 16) | 64).astype(np.uint16), rounded)
+
+
+def bf16_bits_to_f32(b: Any) -> Any:
+    """uint16 bfloat16 bit patterns -> float32 (exact). NumPy-only."""
+    import numpy as np
+
+    return (np.asarray(b, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

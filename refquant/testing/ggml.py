@@ -1,0 +1,117 @@
+"""libggml as an oracle, through ctypes (the prebuilt ``libggml-python`` wheel).
+
+``ggml_quantize(x, qtype, imatrix=None)`` returns the bytes ``ggml_quantize_chunk`` writes —
+what llama-quantize puts in a file — and ``ggml_dequantize(raw, qtype)`` what ggml's
+``to_float`` gives back. Rows are independent, so a (rows, n_per_row) float32 array
+maps to (rows, row_bytes) uint8.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import numpy as np
+
+from . import OracleUnavailable
+
+__all__ = ["GGML_TYPES", "ggml_quantize", "ggml_dequantize", "ggml_row_size", "ggml_block_size", "lib"]
+
+# enum ggml_type (ggml.h)
+GGML_TYPES = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q8_1": 9,
+    "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "Q8_K": 15,
+    "IQ4_NL": 20, "IQ4_XS": 23, "BF16": 30,
+}
+
+
+class _TypeTraits(ctypes.Structure):
+    _fields_ = [
+        ("type_name", ctypes.c_char_p),
+        ("blck_size", ctypes.c_int64),
+        ("blck_size_interleave", ctypes.c_int64),
+        ("type_size", ctypes.c_size_t),
+        ("is_quantized", ctypes.c_bool),
+        ("to_float", ctypes.c_void_p),
+        ("from_float_ref", ctypes.c_void_p),
+    ]
+
+
+_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+@functools.lru_cache(maxsize=1)
+def lib() -> ctypes.CDLL:
+    """The loaded ``libggml-base`` shared library (quantize/dequantize live there)."""
+    try:
+        import libggml
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise OracleUnavailable("the libggml oracle needs `pip install libggml-python`") from e
+    libdir = os.path.join(os.path.dirname(libggml.__file__), "lib64")
+    if not os.path.isdir(libdir):
+        libdir = os.path.join(os.path.dirname(libggml.__file__), "lib")
+    handle = ctypes.CDLL(os.path.join(libdir, "libggml-base.so"))
+    handle.ggml_quantize_chunk.restype = ctypes.c_size_t
+    handle.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                           ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    handle.ggml_row_size.restype = ctypes.c_size_t
+    handle.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+    handle.ggml_blck_size.restype = ctypes.c_int64
+    handle.ggml_blck_size.argtypes = [ctypes.c_int]
+    handle.ggml_get_type_traits.restype = ctypes.POINTER(_TypeTraits)
+    handle.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    return handle
+
+
+def _type_id(qtype: str | int) -> int:
+    if isinstance(qtype, int):
+        return qtype
+    name = getattr(qtype, "name", qtype)  # accepts gguf.GGMLQuantizationType too
+    try:
+        return GGML_TYPES[str(name).upper()]
+    except KeyError:
+        raise ValueError(f"qtype: unknown ggml type {qtype!r}; known: {sorted(GGML_TYPES)}") from None
+
+
+def ggml_row_size(qtype: str | int, n_per_row: int) -> int:
+    return int(lib().ggml_row_size(_type_id(qtype), n_per_row))
+
+
+def ggml_block_size(qtype: str | int) -> int:
+    return int(lib().ggml_blck_size(_type_id(qtype)))
+
+
+def ggml_quantize(x: np.ndarray, qtype: str | int, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """x: (..., n_per_row) float -> (..., row_bytes) uint8, exactly as ``ggml_quantize_chunk``."""
+    tid = _type_id(qtype)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_per_row = x.shape[-1]
+    rows = x.reshape(-1, n_per_row)
+    row_bytes = ggml_row_size(tid, n_per_row)
+    out = np.zeros((rows.shape[0], row_bytes), dtype=np.uint8)
+    imat_ptr = None
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if imatrix.shape != (n_per_row,):
+            raise ValueError(f"imatrix: expected shape ({n_per_row},), got {imatrix.shape}")
+        imat_ptr = imatrix.ctypes.data
+    written = lib().ggml_quantize_chunk(tid, rows.ctypes.data, out.ctypes.data, 0, rows.shape[0], n_per_row, imat_ptr)
+    assert written == out.nbytes, (written, out.nbytes)
+    return out.reshape(*x.shape[:-1], row_bytes)
+
+
+def ggml_dequantize(raw: np.ndarray, qtype: str | int, n_per_row: int | None = None) -> np.ndarray:
+    """raw: (..., row_bytes) uint8 -> (..., n_per_row) float32 through ggml's ``to_float``."""
+    tid = _type_id(qtype)
+    traits = lib().ggml_get_type_traits(tid).contents
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    if n_per_row is None:
+        n_per_row = raw.shape[-1] // traits.type_size * traits.blck_size
+    total = raw.size // ggml_row_size(tid, n_per_row) * n_per_row
+    out = np.empty(total, dtype=np.float32)
+    if tid == GGML_TYPES["F32"]:
+        out[:] = raw.view(np.float32).ravel()
+    else:
+        _TO_FLOAT(traits.to_float)(raw.ctypes.data, out.ctypes.data, total)
+    return out.reshape(*raw.shape[:-1], n_per_row)
