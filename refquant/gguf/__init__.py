@@ -1,0 +1,1 @@
+"""llama.cpp's GGUF block formats (codecs land here); see refquant.gguf.types for the type table."""

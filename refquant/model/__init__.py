@@ -1,0 +1,1 @@
+"""A NumPy Llama runtime for GGUF models."""
