@@ -1,0 +1,572 @@
+"""refquant report — quantize one model with every method and measure what each keeps.
+
+    refquant report                                   # SmolLM2-135M, every method (a few minutes)
+    refquant report --quick                           # about a minute on 2 CPU cores
+    refquant report --methods baseline,INT8,Q4_K_M,NF4 --out results/
+    refquant report --model other-llama.gguf --backend torch
+
+Every method starts from the same baseline — the model file's weights decoded to
+float32 — and hands back the dequantized weights Ŵ it would store, which the same
+forward pass then evaluates. The columns:
+
+    bpw      bits per weight of the tensors the method quantizes, scales and zero-points
+             included: 8 · (bytes stored) / (weights)
+    MB       the whole model in memory: quantized tensors at their stored size, tensors the
+             method leaves alone at float16 (matrices) or float32 (norm vectors), 1 MB = 10⁶ B
+    rel.err  ‖W − Ŵ‖_F / ‖W‖_F summed over every tensor the method changed
+    ppl      perplexity exp(−mean log p(token | context)) on the evaluation text
+    Δppl     ppl − baseline ppl
+    time     seconds to quantize (calibration included for GPTQ and AWQ)
+
+Outputs: the table on the terminal, and report.md, report.csv and report.png (perplexity
+against bits per weight, the Pareto front drawn) in --out (default ./refquant-report).
+
+A method is a plain function ``fn(model, ctx) -> Quantized(weights, nbytes)`` in the
+``METHODS`` dict; its docstring's first line describes it in the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import io
+import math
+import os
+import platform
+import re
+import sys
+import time
+from typing import Any, Callable, Iterable, NamedTuple
+
+import numpy as np
+
+from ._backend import from_numpy, namespace, to_numpy
+from .cli import UserError
+
+__all__ = [
+    "METHODS", "QUICK_METHODS", "DEFAULT_METHODS", "Quantized", "Context", "Row",
+    "measure", "run_methods", "pareto_front", "to_markdown", "to_csv", "plot",
+    "block_linear_names", "add_arguments", "run",
+]
+
+# The linear layers of a Llama block, by GGUF name: the tensors GPTQ, AWQ, bitsandbytes
+# and the uniform methods quantize (embeddings and norms stay in float16 / float32).
+LINEAR_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
+
+BYTES_KEPT_MATRIX = 2  # a tensor a method leaves alone is stored as float16 ...
+BYTES_KEPT_VECTOR = 4  # ... or, for a 1-D norm weight, float32 (as llama.cpp keeps norms)
+
+
+class Quantized(NamedTuple):
+    """What a method returns: the dequantized weights it changed and their stored size.
+
+    weights: GGUF name -> float32 Ŵ, same shape and namespace as the model's W
+    nbytes:  bytes those tensors take in the method's format (codes + scales + zero-points)
+    """
+
+    weights: dict[str, Any]
+    nbytes: int
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a method may need besides the model.
+
+    calib_tokens: token ids for methods that calibrate on activations (GPTQ, AWQ)
+    progress:     progress(iterable, desc, total=None) -> iterable, a progress bar or a no-op
+    """
+
+    calib_tokens: Any = None
+    progress: Callable[..., Iterable] = lambda it, desc="", total=None: it
+    quick: bool = False
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the report. ``status`` is 'ok', 'unavailable' or 'failed: <why>'."""
+
+    method: str
+    description: str
+    bits_per_weight: float = math.nan
+    memory_mb: float = math.nan
+    rel_error: float = math.nan
+    perplexity: float = math.nan
+    delta_perplexity: float = math.nan
+    seconds: float = math.nan
+    status: str = "ok"
+
+
+# ---------------------------------------------------------------------------------------
+# helpers the methods share
+# ---------------------------------------------------------------------------------------
+
+def block_linear_names(weights: dict[str, Any]) -> list[str]:
+    """The 2-D linear weights of every block, in block order: blk.{i}.{attn_q,...}.weight."""
+    names = [n for n in weights if _BLOCK_RE.match(n) and n.split(".")[2] in LINEAR_KINDS
+             and n.endswith(".weight") and getattr(weights[n], "ndim", 0) == 2]
+    return sorted(names, key=lambda n: (int(_BLOCK_RE.match(n).group(1)), LINEAR_KINDS.index(n.split(".")[2])))
+
+
+def _numel(x: Any) -> int:
+    return int(math.prod(int(n) for n in x.shape))
+
+
+def _by_block(names: list[str]) -> list[list[str]]:
+    """Group tensor names by their block index (tensors outside blocks form one group)."""
+    groups: dict[Any, list[str]] = {}
+    for n in names:
+        m = _BLOCK_RE.match(n)
+        groups.setdefault(int(m.group(1)) if m else -1, []).append(n)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _per_tensor(model: Any, ctx: Context, names: list[str], desc: str,
+                quantize_one: Callable[[str, Any], tuple[Any, int]]) -> Quantized:
+    """Apply ``quantize_one(name, W) -> (Ŵ, nbytes)`` to each tensor, block by block."""
+    out: dict[str, Any] = {}
+    nbytes = 0
+    for group in ctx.progress(_by_block(names), desc=desc):
+        for name in group:
+            w_hat, nb = quantize_one(name, model.weights[name])
+            out[name] = w_hat
+            nbytes += int(nb)
+    return Quantized(out, nbytes)
+
+
+# ---------------------------------------------------------------------------------------
+# the methods: each a few lines over its family's public API
+# ---------------------------------------------------------------------------------------
+
+def _baseline(model: Any, ctx: Context) -> Quantized:
+    """the file's weights decoded to float32 (the reference every row is compared with)"""
+    weights = dict(model.weights)
+    return Quantized(weights, 4 * sum(_numel(w) for w in weights.values()))
+
+
+def _uniform(bits: int, group_size: int | None) -> Callable[[Any, Context], Quantized]:
+    def method(model: Any, ctx: Context) -> Quantized:
+        from . import uniform
+
+        def one(name, W):
+            if group_size is None:
+                q = uniform.quantize(W, bits=bits, granularity="channel", symmetric=True)
+            else:
+                q = uniform.quantize(W, bits=bits, group_size=group_size, symmetric=False)
+            return uniform.dequantize(q), q.nbytes
+
+        return _per_tensor(model, ctx, block_linear_names(model.weights), f"INT{bits}", one)
+
+    if group_size is None:
+        method.__doc__ = f"round-to-nearest INT{bits}, symmetric, one float16 scale per output channel"
+    else:
+        method.__doc__ = f"round-to-nearest INT{bits}, asymmetric, float16 scale and zero-point per group of {group_size}"
+    return method
+
+
+def _nf4(double_quant: bool) -> Callable[[Any, Context], Quantized]:
+    def method(model: Any, ctx: Context) -> Quantized:
+        from . import nf4
+
+        def one(name, W):
+            packed, state = nf4.quantize_4bit(W, blocksize=64, quant_type="nf4", double_quant=double_quant)
+            return nf4.dequantize_4bit(packed, state), nf4.stored_bytes(packed, state)
+
+        return _per_tensor(model, ctx, block_linear_names(model.weights), "NF4-DQ" if double_quant else "NF4", one)
+
+    method.__doc__ = ("bitsandbytes NF4, blocks of 64, absmax scales "
+                      + ("8-bit double-quantized (blocks of 256)" if double_quant else "in float32"))
+    return method
+
+
+def _gptq(model: Any, ctx: Context) -> Quantized:
+    """GPTQ 4-bit, groups of 128, Hessians from the calibration text, block by block"""
+    from . import gptq
+
+    weights = gptq.gptq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, act_order=False,
+                                       progress=ctx.progress)
+    return Quantized(weights, _group_bytes(weights, bits=4, group_size=128))
+
+
+def _awq(model: Any, ctx: Context) -> Quantized:
+    """AWQ 4-bit, groups of 128, activation-aware scales searched on the calibration text"""
+    from . import awq
+
+    weights = awq.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, progress=ctx.progress)
+    return Quantized(weights, _group_bytes(weights, bits=4, group_size=128))
+
+
+def _group_bytes(weights: dict[str, Any], bits: int, group_size: int) -> int:
+    """Stored size of asymmetric group quantization: b-bit codes + a float16 scale and zero-point per group."""
+    from . import uniform
+
+    return sum(int(uniform.stored_bytes(tuple(int(n) for n in W.shape), bits=bits, group_size=group_size))
+               for W in weights.values())
+
+
+def _gguf(ftype: str) -> Callable[[Any, Context], Quantized]:
+    def method(model: Any, ctx: Context) -> Quantized:
+        from . import gguf
+        from .gguf import recipes
+
+        types = recipes.tensor_types(model, ftype)  # name -> ggml type name, as llama-quantize assigns
+        changed = [n for n, t in types.items() if t != "F32"]
+
+        def one(name, W):
+            w_np = np.ascontiguousarray(to_numpy(W), dtype=np.float32)
+            raw = gguf.quantize(w_np, types[name])
+            return from_numpy(np.asarray(gguf.dequantize(raw, types[name]), dtype=np.float32).reshape(w_np.shape), like=W), raw.nbytes
+
+        return _per_tensor(model, ctx, changed, ftype, one)
+
+    method.__doc__ = f"llama.cpp {ftype}: every tensor's type as llama-quantize assigns it for {ftype}"
+    return method
+
+
+METHODS: dict[str, Callable[[Any, Context], Quantized]] = {
+    "baseline": _baseline,
+    "INT8": _uniform(8, None),
+    "INT4-G128": _uniform(4, 128),
+    "GPTQ-4-G128": _gptq,
+    "AWQ-4-G128": _awq,
+    "NF4": _nf4(False),
+    "NF4-DQ": _nf4(True),
+    "Q8_0": _gguf("Q8_0"),
+    "Q6_K": _gguf("Q6_K"),
+    "Q5_K_M": _gguf("Q5_K_M"),
+    "Q4_K_M": _gguf("Q4_K_M"),
+    "Q4_0": _gguf("Q4_0"),
+    "Q3_K_M": _gguf("Q3_K_M"),
+    "Q2_K": _gguf("Q2_K"),
+}
+DEFAULT_METHODS = tuple(METHODS)
+QUICK_METHODS = ("baseline", "INT8", "INT4-G128", "NF4", "Q8_0", "Q4_K_M", "Q2_K")
+
+
+def describe(method: Callable) -> str:
+    return (method.__doc__ or "").strip().splitlines()[0] if method.__doc__ else ""
+
+
+# ---------------------------------------------------------------------------------------
+# measuring
+# ---------------------------------------------------------------------------------------
+
+def relative_error(weights: dict[str, Any], changed: dict[str, Any]) -> float:
+    """‖W − Ŵ‖_F / ‖W‖_F over every changed tensor together (sums of squares in float64)."""
+    num = den = 0.0
+    for name, w_hat in changed.items():
+        W = weights[name]
+        xp = namespace(W)
+        W64 = xp.astype(W, xp.float64)
+        diff = W64 - xp.astype(w_hat, xp.float64)
+        num += float(xp.sum(diff * diff))
+        den += float(xp.sum(W64 * W64))
+    return math.sqrt(num / den) if den > 0 else 0.0
+
+
+def model_bytes(weights: dict[str, Any], q: Quantized) -> int:
+    """Whole-model bytes: the method's tensors as stored, the rest at float16 / float32."""
+    kept = sum(_numel(W) * (BYTES_KEPT_VECTOR if W.ndim == 1 else BYTES_KEPT_MATRIX)
+               for name, W in weights.items() if name not in q.weights)
+    return int(q.nbytes) + kept
+
+
+def measure(name: str, method: Callable, model: Any, ctx: Context, evaluate: Callable[[Any], float],
+            baseline_ppl: float | None) -> Row:
+    """Run one method and evaluate its weights: a filled Row (or one saying why not)."""
+    row = Row(name, describe(method))
+    t0 = time.perf_counter()
+    try:
+        q = method(model, ctx)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("refquant"):
+            row.status = "unavailable"
+            return row
+        raise
+    row.seconds = time.perf_counter() - t0
+    n_weights = sum(_numel(model.weights[n]) for n in q.weights)
+    row.bits_per_weight = 8.0 * q.nbytes / n_weights if n_weights else math.nan
+    row.memory_mb = model_bytes(model.weights, q) / 1e6
+    row.rel_error = relative_error(model.weights, q.weights)
+    row.perplexity = float(evaluate(model.with_weights(q.weights)))
+    if baseline_ppl is not None:
+        row.delta_perplexity = row.perplexity - baseline_ppl
+    return row
+
+
+def run_methods(names: Iterable[str], model: Any, ctx: Context, evaluate: Callable[[Any], float],
+                methods: dict[str, Callable] | None = None, keep_going: bool = True) -> list[Row]:
+    """Measure every named method; the baseline is measured first (Δppl needs it) and always.
+
+    keep_going: a method that raises is reported as 'failed: ...' instead of stopping the run.
+    """
+    methods = METHODS if methods is None else methods
+    names = list(dict.fromkeys(["baseline", *names]))
+    rows: list[Row] = []
+    baseline_ppl = None
+    for name in ctx.progress(names, desc="methods"):
+        try:
+            row = measure(name, methods[name], model, ctx, evaluate, baseline_ppl)
+        except Exception as e:  # noqa: BLE001 - one broken method must not lose the others' rows
+            if not keep_going or name == "baseline":
+                raise
+            row = Row(name, describe(methods[name]), status=f"failed: {type(e).__name__}: {e}")
+        if name == "baseline":
+            baseline_ppl = row.perplexity
+            row.delta_perplexity = 0.0
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------------------
+
+COLUMNS = ("method", "bpw", "MB", "rel.err", "ppl", "Δppl", "time (s)")
+
+
+def _cells(r: Row) -> list[str]:
+    if r.status != "ok":
+        return [r.method, "—", "—", "—", "—", "—", r.status]
+    return [r.method, f"{r.bits_per_weight:.2f}", f"{r.memory_mb:.1f}", f"{r.rel_error:.4f}",
+            f"{r.perplexity:.3f}", f"{r.delta_perplexity:+.3f}", f"{r.seconds:.1f}"]
+
+
+def pareto_front(rows: list[Row]) -> list[Row]:
+    """The rows no other row beats on both axes (fewer bits and lower perplexity), by bits."""
+    ok = sorted((r for r in rows if r.status == "ok" and math.isfinite(r.perplexity)),
+                key=lambda r: (r.bits_per_weight, r.perplexity))
+    front: list[Row] = []
+    for r in ok:
+        if not front or r.perplexity < front[-1].perplexity:
+            front.append(r)
+    return front
+
+
+def to_markdown(rows: list[Row], protocol: dict[str, str]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    lines += ["", footer(protocol), "", "Methods:", ""]
+    lines += [f"- **{r.method}**: {r.description}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[Row]) -> str:
+    buf = io.StringIO()
+    fields = [f.name for f in dataclasses.fields(Row)]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in dataclasses.asdict(r).items()})
+    return buf.getvalue()
+
+
+def footer(protocol: dict[str, str]) -> str:
+    return "Protocol: " + "; ".join(f"{k} {v}" for k, v in protocol.items()) + "."
+
+
+def plot(rows: list[Row], path: str, title: str = "") -> None:
+    """Perplexity against bits per weight, one labelled point per method, the Pareto front drawn."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    ok = [r for r in rows if r.status == "ok" and math.isfinite(r.perplexity)]
+    front = pareto_front(ok)
+    fig = Figure(figsize=(8, 5), dpi=120)
+    ax = fig.add_subplot()
+    ax.plot([r.bits_per_weight for r in front], [r.perplexity for r in front], "-", color="tab:orange",
+            lw=2, alpha=0.6, zorder=1, label="Pareto front")
+    for r in ok:
+        on_front = r in front
+        ax.scatter(r.bits_per_weight, r.perplexity, s=36, zorder=2,
+                   color="tab:orange" if on_front else "tab:blue")
+        ax.annotate(r.method, (r.bits_per_weight, r.perplexity), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    base = next((r for r in ok if r.method == "baseline"), None)
+    if base is not None:
+        ax.axhline(base.perplexity, color="gray", ls="--", lw=1, label=f"baseline ppl {base.perplexity:.2f}")
+    ax.set_xscale("log", base=2)
+    ticks = [2, 3, 4, 5, 6, 8, 16, 32]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("bits per weight (scales and zero-points included)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title(title or "perplexity against bits per weight")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def print_table(rows: list[Row], protocol: dict[str, str], file=None) -> None:
+    """The table on the terminal: rich when available and writing to a terminal, else Markdown."""
+    file = sys.stdout if file is None else file
+    try:
+        if not file.isatty():
+            raise ImportError
+        from rich.console import Console
+        from rich.table import Table
+    except (ImportError, AttributeError, ValueError):
+        file.write(to_markdown(rows, protocol))
+        return
+    table = Table(*COLUMNS, caption=footer(protocol), caption_justify="left")
+    for c in table.columns[1:]:
+        c.justify = "right"
+    for r in rows:
+        table.add_row(*_cells(r))
+    Console(file=file).print(table)
+    for r in rows:
+        Console(file=file).print(f"[bold]{r.method}[/bold]: {r.description}", highlight=False)
+
+
+def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> dict[str, str]:
+    """report.md, report.csv, report.png in ``out_dir`` (written to a temporary name, then renamed)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {ext: os.path.join(out_dir, f"report.{ext}") for ext in ("md", "csv", "png")}
+    for ext, text in (("md", to_markdown(rows, protocol)), ("csv", to_csv(rows))):
+        tmp = paths[ext] + ".part"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, paths[ext])
+    tmp = paths["png"] + ".part.png"
+    plot(rows, tmp, title=protocol.get("model", ""))
+    os.replace(tmp, paths["png"])
+    return paths
+
+
+# ---------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------
+
+# (evaluation tokens, window, calibration tokens): --quick, and the default
+PROTOCOLS = {"quick": (1024, 256, 256), "default": (4096, 512, 1024)}
+BACKENDS = ("numpy", "torch", "cupy")
+
+
+def add_arguments(parser) -> None:
+    parser.epilog = ("example:\n  refquant report --quick\n"
+                     "  refquant report --methods INT8,GPTQ-4-G128,Q4_K_M --out results/\n"
+                     f"methods: {', '.join(METHODS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"about a minute on 2 cores: fewer tokens and the methods {','.join(QUICK_METHODS)}")
+    parser.add_argument("--methods", metavar="LIST",
+                        help="comma-separated methods to run (default: all; 'baseline' always runs)")
+    parser.add_argument("--model", metavar="PATH.gguf",
+                        help="a Llama-architecture GGUF file (default: SmolLM2-135M-Instruct, installed with refquant)")
+    parser.add_argument("--backend", choices=BACKENDS, default="numpy",
+                        help="array library for the forward pass and the quantizers (default: numpy)")
+    parser.add_argument("--out", metavar="DIR", default="refquant-report",
+                        help="folder for report.md, report.csv and report.png (default: ./refquant-report)")
+    parser.add_argument("--tokens", type=int, metavar="N", help="evaluation tokens (default 4096; 1024 with --quick)")
+    parser.add_argument("--window", type=int, metavar="N", help="perplexity window in tokens (default 512; 256 with --quick)")
+    parser.add_argument("--calib-tokens", type=int, metavar="N",
+                        help="calibration tokens for GPTQ/AWQ (default 1024; 256 with --quick)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
+
+
+def parse_methods(spec: str | None, quick: bool) -> list[str]:
+    if not spec:
+        return list(QUICK_METHODS if quick else DEFAULT_METHODS)
+    lookup = {m.lower(): m for m in METHODS}
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in names if s.lower() not in lookup]
+    if unknown or not names:
+        raise UserError(f"--methods: unknown method {', '.join(unknown) or repr(spec)}; known: {', '.join(METHODS)}")
+    return [lookup[s.lower()] for s in names]
+
+
+def backend_namespace(name: str):
+    """The array-API namespace for --backend (UserError when the library is missing)."""
+    try:
+        if name == "numpy":
+            import array_api_compat.numpy as xp
+        elif name == "torch":
+            import array_api_compat.torch as xp
+        elif name == "cupy":
+            import array_api_compat.cupy as xp
+        else:
+            raise UserError(f"--backend: expected one of {', '.join(BACKENDS)}, got {name!r}")
+    except ImportError:
+        raise UserError(f"--backend {name}: the {name} package is not installed") from None
+    return xp
+
+
+def _progress_factory(enabled: bool) -> Callable[..., Iterable]:
+    if not enabled:
+        return lambda it, desc="", total=None: it
+    from tqdm.auto import tqdm
+
+    depth = [0]
+
+    def progress(it, desc="", total=None):
+        depth[0] += 1
+        try:
+            yield from tqdm(it, desc=desc, total=total, leave=depth[0] == 1, position=depth[0] - 1,
+                            file=sys.stderr, dynamic_ncols=True)
+        finally:
+            depth[0] -= 1
+
+    return progress
+
+
+def _positive(value: int | None, default: int, name: str) -> int:
+    if value is None:
+        return default
+    if value <= 0:
+        raise UserError(f"{name}: expected a positive number of tokens, got {value}")
+    return value
+
+
+def run(args) -> int:
+    methods = parse_methods(args.methods, args.quick)
+    n_eval, window, n_calib = PROTOCOLS["quick" if args.quick else "default"]
+    n_eval = _positive(args.tokens, n_eval, "--tokens")
+    window = _positive(args.window, window, "--window")
+    n_calib = _positive(args.calib_tokens, n_calib, "--calib-tokens")
+    if args.model is not None and not os.path.isfile(args.model):
+        raise UserError(f"--model: no such file {args.model!r}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out: {args.out!r} exists and is not a folder")
+    xp = backend_namespace(args.backend)
+
+    from . import model as model_mod
+    from .model import data
+
+    try:
+        model = model_mod.load_model(args.model, xp=xp)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    except ValueError as e:  # not a GGUF file, or not a Llama-architecture one
+        raise UserError(f"--model: {e}") from None
+
+    eval_tokens = list(model.tokenize(data.evaluation_text()))[:n_eval]
+    calib_tokens = list(model.tokenize(data.calibration_text()))[:n_calib]
+    if len(eval_tokens) < 2:
+        raise UserError("--tokens: the evaluation text gave fewer than 2 tokens")
+    window = min(window, len(eval_tokens))
+    progress = _progress_factory(not args.no_progress)
+    ctx = Context(calib_tokens=calib_tokens, progress=progress, quick=args.quick)
+
+    def evaluate(m):
+        return model_mod.perplexity(m, eval_tokens, window=window)
+
+    rows = run_methods(methods, model, ctx, evaluate)
+    protocol = {
+        "model": os.path.basename(args.model or _default_model_path()),
+        "baseline": "the file's weights decoded to float32",
+        "evaluation": f"{len(eval_tokens)} tokens of the evaluation split (Python's pydoc topics), "
+                      f"non-overlapping windows of {window}",
+        "calibration": f"{len(calib_tokens)} tokens of the calibration split (GPTQ, AWQ)",
+        "backend": args.backend,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.date.today().isoformat(),
+    }
+    print_table(rows, protocol)
+    paths = write_outputs(rows, protocol, args.out)
+    print(f"wrote {', '.join(paths.values())}")
+    failed = [r for r in rows if r.status.startswith("failed")]
+    return 1 if failed else 0
+
+
+def _default_model_path() -> str:
+    from ._data import smollm2_path
+
+    return smollm2_path()

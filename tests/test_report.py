@@ -1,0 +1,214 @@
+"""refquant.report's framework: measuring, the registry, the Pareto front, the outputs.
+
+Fake methods on a tiny synthetic model keep these fast and independent of the families;
+tests/test_cli.py runs the real methods end to end on the first blocks of SmolLM2.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from refquant import report
+from refquant.report import Context, Quantized, Row
+
+
+class TinyModel:
+    """The part of refquant.model's interface the report uses: .weights and .with_weights."""
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def with_weights(self, changed):
+        return TinyModel({**self.weights, **changed})
+
+
+def tiny_model(rng, xp=np, blocks=2, d=64, ff=128):
+    w = {"token_embd.weight": rng.standard_normal((96, d)), "output_norm.weight": np.ones(d)}
+    for i in range(blocks):
+        w[f"blk.{i}.attn_norm.weight"] = np.ones(d)
+        for kind, shape in (("attn_q", (d, d)), ("attn_k", (d // 2, d)), ("attn_v", (d // 2, d)),
+                            ("attn_output", (d, d)), ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)),
+                            ("ffn_down", (d, ff))):
+            w[f"blk.{i}.{kind}.weight"] = rng.standard_normal(shape) * 0.05
+    return TinyModel({k: xp.asarray(v.astype(np.float32)) for k, v in w.items()})
+
+
+def fake_perplexity(base):
+    """A stand-in for perplexity: 10 at the baseline, growing with the squared weight error."""
+    def evaluate(m):
+        err = sum(float(np.sum((np.asarray(m.weights[k], dtype=np.float64) - np.asarray(base.weights[k])) ** 2))
+                  for k in base.weights)
+        return 10.0 + 100.0 * err
+    return evaluate
+
+
+def rtn(step, bits):
+    """A fake method: round every linear weight to a grid of ``step``, stored at ``bits`` bits."""
+    def method(model, ctx):
+        names = report.block_linear_names(model.weights)
+        w = {n: np.round(model.weights[n] / step) * step for n in names}
+        return Quantized(w, sum(v.size for v in w.values()) * bits // 8)
+    method.__doc__ = f"round to multiples of {step}"
+    return method
+
+
+def missing_module(model, ctx):
+    """a method whose family is not installed"""
+    import refquant.no_such_family  # noqa: F401
+
+
+def broken(model, ctx):
+    """a method that fails"""
+    raise RuntimeError("boom")
+
+
+FAKES = {"baseline": report.METHODS["baseline"], "fine": rtn(0.01, 8), "coarse": rtn(0.05, 4),
+         "missing": missing_module, "broken": broken}
+
+
+def test_run_methods_fills_every_column(rng):
+    model = tiny_model(rng)
+    rows = report.run_methods(["fine", "coarse"], model, Context(), fake_perplexity(model), methods=FAKES)
+    assert [r.method for r in rows] == ["baseline", "fine", "coarse"]  # baseline always first
+    base, fine, coarse = rows
+    assert base.bits_per_weight == 32 and base.rel_error == 0 and base.delta_perplexity == 0
+    assert fine.bits_per_weight == 8 and coarse.bits_per_weight == 4
+    assert 0 < fine.rel_error < coarse.rel_error < 1
+    assert base.perplexity == 10 < fine.perplexity < coarse.perplexity
+    assert coarse.delta_perplexity == pytest.approx(coarse.perplexity - 10)
+    assert all(r.status == "ok" and r.seconds >= 0 and r.description for r in rows)
+
+
+def test_model_bytes_hand_worked(rng):
+    model = tiny_model(rng, blocks=1, d=64, ff=128)
+    rows = report.run_methods(["coarse"], model, Context(), fake_perplexity(model), methods=FAKES)
+    # linears: q 64·64 + k,v 2·32·64 + o 64·64 + gate,up 2·128·64 + down 64·128 = 45056 weights at 4 bits
+    linear = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64
+    # kept: token_embd 96·64 as float16, three norms of 64 as float32
+    kept = 96 * 64 * 2 + 2 * 64 * 4
+    assert rows[1].memory_mb == pytest.approx((linear // 2 + kept) / 1e6)
+    assert rows[0].memory_mb == pytest.approx((linear + 96 * 64 + 2 * 64) * 4 / 1e6)
+
+
+def test_unavailable_and_failed_methods_are_rows_not_crashes(rng):
+    model = tiny_model(rng)
+    rows = report.run_methods(["missing", "broken", "fine"], model, Context(), fake_perplexity(model), methods=FAKES)
+    status = {r.method: r.status for r in rows}
+    assert status["missing"] == "unavailable"
+    assert status["broken"].startswith("failed: RuntimeError: boom")
+    assert status["fine"] == "ok"
+    with pytest.raises(RuntimeError, match="boom"):
+        report.run_methods(["broken"], model, Context(), fake_perplexity(model), methods=FAKES, keep_going=False)
+
+
+def test_relative_error_hand_worked():
+    W = {"a": np.array([[3.0, 4.0]], np.float32), "b": np.array([[0.0, 0.0]], np.float32)}
+    # ‖W − Ŵ‖² = 1 (a) + 4 (b) = 5, ‖W‖² = 25  ->  sqrt(5/25)
+    assert report.relative_error(W, {"a": np.array([[3.0, 5.0]]), "b": np.array([[2.0, 0.0]])}) == pytest.approx(math.sqrt(0.2))
+    assert report.relative_error(W, {}) == 0.0
+
+
+def test_relative_error_backend_parity(xp, rng):
+    model = tiny_model(rng)
+    changed = rtn(0.05, 4)(model, Context()).weights
+    expected = report.relative_error(model.weights, changed)
+    on_xp = {k: xp.asarray(np.asarray(v)) for k, v in model.weights.items()}
+    got = report.relative_error(on_xp, {k: xp.asarray(np.asarray(v)) for k, v in changed.items()})
+    assert got == pytest.approx(expected, rel=1e-12)  # float64 sums; only the summation order may differ
+
+
+def test_block_linear_names_in_block_order(rng):
+    names = report.block_linear_names(tiny_model(rng, blocks=12).weights)
+    assert len(names) == 12 * 7
+    assert names[:2] == ["blk.0.attn_q.weight", "blk.0.attn_k.weight"]
+    assert names[-1] == "blk.11.ffn_down.weight"  # numeric, not lexical, block order
+    assert not any("norm" in n or "embd" in n for n in names)
+
+
+points = st.lists(st.tuples(st.sampled_from([2.0, 3.0, 4.0, 4.5, 5.5, 8.0, 8.5, 32.0]),
+                            st.floats(1, 100, allow_nan=False)), min_size=1, max_size=12)
+
+
+@given(points)
+def test_pareto_front_is_exactly_the_undominated_rows(pts):
+    rows = [Row(f"m{i}", "", bits_per_weight=b, perplexity=p) for i, (b, p) in enumerate(pts)]
+    front = report.pareto_front(rows)
+
+    def dominated(r):
+        return any(o.bits_per_weight <= r.bits_per_weight and o.perplexity <= r.perplexity
+                   and (o.bits_per_weight, o.perplexity) != (r.bits_per_weight, r.perplexity) for o in rows)
+
+    assert all(not dominated(r) for r in front)
+    # every undominated point is on the front (up to exact duplicates, of which one is kept)
+    assert {(r.bits_per_weight, r.perplexity) for r in rows if not dominated(r)} == \
+           {(r.bits_per_weight, r.perplexity) for r in front}
+    assert [r.bits_per_weight for r in front] == sorted(r.bits_per_weight for r in front)
+    assert all(a.perplexity > b.perplexity for a, b in zip(front, front[1:]))
+
+
+def test_pareto_front_skips_rows_without_numbers():
+    rows = [Row("a", "", 4.0, perplexity=10.0), Row("b", "", status="unavailable"), Row("c", "", 2.0, perplexity=math.nan)]
+    assert [r.method for r in report.pareto_front(rows)] == ["a"]
+
+
+def _rows(rng):
+    model = tiny_model(rng)
+    return report.run_methods(["fine", "coarse", "missing"], model, Context(), fake_perplexity(model), methods=FAKES)
+
+
+PROTOCOL = {"model": "tiny", "evaluation": "100 tokens", "window": "32"}
+
+
+def test_markdown_and_csv_hold_every_row(rng):
+    rows = _rows(rng)
+    md = report.to_markdown(rows, PROTOCOL)
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(rows)  # header + one line per method
+    assert all(f"| {r.method} |" in md for r in rows)
+    assert "Protocol: model tiny; evaluation 100 tokens; window 32." in md
+    assert "| missing | — |" in md and "unavailable" in md
+    parsed = list(csv.DictReader(io.StringIO(report.to_csv(rows))))
+    assert [p["method"] for p in parsed] == [r.method for r in rows]
+    for p, r in zip(parsed, rows):
+        if r.status == "ok":
+            assert float(p["perplexity"]) == pytest.approx(r.perplexity, rel=1e-5)
+            assert float(p["bits_per_weight"]) == r.bits_per_weight
+        else:
+            assert p["perplexity"] == "nan" and p["status"] == r.status
+
+
+def test_write_outputs_writes_three_files_and_no_leftovers(rng, tmp_path):
+    rows = _rows(rng)
+    paths = report.write_outputs(rows, PROTOCOL, str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.csv", "report.md", "report.png"]
+    with open(paths["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_print_table_plain_when_not_a_terminal(rng):
+    buf = io.StringIO()
+    rows = _rows(rng)
+    report.print_table(rows, PROTOCOL, file=buf)
+    assert buf.getvalue() == report.to_markdown(rows, PROTOCOL)
+
+
+def test_parse_methods():
+    assert report.parse_methods(None, quick=False) == list(report.METHODS)
+    assert report.parse_methods(None, quick=True) == list(report.QUICK_METHODS)
+    assert report.parse_methods("q4_k_m, int8", quick=False) == ["Q4_K_M", "INT8"]  # case-insensitive
+    with pytest.raises(report.UserError, match="--methods: unknown method Q9_9; known: baseline"):
+        report.parse_methods("Q4_K_M,Q9_9", quick=False)
+    with pytest.raises(report.UserError, match="--methods"):
+        report.parse_methods(",", quick=False)
+
+
+def test_every_registered_method_describes_itself():
+    assert set(report.QUICK_METHODS) <= set(report.METHODS)
+    for name, fn in report.METHODS.items():
+        assert report.describe(fn), name
