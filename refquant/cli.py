@@ -67,4 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m refquant.cli`: run the imported module's main, so that the UserError the
+    # commands raise (refquant.cli.UserError) is the class caught there, not __main__'s copy
+    from refquant.cli import main as _main
+
+    raise SystemExit(_main())

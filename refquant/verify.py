@@ -1,0 +1,269 @@
+"""refquant verify — check refquant against the real libraries installed on this machine.
+
+    refquant verify                      # every format whose oracle is installed
+    refquant verify --formats Q4_K,NF4   # some formats
+    refquant verify --list               # the checks, without running them
+
+Each check quantizes (or decodes) a small fixed input with refquant and with the oracle
+— libggml's ``ggml_quantize_chunk`` / ``to_float``, gguf-py's ``quants.dequantize``,
+bitsandbytes' ``quantize_4bit`` / ``dequantize_4bit``, torch's observers and
+``fake_quantize_per_channel_affine``, llm-compressor's GPTQ ``quantize_weight`` — and
+compares the results bit for bit: bytes for encoders, float32 bit patterns for decoders
+(two NaNs count as equal). The input mixes the blocks that break real kernels (zeros,
+constants, outliers, exact rounding midpoints, one-signed blocks, heavy tails, values at
+the float16 limits; see ``refquant.testing.strategies``) from a fixed seed.
+
+A check whose oracle or refquant module is missing is shown as "skip" with the reason.
+Exit status 0 when every check that ran passed, 1 when any differed.
+This is a fixed sample; the test suite (``pytest``) explores far more inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from .cli import UserError
+
+__all__ = ["CHECKS", "Check", "Outcome", "Result", "run_checks", "format_table", "sample_rows",
+           "add_arguments", "run"]
+
+SEED = 20240501
+
+
+class Outcome(NamedTuple):
+    """What one check compared: ``compared`` items of kind ``unit``, ``mismatched`` of them differing."""
+
+    compared: int
+    mismatched: int
+    unit: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    format: str   # the format or algorithm checked ('Q4_K', 'NF4', 'INT8 per-channel', 'GPTQ')
+    what: str     # the operation ('quantize', 'dequantize', 'quantize + imatrix' ...)
+    oracle: str   # the library and function it is compared with
+    fn: Callable[[], Outcome]
+
+
+@dataclasses.dataclass
+class Result:
+    check: Check
+    status: str            # 'pass', 'FAIL', 'skip' or 'ERROR'
+    outcome: Outcome | None = None
+    note: str = ""
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# inputs and comparisons
+# ---------------------------------------------------------------------------------------
+
+def sample_rows(n_rows: int, n_per_row: int, block: int, seed: int = SEED) -> np.ndarray:
+    """(n_rows, n_per_row) float32: consecutive blocks of ``block`` values cycle through every
+    kind of ``refquant.testing.strategies.KINDS`` (zeros, outliers, ties ...), scales 10^-3..10^1."""
+    from .testing.strategies import KINDS, _block
+
+    rng = np.random.default_rng(seed)
+    n_blocks = n_rows * n_per_row // block
+    blocks = [_block(KINDS[i % len(KINDS)], rng, block, float(10.0 ** rng.uniform(-3, 1))) for i in range(n_blocks)]
+    return np.concatenate(blocks).astype(np.float32).reshape(n_rows, n_per_row)
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray, unit_bytes: int) -> Outcome:
+    """Compare two byte arrays in units of ``unit_bytes`` (one block each)."""
+    a = np.ascontiguousarray(a, dtype=np.uint8).reshape(-1, unit_bytes)
+    b = np.ascontiguousarray(b, dtype=np.uint8).reshape(-1, unit_bytes)
+    if a.shape != b.shape:
+        return Outcome(max(a.shape[0], b.shape[0]), max(a.shape[0], b.shape[0]), "blocks")
+    return Outcome(a.shape[0], int(np.sum(np.any(a != b, axis=1))), "blocks")
+
+
+def same_floats(a: np.ndarray, b: np.ndarray, unit: str = "values") -> Outcome:
+    """Compare float32 arrays bit for bit (NaN equals NaN)."""
+    a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+    b = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    if a.shape != b.shape:
+        return Outcome(max(a.size, b.size), max(a.size, b.size), unit)
+    equal = (a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))
+    return Outcome(a.size, int(np.sum(~equal)), unit)
+
+
+# ---------------------------------------------------------------------------------------
+# GGUF block formats: libggml and gguf-py
+# ---------------------------------------------------------------------------------------
+
+GGUF_TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+              "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+GGUF_ROWS, GGUF_N_PER_ROW = 8, 512  # 8 rows of 2 super-blocks (16 blocks of 32)
+
+
+def _gguf_input(qtype: str) -> np.ndarray:
+    """The same rows for every type: kinds change every 32 values (a legacy block, a K sub-block)."""
+    return sample_rows(GGUF_ROWS, GGUF_N_PER_ROW, 32)
+
+
+def _imatrix(n: int) -> np.ndarray:
+    """A fixed positive importance vector, like llama-imatrix's mean squared activations."""
+    rng = np.random.default_rng(SEED + 1)
+    return (rng.gamma(0.8, 1.0, n) + 1e-3).astype(np.float32)
+
+
+def _gguf_quantize(qtype: str, imatrix: bool) -> Outcome:
+    from . import gguf
+    from .gguf.types import ggml_type
+    from .testing.ggml import ggml_quantize
+
+    x = _gguf_input(qtype)
+    qw = _imatrix(x.shape[1]) if imatrix else None
+    ours = np.asarray(gguf.quantize(x, qtype, imatrix=qw))
+    theirs = ggml_quantize(x, qtype, imatrix=qw)
+    return same_bytes(ours, theirs, ggml_type(qtype).type_size)
+
+
+def _gguf_dequantize_ggml(qtype: str) -> Outcome:
+    from . import gguf
+    from .testing.ggml import ggml_dequantize, ggml_quantize
+
+    raw = ggml_quantize(_gguf_input(qtype), qtype)  # the oracle's own bytes, decoded by both
+    return same_floats(np.asarray(gguf.dequantize(raw, qtype)), ggml_dequantize(raw, qtype))
+
+
+def _gguf_dequantize_ggufpy(qtype: str) -> Outcome:
+    from . import gguf
+    from .testing import OracleUnavailable
+    from .testing.ggml import ggml_quantize
+
+    try:
+        import gguf as gguf_py
+        from gguf import quants
+    except ImportError as e:
+        raise OracleUnavailable("the gguf-py oracle needs `pip install gguf`") from e
+    raw = ggml_quantize(_gguf_input(qtype), qtype)
+    theirs = quants.dequantize(raw, gguf_py.GGMLQuantizationType[qtype])
+    return same_floats(np.asarray(gguf.dequantize(raw, qtype)), theirs)
+
+
+def _gguf_checks() -> list[Check]:
+    checks = []
+    for t in GGUF_TYPES:
+        checks.append(Check(t, "quantize", "libggml ggml_quantize_chunk", lambda t=t: _gguf_quantize(t, False)))
+        if t not in ("F16", "BF16"):
+            checks.append(Check(t, "quantize + imatrix", "libggml ggml_quantize_chunk",
+                                lambda t=t: _gguf_quantize(t, True)))
+        checks.append(Check(t, "dequantize", "libggml to_float", lambda t=t: _gguf_dequantize_ggml(t)))
+        checks.append(Check(t, "dequantize", "gguf-py quants.dequantize", lambda t=t: _gguf_dequantize_ggufpy(t)))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------
+# the registry
+# ---------------------------------------------------------------------------------------
+
+CHECKS: list[Check] = [*_gguf_checks()]
+
+
+def _is_missing(err: BaseException) -> str | None:
+    """The reason to skip when ``err`` says a refquant module or an oracle is not installed."""
+    from .testing import OracleUnavailable
+
+    if isinstance(err, OracleUnavailable):
+        return str(err)
+    if isinstance(err, ModuleNotFoundError) and err.name and err.name.startswith("refquant"):
+        return f"{err.name} is not available"
+    if isinstance(err, ImportError):
+        return f"import failed: {err}"
+    return None
+
+
+def run_checks(checks: list[Check], on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """Run each check; a missing module or oracle gives 'skip', an exception 'ERROR'."""
+    results = []
+    for check in checks:
+        t0 = time.perf_counter()
+        try:
+            out = check.fn()
+            res = Result(check, "pass" if out.mismatched == 0 else "FAIL", out)
+        except Exception as e:  # noqa: BLE001 - report every check, whatever one of them does
+            reason = _is_missing(e)
+            res = Result(check, "skip", note=reason) if reason else Result(check, "ERROR", note=f"{type(e).__name__}: {e}")
+        res.seconds = time.perf_counter() - t0
+        if res.status == "FAIL":
+            res.note = f"{res.outcome.mismatched} of {res.outcome.compared} {res.outcome.unit} differ"
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    """A plain-text table, one line per check, grouped by format, and a summary line."""
+    header = ("format", "check", "oracle", "compared", "result")
+    lines = [header]
+    for r in results:
+        compared = f"{r.outcome.compared} {r.outcome.unit}" if r.outcome else "—"
+        result = r.status + (f" ({r.note})" if r.note else "")
+        lines.append((r.check.format, r.check.what, r.check.oracle, compared, result))
+    widths = [max(len(row[i]) for row in lines) for i in range(4)]
+    out = []
+    for k, row in enumerate(lines):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+    out.append(summary(results))
+    return "\n".join(out)
+
+
+def summary(results: list[Result]) -> str:
+    counts = {s: sum(r.status == s for r in results) for s in ("pass", "FAIL", "ERROR", "skip")}
+    compared = sum(r.outcome.compared for r in results if r.outcome and r.status == "pass")
+    return (f"{counts['pass']} passed, {counts['FAIL']} failed, {counts['ERROR']} errors, "
+            f"{counts['skip']} skipped ({compared} blocks/values compared bit-exact)")
+
+
+# ---------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.epilog = ("example:\n  refquant verify\n  refquant verify --formats Q4_K,Q6_K,NF4\n"
+                     f"formats: {', '.join(dict.fromkeys(c.format for c in CHECKS))}")
+    parser.add_argument("--formats", metavar="LIST", help="comma-separated formats to check (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the checks without running them")
+
+
+def select(spec: str | None) -> list[Check]:
+    if not spec:
+        return list(CHECKS)
+    known = {c.format.lower(): c.format for c in CHECKS}
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in wanted if s.lower() not in known]
+    if unknown or not wanted:
+        raise UserError(f"--formats: unknown format {', '.join(unknown) or repr(spec)}; known: {', '.join(dict.fromkeys(known.values()))}")
+    chosen = {known[s.lower()] for s in wanted}
+    return [c for c in CHECKS if c.format in chosen]
+
+
+def run(args) -> int:
+    checks = select(args.formats)
+    if args.list:
+        for c in checks:
+            print(f"{c.format:18s} {c.what:20s} {c.oracle}")
+        return 0
+
+    def progress(res: Result) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{len(done) + 1}/{len(checks)} {res.check.format} {res.check.what}".ljust(60), end="", file=sys.stderr, flush=True)
+        done.append(res)
+
+    done: list[Result] = []
+    results = run_checks(checks, on_result=progress)
+    if sys.stderr.isatty():
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    print(format_table(results))
+    return 0 if all(r.status in ("pass", "skip") for r in results) else 1
