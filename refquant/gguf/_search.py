@@ -1,0 +1,453 @@
+"""The scale searches of llama.cpp's k-quants, vectorized across blocks, bit-exact.
+
+Every k-quant (and the imatrix paths of Q4_0 … Q5_1) picks its block scale by a small
+search over candidate scales written in ``ggml/src/ggml-quants.c``. Those searches are
+sequential float loops: a candidate scale is tried, integer codes L are rounded, running
+sums ``Σ w·l``, ``Σ w·l²``, ``Σ w·l·x`` are accumulated element by element, and the best
+candidate by a (weighted) error is kept. To agree with libggml bit for bit we
+
+* do every operation in float32 in the order the C expression evaluates it
+  (``w*l*l`` is ``(w*l)*l``; ``scale*L + min - x`` is ``((scale*L) + min) - x``;
+  libggml is built without FMA contraction, so nothing is fused);
+* keep each running sum sequential (``sequential_sum``: left to right, starting at 0),
+  never NumPy's pairwise ``np.sum``;
+* round with ``nearest_int`` — the C "magic number" trick, ties to even;
+* keep C's comparisons (strict ``<`` / ``>``) so the first best candidate wins ties.
+
+What we vectorize is the *independent* axis: the leading axis holds many blocks, each
+searched on its own, so one Python step of a C loop advances every block at once.
+Element-wise work inside a block (rounding all n codes for one candidate) is vectorized
+too; only the running sums and the coordinate-descent passes stay loops.
+
+Shapes: ``x`` is (n_blocks, n) float32 — n = 16 or 32 weights of a sub-block, or the 8/16
+sub-block scales of a super-block. Scalars per block come back as (n_blocks,).
+
+Functions (C names, C argument order; the output pointers become return values)::
+
+    nearest_int(f)                                              -> integer-valued float32
+    make_qx_quants(x, nmax, rmse_type, qw=None)                 -> (scale, L int8 in 0..2·nmax-1)
+    make_q3_quants(x, nmax, do_rmse)                            -> (scale, L int8 in 0..2·nmax-1)
+    make_qkx2_quants(x, nmax, weights, rmin, rdelta, nstep, use_mad)       -> (scale, the_min, L uint8)
+    make_qkx3_quants(x, nmax, weights, rmin, rdelta, nstep, use_mad)       -> (scale, the_min, L uint8)
+    make_qp_quants(x, nmax, quant_weights)                      -> (scale, L uint8 in 0..nmax)
+
+Every function takes arrays of any array-API namespace (NumPy, CuPy, torch, array-api-strict).
+Ref: ggml-org/ggml, src/ggml-quants.c — nearest_int, make_qx_quants, make_q3_quants,
+make_qkx2_quants, make_qkx3_quants, make_qp_quants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._backend import is_numpy, namespace
+
+__all__ = [
+    "GROUP_MAX_EPS", "nearest_int", "sequential_sum",
+    "make_qx_quants", "make_q3_quants", "make_qkx2_quants", "make_qkx3_quants", "make_qp_quants",
+]
+
+GROUP_MAX_EPS = float(np.float32(1e-15))  # ggml-quants.c: a block whose max |x| is below this is "all zero"
+_MAGIC = 12582912.0                        # 1.5 * 2**23: adding it leaves round(f) in the low mantissa bits
+_TWO_22 = 4194304.0                        # 2**22, the offset nearest_int subtracts from the mantissa field
+
+
+def _rdiv(a: float, y: Any) -> Any:
+    """``a / y`` for a Python scalar ``a``: one correctly rounded float32 division, as in C.
+
+    (torch evaluates ``scalar / tensor`` as ``reciprocal(tensor) * scalar`` — two roundings.)
+    """
+    xp = namespace(y)
+    return xp.full_like(y, a) / y
+
+
+def _f32(v: float) -> float:
+    """A Python float holding exactly the float32 value C would use for the literal ``v``f."""
+    return float(np.float32(v))
+
+
+# ---------------------------------------------------------------------------------------
+# Rounding and summation with C semantics
+# ---------------------------------------------------------------------------------------
+
+def nearest_int(f: Any) -> Any:
+    """ggml's ``nearest_int``: float32 -> nearest integer, ties to even (as float32 values).
+
+        val = f + 12582912.f          (float32 add: the one rounding, to an integer, ties-to-even)
+        i   = bits(val) & 0x7fffff    (mantissa field) ;  nearest_int = i - 0x400000
+
+    For |f| < 2**22 (the range C asserts) this is exactly ``rint(f)``. Outside it the C
+    code still runs (asserts are off in release builds) and returns the mantissa field of
+    ``val`` minus 2**22; we reproduce that too, as well as NaN -> 0 and ±inf -> -2**22,
+    so that degenerate blocks give the same bytes as libggml.
+
+    f: any shape, float32 -> same shape, float32 holding integers.
+    Example: nearest_int([0.5, 1.5, -2.5, 2.6]) -> [0, 2, -2, 3]
+    """
+    xp = namespace(f)
+    val = f + _MAGIC                                      # float32: rounds f to an integer (ties to even)
+    fast = val - _MAGIC                                   # exact while val lies in [2**23, 2**24)
+    regular = (val >= 8388608.0) & (val < 16777216.0)
+    if bool(xp.all(regular)):
+        return fast
+    # Out of range, NaN or inf: emulate the bit pattern arithmetic in float64 (exact here).
+    a = xp.abs(xp.astype(val, xp.float64))
+    finite_nz = xp.isfinite(a) & (a > 0)
+    safe = xp.where(finite_nz, a, xp.ones_like(a))
+    k = xp.floor(xp.log2(safe))                           # exponent, then fix log2's rounding near 2**k
+    p = xp.pow(xp.full_like(k, 2.0), k)
+    k = xp.where(safe < p, k - 1, xp.where(safe >= 2 * p, k + 1, k))
+    p = xp.pow(xp.full_like(k, 2.0), k)
+    mant = (safe / p - 1.0) * 8388608.0                   # the 23-bit mantissa field, exactly
+    mant = xp.where(finite_nz, mant, xp.zeros_like(mant))  # 0 and ±inf have an empty mantissa
+    wild = mant - _TWO_22
+    wild = xp.where(xp.isnan(a), xp.zeros_like(wild), wild)  # NaN: mantissa 0x400000 -> 0
+    return xp.where(regular, fast, xp.astype(wild, f.dtype))
+
+
+def sequential_sum(t: Any) -> Any:
+    """C's running float sum over the last axis: ``s = 0; for i: s += t[..., i]``.
+
+    Left to right in float32, starting at +0 — not ``np.sum``'s pairwise order, which
+    rounds differently. NumPy's ``add.accumulate`` is sequential by definition (each
+    prefix is an output), so it gives the same bits as the loop in one call; the ``+ 0``
+    turns a sum of -0.0 terms into C's +0.0. Other namespaces run the loop (torch's
+    cumsum accumulates float32 in double on CPU, CuPy's is a parallel scan).
+
+    t: (..., n) float32 -> (...) float32
+    """
+    if is_numpy(t):
+        return np.add.accumulate(t, axis=-1)[..., -1] + np.float32(0.0)
+    xp = namespace(t)
+    s = xp.zeros_like(t[..., 0])
+    for i in range(t.shape[-1]):
+        s = s + t[..., i]
+    return s
+
+
+def _first_max_abs(x: Any) -> tuple[Any, Any]:
+    """(amax, max): the largest |x| of each row and the signed value that holds it (the first one).
+
+    C: ``if (ax > amax) { amax = ax; max = x[i]; }`` — strict '>' keeps the *first*
+    element of largest magnitude, so [-3, 3] gives max = -3.
+    x: (B, n) -> (B,), (B,)
+    """
+    xp = namespace(x)
+    ax = xp.abs(x)                                                       # (B, n)
+    amax = xp.max(ax, axis=-1)                                           # (B,)
+    first = xp.argmax(xp.astype(ax == amax[:, None], xp.int8), axis=-1)  # (B,) first index reaching it
+    onehot = xp.arange(x.shape[-1])[None, :] == first[:, None]           # (B, n)
+    mx = xp.sum(xp.where(onehot, x, xp.zeros_like(x)), axis=-1)          # (B,) exact: one non-zero term
+    # amax starts at 0 in C: an all-zero row gives max = 0 (not -0.0)
+    mx = xp.where(amax > 0, mx, xp.zeros_like(mx))
+    return amax, mx
+
+
+# ---------------------------------------------------------------------------------------
+# Symmetric codes: make_qx_quants, make_q3_quants
+# ---------------------------------------------------------------------------------------
+
+def _qx_weights(x: Any, rmse_type: int, qw: Any) -> Any:
+    """The weight of each element in make_qx_quants' least squares (C's ternary chain)."""
+    xp = namespace(x)
+    if qw is not None:
+        return qw
+    if rmse_type == 1:
+        return x * x
+    if rmse_type == 2:
+        return xp.ones_like(x)
+    if rmse_type == 3:
+        return xp.abs(x)
+    return xp.sqrt(xp.abs(x))
+
+
+def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[Any, Any]:
+    """Symmetric codes with a searched scale (ggml ``make_qx_quants``).
+
+        iscale = -nmax / max            (max: the signed value of largest |x|; codes run
+                                          l = clamp(round(iscale·x), -nmax, nmax-1))
+        scale  = Σ w·x·l / Σ w·l²       (the weighted least-squares scale for those codes)
+
+    Then 18 more candidates iscale = -(nmax + 0.1·is)/max, is = -9..9 (is ≠ 0), are tried;
+    a candidate replaces the best when (Σwxl)² / Σwl² grows, i.e. when its least-squares
+    fit explains more of Σ w·x² (the weighted error is Σwx² - (Σwxl)²/Σwl²).
+    Weights w: ``qw`` if given, else by ``rmse_type``: 1 -> x², 2 -> 1, 3 -> |x|, other -> √|x|.
+    rmse_type 0 skips the search (scale = 1/iscale); a negative rmse_type returns early
+    with the mean of the first least-squares scale and 1/iscale.
+
+    x: (B, n) float32, qw: (B, n) float32 or None
+    -> scale (B,) float32 (ŵ = scale·(L - nmax)), L (B, n) int8 in 0..2·nmax-1 (offset by nmax)
+    A block with max |x| < GROUP_MAX_EPS gives scale 0, L 0.
+    """
+    xp = namespace(x, qw)
+    amax, mx = _first_max_abs(x)                                  # (B,), (B,)
+    zero = amax < GROUP_MAX_EPS                                   # (B,) "all zero" blocks
+    mx_safe = xp.where(zero, xp.ones_like(mx), mx)                # avoid 0/0 in blocks we discard
+
+    def codes(iscale):                                            # iscale (B,) -> l (B, n) in -nmax..nmax-1
+        return xp.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+
+    iscale = _rdiv(-nmax, mx_safe)                                # (B,) C: -nmax / max
+    l = codes(iscale)                                             # (B, n)
+    if rmse_type == 0:
+        scale = _rdiv(1, iscale)
+    else:
+        early = rmse_type < 0
+        w = _qx_weights(x, abs(rmse_type), qw)                    # (B, n)
+        sumlx = sequential_sum(w * x * l)                         # (B,) C: sumlx += w*x[i]*l
+        suml2 = sequential_sum(w * l * l)                         # (B,) C: suml2 += w*l*l
+        scale = xp.where(suml2 != 0, sumlx / xp.where(suml2 != 0, suml2, xp.ones_like(suml2)),
+                         xp.zeros_like(suml2))
+        if early:
+            scale = xp.where(suml2 > 0, 0.5 * (scale + _rdiv(1, iscale)), _rdiv(1, iscale))
+        else:
+            best = scale * sumlx                                  # (B,)
+            for step in range(-9, 10):
+                if step == 0:
+                    continue
+                num = _f32(nmax + _f32(_f32(0.1) * step))         # C: nmax + 0.1f*is, rounded to float32
+                iscale_is = _rdiv(-num, mx_safe)                       # C: -(nmax + 0.1f*is) / max
+                l_is = codes(iscale_is)                           # (B, n)
+                sumlx_is = sequential_sum(w * x * l_is)
+                suml2_is = sequential_sum(w * l_is * l_is)
+                better = (suml2_is > 0) & (sumlx_is * sumlx_is > best * suml2_is)  # (B,)
+                safe2 = xp.where(better, suml2_is, xp.ones_like(suml2_is))
+                l = xp.where(better[:, None], l_is, l)
+                scale = xp.where(better, sumlx_is / safe2, scale)
+                best = xp.where(better, scale * sumlx_is, best)
+    scale = xp.where(zero, xp.zeros_like(scale), scale)
+    L = xp.where(zero[:, None], xp.zeros_like(l), l + nmax)
+    return scale, xp.astype(L, xp.int8)
+
+
+def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
+    """Symmetric codes refined by coordinate descent (ggml ``make_q3_quants``; Q3_K without imatrix).
+
+    Start from l = clamp(round(-nmax·x/max), -nmax, nmax-1). With ``do_rmse``, weights are
+    w = x² and up to 5 passes visit each element in turn: remove it from the sums, give it
+    the code round(x·Σwl²/Σwxl) that the current least-squares scale suggests, and keep
+    the change only if (Σwxl)²/Σwl² grows. A pass that changes nothing ends the search
+    (in every block: an unchanged pass leaves the state, hence the next pass, unchanged).
+    scale = Σwxl / Σwl². Without ``do_rmse``: scale = 1/iscale.
+
+    x: (B, n) float32 -> scale (B,) float32, L (B, n) int8 in 0..2·nmax-1 (ŵ = scale·(L - nmax))
+    """
+    xp = namespace(x)
+    amax, mx = _first_max_abs(x)
+    zero = amax < GROUP_MAX_EPS
+    mx_safe = xp.where(zero, xp.ones_like(mx), mx)
+    iscale = _rdiv(-nmax, mx_safe)                                        # (B,)
+    l = xp.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)        # (B, n)
+    if not do_rmse:
+        scale = _rdiv(1, iscale)
+    else:
+        w = x * x                                                         # (B, n)
+        sumlx = sequential_sum(w * x * l)                                 # (B,)
+        suml2 = sequential_sum(w * l * l)                                 # (B,)
+        n = x.shape[-1]
+        for _ in range(5):
+            changed = xp.zeros(sumlx.shape, dtype=xp.bool)
+            for i in range(n):                                            # C visits elements in order
+                wi, xi, li = w[:, i], x[:, i], l[:, i]                    # (B,)
+                slx = sumlx - wi * xi * li
+                sl2 = suml2 - wi * li * li
+                pos = slx > 0
+                new_l = nearest_int(xi * sl2 / xp.where(pos, slx, xp.ones_like(slx)))
+                new_l = xp.clip(new_l, -nmax, nmax - 1)
+                slx = slx + wi * xi * new_l
+                sl2 = sl2 + wi * new_l * new_l
+                take = pos & (new_l != li) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+                l = _set_column(xp, l, i, xp.where(take, new_l, li))
+                sumlx = xp.where(take, slx, sumlx)
+                suml2 = xp.where(take, sl2, suml2)
+                changed = changed | take
+            if not bool(xp.any(changed)):
+                break
+        scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)),
+                         xp.zeros_like(suml2))
+    scale = xp.where(zero, xp.zeros_like(scale), scale)
+    L = xp.where(zero[:, None], xp.zeros_like(l), l + nmax)
+    return scale, xp.astype(L, xp.int8)
+
+
+def _as_uint8(xp: Any, l: Any) -> Any:
+    """C's store of an int into ``uint8_t``: modulo 256 (only a negative code, from a
+    negative input to make_qp_quants, ever wraps)."""
+    return xp.remainder(l, 256.0)
+
+
+def _set_column(xp: Any, a: Any, i: int, col: Any) -> Any:
+    """``a`` with column i replaced by ``col`` (no in-place writes: some namespaces forbid them)."""
+    idx = xp.arange(a.shape[-1])
+    return xp.where(idx[None, :] == i, col[:, None], a)
+
+
+# ---------------------------------------------------------------------------------------
+# Asymmetric codes with a min: make_qkx2_quants, make_qkx3_quants
+# ---------------------------------------------------------------------------------------
+
+def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep: int,
+              use_mad: bool, empty_if_equal: bool) -> tuple[Any, Any, Any]:
+    """Shared body of make_qkx2_quants / make_qkx3_quants (they differ only in details
+    named at the call sites: default weights and the "empty range" test)."""
+    xp = namespace(x, weights)
+    w = x * x if weights is None else weights                     # (B, n) qkx3: NULL weights -> x²
+    mn = xp.min(x, axis=-1)                                       # (B,)  min/max are exact: no order issue
+    mx = xp.max(x, axis=-1)                                       # (B,)
+    # C: sum_w = w[0]; sum_x = sum_w*x[0]; then += over i >= 1 (the sum starts at element 0, not at +0)
+    sum_w = _sum_from_first(w)                                    # (B,)
+    sum_x = _sum_from_first(w * x)                                # (B,)
+    mn = xp.where(mn > 0, xp.zeros_like(mn), mn)                  # the min is never above 0
+    empty = (mx == mn) if empty_if_equal else (mx <= mn)          # (B,) nothing to quantize
+    rng = xp.where(empty, xp.ones_like(mx), mx - mn)              # (B,) max - min (1 where empty: unused)
+    err = (lambda d: xp.abs(d)) if use_mad else (lambda d: d * d)
+
+    iscale = _rdiv(nmax, rng)                                     # (B,)
+    scale = _rdiv(1, iscale)
+    L = xp.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)  # (B, n)
+    best = sequential_sum(w * err(scale[:, None] * L + mn[:, None] - x))   # (B,)
+    if nstep >= 1:
+        for step in range(nstep + 1):
+            # C reuses `min` for the next candidate after a win: both the range (max - min)
+            # and the shift x - min follow the best min found so far.
+            num = _f32(_f32(_f32(rmin) + _f32(_f32(rdelta) * step)) + nmax)  # C: rmin + rdelta*is + nmax (float32)
+            span = mx - mn
+            span = xp.where(empty, xp.ones_like(span), span)
+            iscale_is = _rdiv(num, span)                               # (B,)
+            Laux = xp.clip(nearest_int(iscale_is[:, None] * (x - mn[:, None])), 0, nmax)  # (B, n)
+            wl = w * Laux
+            sum_l = sequential_sum(wl)                            # C: sum_l  += w*l
+            sum_l2 = sequential_sum(wl * Laux)                    # C: sum_l2 += w*l*l
+            sum_xl = sequential_sum(wl * x)                       # C: sum_xl += w*l*x[i]
+            D = sum_w * sum_l2 - sum_l * sum_l                    # (B,) determinant of the 2x2 normal equations
+            ok = D > 0
+            D_safe = xp.where(ok, D, xp.ones_like(D))
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D_safe
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D_safe
+            clamp = this_min > 0                                  # a positive min is not allowed: refit scale alone
+            l2_safe = xp.where(sum_l2 != 0, sum_l2, xp.ones_like(sum_l2))
+            this_scale = xp.where(clamp, sum_xl / l2_safe, this_scale)
+            this_min = xp.where(clamp, xp.zeros_like(this_min), this_min)
+            cur = sequential_sum(w * err(this_scale[:, None] * Laux + this_min[:, None] - x))  # (B,)
+            better = ok & (cur < best)
+            L = xp.where(better[:, None], Laux, L)
+            best = xp.where(better, cur, best)
+            scale = xp.where(better, this_scale, scale)
+            mn = xp.where(better, this_min, mn)
+    scale = xp.where(empty, xp.zeros_like(scale), scale)
+    L = xp.where(empty[:, None], xp.zeros_like(L), L)
+    # C returns *the_min = -min: a non-negative offset, ŵ = scale·L - the_min
+    return scale, -mn, xp.astype(L, xp.uint8)
+
+
+def _sum_from_first(t: Any) -> Any:
+    """C's ``s = t[0]; for i >= 1: s += t[i]`` over the last axis (no leading +0)."""
+    if is_numpy(t):
+        return np.add.accumulate(t, axis=-1)[..., -1]
+    s = t[..., 0]
+    for i in range(1, t.shape[-1]):
+        s = s + t[..., i]
+    return s
+
+
+def make_qkx2_quants(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep: int,
+                     use_mad: bool) -> tuple[Any, Any, Any]:
+    """Asymmetric codes with a searched scale and min (ggml ``make_qkx2_quants``; the K-quants' ref path).
+
+        min = min(0, min x),  first try scale = (max - min)/nmax,  L = clamp(round((x - min)/scale), 0, nmax)
+        ŵ = scale·L + min,    error E = Σ w·|ŵ - x| (use_mad) or Σ w·(ŵ - x)²
+
+    Then for is = 0..nstep the candidate iscale = (rmin + rdelta·is + nmax)/(max - min)
+    rounds new codes, and (scale, min) are refit to them by weighted least squares —
+    the 2x2 normal equations of min_{s,m} Σ w (s·l + m - x)² — with the min forced to ≤ 0
+    (if the fit wants a positive min, m = 0 and s = Σwlx/Σwl²). The candidate with the
+    smallest error E wins (strict '<': the earliest best is kept).
+
+    x, weights: (B, n) float32 -> scale (B,), the_min (B,) = -min ≥ 0, L (B, n) uint8 in 0..nmax;
+    ŵ = scale·L - the_min. A block with max == min gives scale 0, L 0.
+    """
+    if weights is None:
+        raise ValueError("weights: make_qkx2_quants needs weights, shape (n_blocks, n); got None")
+    return _make_qkx(x, nmax, weights, rmin, rdelta, nstep, use_mad, empty_if_equal=True)
+
+
+def make_qkx3_quants(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep: int,
+                     use_mad: bool) -> tuple[Any, Any, Any]:
+    """``make_qkx2_quants`` as used with an importance matrix (ggml ``make_qkx3_quants``).
+
+    The same search; the differences are C details kept here: ``weights=None`` means
+    w = x², and the empty-range test is ``max <= min``. (The imatrix paths of Q2_K, Q4_K,
+    Q5_K, Q4_1 and Q5_1 call it with rmin=-0.9, rdelta=0.05, nstep=36, use_mad=False.)
+
+    x: (B, n) float32, weights: (B, n) float32 or None
+    -> scale (B,), the_min (B,) (≥ 0; ŵ = scale·L - the_min), L (B, n) uint8 in 0..nmax
+    """
+    return _make_qkx(x, nmax, weights, rmin, rdelta, nstep, use_mad, empty_if_equal=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Positive codes for the sub-block scales: make_qp_quants
+# ---------------------------------------------------------------------------------------
+
+def make_qp_quants(x: Any, nmax: int, quant_weights: Any) -> tuple[Any, Any]:
+    """Quantize non-negative values (the sub-block scales or mins) to 0..nmax (ggml ``make_qp_quants``).
+
+    1. iscale = nmax/max x; try 8 more candidates (0.1·is + nmax)/max, is = ±1..±4,
+       keeping the one with the smallest weighted error Σ w (x - l/iscale)² (strict '<').
+    2. With that iscale round l = min(nmax, round(iscale·x)), then up to 5 coordinate-descent
+       passes as in make_q3_quants (change one code if (Σwxl)²/Σwl² grows).
+    3. scale = Σwxl / Σwl² (the least-squares scale of the final codes).
+
+    x, quant_weights: (B, n) float32 -> scale (B,) float32, L (B, n) uint8; x ≈ scale·L.
+    A block with max x < GROUP_MAX_EPS gives scale 0, L 0.
+    """
+    xp = namespace(x, quant_weights)
+    w = quant_weights
+    mx = xp.max(x, axis=-1)
+    mx = xp.where(mx > 0, mx, xp.zeros_like(mx))                          # C: max starts at 0
+    zero = mx < GROUP_MAX_EPS                                             # (B,)
+    mx_safe = xp.where(zero, xp.ones_like(mx), mx)
+    iscale = _rdiv(nmax, mx_safe)                                         # (B,)
+    L0 = _as_uint8(xp, nearest_int(iscale[:, None] * x))                 # (B, n) stored in uint8_t L[]
+    scale0 = _rdiv(1, iscale)
+    diff = x - scale0[:, None] * L0
+    best_mse = sequential_sum(w * diff * diff)                            # C: w*diff*diff
+    for step in range(-4, 5):
+        if step == 0:
+            continue
+        iscale_is = _rdiv(_f32(_f32(_f32(0.1) * step) + nmax), mx_safe)        # C: (0.1f*is + nmax)/max
+        scale_is = _rdiv(1, iscale_is)
+        l = xp.clip(nearest_int(iscale_is[:, None] * x), None, nmax)      # C: MIN(nmax, l)
+        diff = x - scale_is[:, None] * l
+        mse = sequential_sum(w * diff * diff)
+        better = mse < best_mse
+        best_mse = xp.where(better, mse, best_mse)
+        iscale = xp.where(better, iscale_is, iscale)
+    L = _as_uint8(xp, xp.clip(nearest_int(iscale[:, None] * x), None, nmax))  # (B, n) uint8_t L[i] = l
+    sumlx = sequential_sum(w * x * L)
+    suml2 = sequential_sum(w * L * L)
+    n = x.shape[-1]
+    for _ in range(5):
+        changed = xp.zeros(sumlx.shape, dtype=xp.bool)
+        for i in range(n):
+            wi, xi, li = w[:, i], x[:, i], L[:, i]
+            slx = sumlx - wi * xi * li
+            sl2 = suml2 - wi * li * li
+            ok = (slx > 0) & (sl2 > 0)
+            new_l = nearest_int(xi * sl2 / xp.where(ok, slx, xp.ones_like(slx)))
+            new_l = xp.clip(new_l, None, nmax)
+            slx = slx + wi * xi * new_l
+            sl2 = sl2 + wi * new_l * new_l
+            take = ok & (new_l != li) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            L = _set_column(xp, L, i, xp.where(take, _as_uint8(xp, new_l), li))
+            sumlx = xp.where(take, slx, sumlx)
+            suml2 = xp.where(take, sl2, suml2)
+            changed = changed | take
+        if not bool(xp.any(changed)):
+            break
+    scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)), xp.zeros_like(suml2))
+    scale = xp.where(zero, xp.zeros_like(scale), scale)
+    L = xp.where(zero[:, None], xp.zeros_like(L), L)
+    return scale, xp.astype(L, xp.uint8)
