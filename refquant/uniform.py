@@ -231,6 +231,265 @@ def fake_quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int, conventi
     return x_hat
 
 
+def range_search(x: Any, reduce_axes: tuple[int, ...], bits: int, symmetric: bool, signed: bool = True, *,
+                 norm: float = SEARCH_NORM, grid: int = SEARCH_GRID, max_shrink: float = SEARCH_MAX_SHRINK,
+                 q_range: tuple[int, int] | None = None, eps: float = 0.0, convention: str = "refquant") -> tuple[Any, Any]:
+    """Shrink the range on a grid and keep, per block, the (s, z) with the least L^p error.
+
+        for i = 0 .. floor(max_shrink * grid) - 1:
+            p_i = 1 - i / grid
+            (s_i, z_i) = qparams(p_i x_min, p_i x_max)
+            err_i = sum_j |x_j - D(Q(x_j; s_i, z_i))|^norm          (over the block)
+        keep (s_i, z_i) of the first i with the smallest err_i       (i = 0 is the plain min/max)
+
+    Clipping a few outliers buys a finer step for everything else. This is the loop of the
+    GPTQ reference quantizer (quant.py ``Quantizer.find_params`` with ``mse=True``: grid 100,
+    maxshrink 0.8, norm 2.4), where a later grid point wins only if strictly better.
+    x: float array; reduce_axes: the axes one (s, z) covers -> s, z with those axes kept as 1.
+    """
+    xp = namespace(x)
+    if not (isinstance(grid, int) and grid >= 1):
+        raise ValueError(f"grid: expected a positive integer, got {grid!r}")
+    if not 0 < max_shrink <= 1:
+        raise ValueError(f"max_shrink: expected 0 < max_shrink <= 1, got {max_shrink!r}")
+    if not norm > 0:
+        raise ValueError(f"norm: expected a positive exponent, got {norm!r}")
+    q_min, q_max = q_range if q_range is not None else code_range(bits, symmetric, signed)
+    x_min, x_max = _min_max(xp, x, reduce_axes)
+    s_best = z_best = err_best = None
+    for i in range(max(1, int(max_shrink * grid))):
+        p = 1.0 - i / grid
+        s, z = qparams(p * x_min, p * x_max, bits, symmetric, signed, q_range=(q_min, q_max), eps=eps)
+        x_hat = fake_quantize_codes(x, s, z, q_min, q_max, convention=convention)
+        err = _sum(xp, xp.abs(x_hat - x) ** norm, reduce_axes)
+        if err_best is None:
+            s_best, z_best, err_best = s, z, err
+            continue
+        better = err < err_best
+        s_best = xp.where(better, s, s_best)
+        z_best = xp.where(better, z, z_best)
+        err_best = xp.where(better, err, err_best)
+    return s_best, z_best
+
+
+def _min_max(xp: Any, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+    if not axes:  # every element its own block (per-channel on a 1-D array)
+        return x, x
+    return xp.min(x, axis=axes, keepdims=True), xp.max(x, axis=axes, keepdims=True)
+
+
+def _sum(xp: Any, x: Any, axes: tuple[int, ...]) -> Any:
+    return xp.sum(x, axis=axes, keepdims=True) if axes else x
+
+
+# --------------------------------------------------------------------------- quantize a tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformQuantized:
+    """Codes and parameters of one uniformly quantized tensor.
+
+    q: int32 codes. "tensor"/"channel": x's shape. "group": (..., n/G, G) — x with the grouped
+       axis moved last and split into n/G groups of G.
+    s, z: scales and zero-points (floats, z integral), broadcastable to q: (1, ..., 1) per
+       tensor; size 1 except along ``axis`` per channel; (..., n/G, 1) per group.
+    """
+
+    q: Any
+    s: Any
+    z: Any
+    bits: int
+    q_min: int
+    q_max: int
+    symmetric: bool
+    signed: bool
+    granularity: str
+    axis: int | None
+    group_size: int | None
+    shape: tuple[int, ...]
+    convention: str = "refquant"
+
+    @property
+    def n_params(self) -> int:
+        """Number of (s, z) pairs."""
+        return math.prod(int(n) for n in self.s.shape)
+
+
+def quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: str = "tensor", axis: int | None = None,
+             group_size: int | None = None, *, signed: bool = True, search: str | float | None = None,
+             convention: str = "refquant") -> UniformQuantized:
+    """Uniform quantization of a tensor, per tensor, per channel or per group.
+
+        per tensor:   one (s, z) from min(x), max(x)
+        per channel:  one (s, z) per index c of ``axis`` (default 0: a Linear weight's output
+                      rows), from the min/max over all other axes
+        per group:    split ``axis`` (default -1: the reduction axis, a Linear weight's inputs)
+                      into n/G groups of G consecutive values; for group g of row r
+                          s_rg, z_rg = qparams(min_j w_r,gG+j, max_j w_r,gG+j)
+                          q_r,gG+j = clamp(round(w_r,gG+j / s_rg) + z_rg, q_min, q_max)
+                      ⇒ |w - ŵ| <= s_rg / 2 inside each group's range; smaller G, finer s,
+                      more parameters (see ``bits_per_weight``)
+
+    x: float array (float16/bfloat16 are widened to float32) of any namespace ->
+    ``UniformQuantized`` (q, s, z in x's namespace). ``search``: None (min/max), "mse" (L²)
+    or a float p (L^p, GPTQ uses 2.4) — see ``range_search``. ``convention``: "refquant"
+    (division, restricted symmetric range) or "torch" (torch's observers and fake-quant
+    kernels, bit-exact; see the module docstring).
+
+    Example: quantize(np.float32([-1, 0, 0.5, 2]), bits=2, symmetric=False, signed=False)
+    has s = 3/3 = 1, z = 0 - round(-1/1) = 1 and q = [0, 1, 1, 3]: 0.5/1 = 0.5 is a tie and
+    rounds to the even 0, so 0.5 dequantizes to 0.0.
+    """
+    check_float_input(x, "x")
+    b = check_bits(bits)
+    _check_choice(granularity, GRANULARITIES, "granularity")
+    _check_choice(convention, CONVENTIONS, "convention")
+    xp = namespace(x)
+    if not xp.isdtype(x.dtype, (xp.float32, xp.float64)):
+        x = xp.astype(x, xp.float32)
+    if convention == "torch":
+        q_range, eps = torch_code_range(b, signed), TORCH_EPS
+    else:
+        q_range, eps = code_range(b, symmetric, signed), 0.0
+    blocks, reduce_axes, ax = _blocks(xp, x, granularity, axis, group_size)
+    if search is None:
+        x_min, x_max = _min_max(xp, blocks, reduce_axes)
+        s, z = qparams(x_min, x_max, b, symmetric, signed, q_range=q_range, eps=eps)
+    else:
+        norm = _search_norm(search)
+        s, z = range_search(blocks, reduce_axes, b, symmetric, signed, norm=norm, q_range=q_range, eps=eps,
+                            convention=convention)
+    codes = quantize_codes_torch if convention == "torch" else quantize_codes
+    q = codes(blocks, s, z, *q_range)
+    return UniformQuantized(q=q, s=s, z=z, bits=b, q_min=q_range[0], q_max=q_range[1], symmetric=bool(symmetric),
+                            signed=bool(signed), granularity=granularity, axis=ax,
+                            group_size=group_size if granularity == "group" else None,
+                            shape=tuple(int(n) for n in x.shape), convention=convention)
+
+
+def dequantize(qt: UniformQuantized) -> Any:
+    """x̂ = s (q - z), back in x's shape (a grouped tensor is un-split and its axis moved back)."""
+    xp = namespace(qt.q)
+    x_hat = dequantize_codes(qt.q, qt.s, qt.z)
+    if qt.granularity == "group":
+        moved = list(qt.shape)
+        moved.append(moved.pop(qt.axis))             # x's shape with the grouped axis last
+        x_hat = xp.reshape(x_hat, tuple(moved))       # (..., n)
+        x_hat = xp.moveaxis(x_hat, -1, qt.axis)       # x's shape
+    return x_hat
+
+
+def fake_quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: str = "tensor", axis: int | None = None,
+                  group_size: int | None = None, *, signed: bool = True, search: str | float | None = None,
+                  convention: str = "refquant") -> Any:
+    """x̂ = D(Q(x)) in x's shape and dtype: ``dequantize(quantize(x, ...))``.
+
+    With ``convention="torch"`` this is torch's observer + fake-quant pair: per tensor it equals
+    ``torch.fake_quantize_per_tensor_affine(x, *MinMaxObserver(...).calculate_qparams(), ...)``,
+    per channel the ``PerChannelMinMaxObserver`` + ``fake_quantize_per_channel_affine`` pair.
+    """
+    qt = quantize(x, bits, symmetric, granularity, axis, group_size, signed=signed, search=search,
+                  convention=convention)
+    xp = namespace(x)
+    return xp.astype(dequantize(qt), x.dtype)
+
+
+def _search_norm(search: str | float) -> float:
+    if search == "mse":
+        return 2.0
+    if isinstance(search, (int, float)) and not isinstance(search, bool) and search > 0:
+        return float(search)
+    raise ValueError(f"search: expected None, 'mse' or a positive p-norm exponent, got {search!r}")
+
+
+def _blocks(xp: Any, x: Any, granularity: str, axis: int | None, group_size: int | None):
+    """(array to reduce, axes one (s, z) covers, normalised axis) for a granularity."""
+    ndim = x.ndim
+    if granularity == "tensor":
+        if group_size is not None:
+            raise ValueError("group_size: only meaningful with granularity='group'")
+        return x, tuple(range(ndim)), None
+    default = 0 if granularity == "channel" else -1
+    ax = default if axis is None else axis
+    if isinstance(ax, bool) or not isinstance(ax, int) or not -ndim <= ax < ndim:
+        raise ValueError(f"axis: expected an integer in {-ndim}..{ndim - 1} for a {ndim}-d x, got {axis!r}")
+    ax %= ndim
+    if granularity == "channel":
+        if group_size is not None:
+            raise ValueError("group_size: only meaningful with granularity='group'")
+        return x, tuple(i for i in range(ndim) if i != ax), ax
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise ValueError(f"group_size: expected a positive integer G with granularity='group', got {group_size!r}")
+    n = int(x.shape[ax])
+    check_divisible(n, group_size, f"x (axis {ax})", what="group size G")
+    moved = xp.moveaxis(x, ax, -1)                                         # (..., n)
+    grouped = xp.reshape(moved, (*moved.shape[:-1], n // group_size, group_size))  # (..., n/G, G)
+    return grouped, (-1,), ax
+
+
+# --------------------------------------------------------------------------- bytes (NumPy edge)
+
+
+def pack_codes(q: Any, bits: int, signed: bool = True) -> np.ndarray:
+    """b-bit codes -> bytes, LSB-first along the last axis (``refquant._packing.pack_bits``).
+
+    Signed codes are stored in offset binary, u = q + 2^(b-1) (so -2^(b-1) -> 0); unsigned
+    codes as they are. Within a byte, the first code takes the lowest bits: for 4 bits,
+    [q0, q1] -> q0 | q1 << 4; for 2 bits, [q0, q1, q2, q3] -> q0 | q1 << 2 | q2 << 4 | q3 << 6;
+    3-bit codes run as one continuous LSB-first bit stream (8 codes -> 3 bytes).
+    q: (..., n) -> (..., ceil(n b / 8)) uint8.
+    """
+    b = check_bits(bits)
+    u = to_numpy(q).astype(np.int64)
+    if signed:
+        u = u + (1 << (b - 1))
+    if u.size and (u.min() < 0 or u.max() >= 1 << b):
+        kind = "signed" if signed else "unsigned"
+        raise ValueError(f"q: {kind} {b}-bit codes out of range (offset codes span {u.min()}..{u.max()})")
+    return pack_bits(u, b)
+
+
+def unpack_codes(packed: np.ndarray, bits: int, n: int, signed: bool = True) -> np.ndarray:
+    """Inverse of ``pack_codes``: (..., bytes) uint8 -> (..., n) int32 codes (NumPy)."""
+    b = check_bits(bits)
+    u = unpack_bits(packed, b, n).astype(np.int32)
+    return u - (1 << (b - 1)) if signed else u
+
+
+# --------------------------------------------------------------------------- memory accounting
+
+
+def bits_per_weight(bits: int, group_size: int | None = None, scale_bits: int = 16, zero_bits: int = 0) -> float:
+    """Storage per weight, parameters included:  b + (scale_bits + zero_bits) / G.
+
+    ``group_size=None`` counts codes only (per-tensor parameters are negligible); for a
+    per-channel layout pass the row length as G. Example: INT4, G = 128, fp16 scale,
+    4-bit zero -> 4 + (16 + 4)/128 = 4.15625 bits.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
+        raise ValueError(f"bits: expected an integer in 1..32, got {bits!r}")
+    for name, v in (("scale_bits", scale_bits), ("zero_bits", zero_bits)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
+    if group_size is None:
+        return float(bits)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive integer or None, got {group_size!r}")
+    return bits + (scale_bits + zero_bits) / group_size
+
+
+def model_size_bytes(n_params: float, bits: int, group_size: int | None = None, scale_bits: int = 16,
+                     zero_bits: int = 0) -> float:
+    """Bytes to store ``n_params`` weights:  n_params * bits_per_weight(...) / 8.
+
+    The tutorial's first exercise, a 13B model: FP16 -> 13e9 * 16 / 8 = 26 GB; INT4 with
+    G = 128 and an fp16 scale -> 13e9 * 4.125 / 8 = 6.703 GB (3.88x smaller, not 4x).
+    """
+    if not n_params > 0:
+        raise ValueError(f"n_params: expected a positive count, got {n_params!r}")
+    return n_params * bits_per_weight(bits, group_size, scale_bits, zero_bits) / 8
+
+
 def _check_choice(value: Any, choices: tuple, name: str) -> None:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
