@@ -1,0 +1,739 @@
+"""GGUF files, read and written by refquant itself: every count checked before it is trusted.
+
+A GGUF file (little-endian, spec: ggml-org/ggml docs/gguf.md) is
+
+    magic "GGUF" | version u32 | n_tensors u64 | n_kv u64          header, 24 bytes
+    n_kv x      key: string | value_type u32 | value                 metadata
+    n_tensors x name: string | n_dims u32 | ne[n_dims] u64 | type u32 | offset u64
+    zero padding up to the next multiple of ``alignment``           (general.alignment, default 32)
+    tensor data: tensor i at data_offset + offset_i, each padded to ``alignment``
+
+    string = length u64 | UTF-8 bytes (no terminator)
+    array  = element_type u32 | count u64 | count x element
+
+A tensor's ``ne`` lists its dimensions fastest-first (ggml order); refquant shows NumPy
+order, ``shape = ne[::-1]``, so the last axis is the row of ``ne[0]`` weights, stored as
+``ne[0] / QK * type_size`` bytes (``refquant.gguf.types``).
+
+Why another reader: GGUF files come from strangers, and a count, length, shape or offset
+read from the file must never size an allocation or an index before it is checked against
+the bytes actually left (the root cause of llama.cpp's loader CVEs). Every check below
+raises ``GGUFFormatError`` (a ``ValueError``) naming the field and its byte offset, and
+memory stays proportional to the file's size.
+
+What is refused, what is tolerated (compared with llama.cpp's ``gguf_init_from_file_impl``,
+ggml/src/gguf.cpp, and ``llama_model_loader``):
+
+| check                                   | refquant   | llama.cpp                         |
+|-----------------------------------------|------------|-----------------------------------|
+| magic "GGUF"                            | refused    | refused                           |
+| version 1 (32-bit counts)               | refused    | refused                           |
+| version other than 1..3, big-endian     | refused    | refused (byte-swapped: refused)   |
+| count / length beyond the bytes left    | refused    | refused (reads fail at EOF)       |
+| string not UTF-8                        | refused    | tolerated (bytes kept)            |
+| empty key, key over 65535 bytes         | refused    | tolerated                         |
+| unknown value type, bool not 0/1        | refused    | type refused, bool tolerated      |
+| nested array (array of arrays)          | refused    | refused                           |
+| duplicate key / tensor name             | refused    | refused                           |
+| tensor name empty or >= 64 bytes        | refused    | >= 64 refused (GGML_MAX_NAME)     |
+| n_dims outside 1..4                     | refused    | > 4 refused, 0 tolerated          |
+| a dimension == 0                        | refused    | tolerated (< 0 refused)           |
+| element count overflows int64           | refused    | refused                           |
+| unknown or removed type id              | refused    | refused                           |
+| ne[0] not a multiple of the block size  | refused    | refused                           |
+| general.alignment not u32 / not 2^k     | refused    | not 2^k refused, wrong type aborts|
+| tensor offset not aligned               | refused    | refused                           |
+| tensors overlapping                     | refused    | refused (offsets must be packed)  |
+| gaps / tensors not in offset order      | tolerated  | refused (offset == running sum)   |
+| tensor data past the end of the file    | refused    | refused (model loader)            |
+| padding after the last tensor missing   | tolerated  | tolerated by the model loader     |
+| bytes after the last tensor             | tolerated, counted in ``trailing_bytes`` | tolerated |
+
+Reading maps the file (``mmap``) and parses only the header, metadata and tensor table;
+``TensorInfo.raw`` is a NumPy view on the mapping, so tensor bytes are paged in on use.
+``read`` also accepts ``bytes`` or any buffer (parsed in place, nothing copied).
+
+Writing (``write``) streams a file that llama.cpp and gguf-py read back identically:
+header, metadata in the given order with the given value types, tensor table, each
+tensor padded to the alignment. It writes atomically: a temporary file in the same
+directory, flushed and fsync'ed, then ``os.replace``; on any exception the temporary
+file is removed and the destination is untouched. Because the old file is replaced
+(never truncated), rewriting a file that is currently mapped — ``write(p, f.metadata,
+f.tensors.values(), metadata_types=f.metadata_types)`` with ``f = read(p)`` — is safe:
+the mapping keeps the old inode alive until it is closed.
+
+Ref: ggml docs/gguf.md; ggml/src/gguf.cpp (gguf_init_from_file_impl, gguf_write_to_buf);
+gguf-py gguf/gguf_reader.py and gguf/gguf_writer.py (the oracles in tests).
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from .types import BY_ID, ggml_type
+
+__all__ = [
+    "GGUFFormatError", "GGUFFile", "TensorInfo", "ValueType", "read", "write", "to_bytes",
+    "GGUF_MAGIC", "DEFAULT_ALIGNMENT", "MAX_DIMS", "MAX_NAME_BYTES", "MAX_KEY_BYTES",
+]
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)   # v1 used 32-bit counts; llama.cpp dropped it too
+DEFAULT_ALIGNMENT = 32        # GGUF_DEFAULT_ALIGNMENT
+ALIGNMENT_KEY = "general.alignment"
+MAX_DIMS = 4                  # GGML_MAX_DIMS
+MAX_NAME_BYTES = 63           # GGML_MAX_NAME = 64 including the C string's terminator
+MAX_KEY_BYTES = 2**16 - 1     # gguf.md: keys are at most 65535 bytes
+_INT64_MAX = 2**63 - 1
+_HEADER_BYTES = 4 + 4 + 8 + 8
+_MIN_KV_BYTES = 8 + 1 + 4 + 1           # key length, >= 1 key byte, value type, >= 1 value byte
+_MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8   # name length, name, n_dims, ne[0], type, offset
+
+
+class GGUFFormatError(ValueError):
+    """A GGUF file breaks the format; ``field`` and ``offset`` say where.
+
+    str(e) reads ``"<field> at byte <offset>: <what is wrong>"``.
+    """
+
+    def __init__(self, field: str, offset: int, message: str):
+        self.field, self.offset = field, offset
+        super().__init__(f"{field} at byte {offset}: {message}")
+
+
+class ValueType(enum.IntEnum):
+    """Metadata value types (``enum gguf_type``; the same numbers as gguf-py's GGUFValueType)."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+# fixed-size value types: little-endian NumPy dtype (its itemsize is the value's size)
+_DTYPES = {
+    ValueType.UINT8: np.dtype("<u1"), ValueType.INT8: np.dtype("<i1"),
+    ValueType.UINT16: np.dtype("<u2"), ValueType.INT16: np.dtype("<i2"),
+    ValueType.UINT32: np.dtype("<u4"), ValueType.INT32: np.dtype("<i4"),
+    ValueType.UINT64: np.dtype("<u8"), ValueType.INT64: np.dtype("<i8"),
+    ValueType.FLOAT32: np.dtype("<f4"), ValueType.FLOAT64: np.dtype("<f8"),
+    ValueType.BOOL: np.dtype("<u1"),
+}
+# the same, as struct formats (standard sizes: "<Q" is always 8 bytes)
+_STRUCTS = {vt: struct.Struct("<" + c) for vt, c in zip(
+    (ValueType.UINT8, ValueType.INT8, ValueType.UINT16, ValueType.INT16, ValueType.UINT32, ValueType.INT32,
+     ValueType.UINT64, ValueType.INT64, ValueType.FLOAT32, ValueType.FLOAT64, ValueType.BOOL), "BbHhIiQqfdB")}
+assert all(_STRUCTS[vt].size == dt.itemsize for vt, dt in _DTYPES.items())
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_VALUE_TYPE_IDS = frozenset(int(vt) for vt in ValueType)
+
+# a metadata value's type: ValueType for a scalar, (ValueType.ARRAY, element ValueType) for an array
+TypeSpec = Any
+
+
+def _align(n: int, alignment: int) -> int:
+    """Round n up to a multiple of alignment (GGML_PAD)."""
+    return (n + alignment - 1) // alignment * alignment
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of the tensor table.
+
+    shape is NumPy order (``ne`` reversed: last axis = one row of ``shape[-1]`` weights);
+    offset is absolute in the file; ``raw`` is the tensor's bytes, a read-only uint8 view
+    of shape ``(*shape[:-1], row_bytes)`` on the file (no copy).
+    """
+
+    name: str
+    type: str
+    type_id: int
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    _buffer: Any = field(repr=False, compare=False, default=None)
+
+    @property
+    def row_bytes(self) -> int:
+        return self.nbytes // max(1, int(np.prod(self.shape[:-1], dtype=np.int64)))
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def raw(self) -> np.ndarray:
+        data = np.frombuffer(self._buffer, dtype=np.uint8, count=self.nbytes, offset=self.offset)
+        return data.reshape(*self.shape[:-1], self.row_bytes)  # (..., row_bytes)
+
+
+class GGUFFile:
+    """A parsed GGUF file: header, metadata and tensor table; tensor bytes stay on disk.
+
+    version, metadata (key -> value), metadata_types (key -> ValueType or
+    (ValueType.ARRAY, element ValueType)), tensors (name -> TensorInfo, file order),
+    alignment, data_offset (absolute start of the data section), size (file bytes),
+    trailing_bytes (bytes after the last tensor's padded end). Use as a context manager,
+    or call close(), to release the mapping.
+    """
+
+    def __init__(self, version, metadata, metadata_types, tensors, alignment, data_offset, size,
+                 trailing_bytes, buffer=None, closer=None):
+        self.version = version
+        self.metadata: dict[str, Any] = metadata
+        self.metadata_types: dict[str, TypeSpec] = metadata_types
+        self.tensors: dict[str, TensorInfo] = tensors
+        self.alignment = alignment
+        self.data_offset = data_offset
+        self.size = size
+        self.trailing_bytes = trailing_bytes
+        self._buffer = buffer
+        self._closer = closer
+
+    def close(self) -> None:
+        """Release the mapping. Arrays still viewing it keep it alive until they are freed."""
+        closer, self._closer = self._closer, None
+        if closer is not None:
+            try:
+                closer.close()
+            except BufferError:
+                pass  # a .raw view is still alive; the map is unmapped when it is garbage collected
+
+    def __enter__(self) -> "GGUFFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"GGUFFile(version={self.version}, {len(self.metadata)} keys, "
+                f"{len(self.tensors)} tensors, alignment={self.alignment}, size={self.size})")
+
+
+class _Cursor:
+    """Reads little-endian fields from a buffer, checking each length against the bytes left."""
+
+    def __init__(self, buf: memoryview):
+        self.buf = buf
+        self.size = len(buf)
+        self.pos = 0
+
+    def need(self, n: int, field: str, what: str = "") -> None:
+        left = self.size - self.pos
+        if n > left:
+            raise GGUFFormatError(field, self.pos, f"{what or f'{n} bytes'} needed but only {left} bytes left")
+
+    def scalar(self, vt: ValueType, field: str):
+        st = _STRUCTS[vt]
+        self.need(st.size, field)
+        (v,) = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return v
+
+    def u32(self, field: str) -> int:
+        self.need(4, field)
+        (v,) = _U32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return v
+
+    def u64(self, field: str) -> int:
+        self.need(8, field)
+        (v,) = _U64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return v
+
+    def string(self, field: str) -> str:
+        start = self.pos
+        n = self.u64(f"{field} length")
+        self.need(n, field, f"string of {n} bytes")
+        raw = bytes(self.buf[self.pos:self.pos + n])
+        try:
+            s = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise GGUFFormatError(field, start + 8 + e.start, "not valid UTF-8") from None
+        self.pos += n
+        return s
+
+
+def _read_value(cur: _Cursor, vt: int, key: str, type_offset: int):
+    """One metadata value of type ``vt`` -> (python value, type spec)."""
+    if vt not in _VALUE_TYPE_IDS:
+        raise GGUFFormatError(f"metadata[{key!r}] value type", type_offset, f"unknown value type {vt}")
+    vt = ValueType(vt)
+    if vt == ValueType.STRING:
+        return cur.string(f"metadata[{key!r}]"), vt
+    if vt != ValueType.ARRAY:
+        at = cur.pos
+        v = cur.scalar(vt, f"metadata[{key!r}]")
+        if vt == ValueType.BOOL:
+            if v > 1:
+                raise GGUFFormatError(f"metadata[{key!r}]", at, f"bool must be 0 or 1, got {v}")
+            v = bool(v)
+        return v, vt
+    # array: element type, count, elements
+    et_at = cur.pos
+    et = cur.u32(f"metadata[{key!r}] array element type")
+    if et == ValueType.ARRAY:
+        raise GGUFFormatError(f"metadata[{key!r}] array element type", et_at, "nested arrays are not supported")
+    if et not in _VALUE_TYPE_IDS:
+        raise GGUFFormatError(f"metadata[{key!r}] array element type", et_at, f"unknown value type {et}")
+    et = ValueType(et)
+    count_at = cur.pos
+    count = cur.u64(f"metadata[{key!r}] array count")
+    if et == ValueType.STRING:
+        # each string takes at least its 8-byte length: bound the count before looping
+        cur.need(count * 8, f"metadata[{key!r}] array count", f"{count} strings (>= {count * 8} bytes)")
+        values = [cur.string(f"metadata[{key!r}][{i}]") for i in range(count)]
+        return values, (ValueType.ARRAY, et)
+    dtype = _DTYPES[et]
+    nbytes = count * dtype.itemsize
+    cur.need(nbytes, f"metadata[{key!r}] array count", f"{count} x {et.name} ({nbytes} bytes)")
+    values = np.frombuffer(cur.buf, dtype=dtype, count=count, offset=cur.pos).copy()
+    if et == ValueType.BOOL:
+        bad = np.flatnonzero(values > 1)
+        if bad.size:
+            raise GGUFFormatError(f"metadata[{key!r}][{bad[0]}]", cur.pos + int(bad[0]), "bool must be 0 or 1")
+        values = values.astype(bool)
+    values = values.astype(dtype.newbyteorder("="))  # native order for the caller
+    cur.pos += nbytes
+    return values, (ValueType.ARRAY, et)
+
+
+def _parse(buf: memoryview) -> GGUFFile:
+    cur = _Cursor(buf)
+    # --- header
+    cur.need(_HEADER_BYTES, "header", f"a {_HEADER_BYTES}-byte header")
+    magic = bytes(buf[0:4])
+    if magic != GGUF_MAGIC:
+        raise GGUFFormatError("magic", 0, f"expected b'GGUF', got {magic!r}")
+    cur.pos = 4
+    version = cur.u32("version")
+    if version not in SUPPORTED_VERSIONS:
+        swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+        why = ("big-endian files are not supported" if swapped in (1, 2, 3) else
+               "version 1 is not supported (32-bit counts)" if version == 1 else "unknown version")
+        raise GGUFFormatError("version", 4, f"{version}: {why}; expected one of {SUPPORTED_VERSIONS}")
+    n_tensors_at = cur.pos
+    n_tensors = cur.u64("n_tensors")
+    n_kv_at = cur.pos
+    n_kv = cur.u64("n_kv")
+    left = cur.size - cur.pos
+    if n_kv > left // _MIN_KV_BYTES:
+        raise GGUFFormatError("n_kv", n_kv_at, f"{n_kv} key/values cannot fit in the {left} bytes left")
+    if n_tensors > left // _MIN_TENSOR_INFO_BYTES:
+        raise GGUFFormatError("n_tensors", n_tensors_at, f"{n_tensors} tensor infos cannot fit in the {left} bytes left")
+
+    # --- metadata
+    metadata: dict[str, Any] = {}
+    types: dict[str, TypeSpec] = {}
+    value_at: dict[str, int] = {}  # where each value's type field starts, for error messages
+    for i in range(n_kv):
+        key_at = cur.pos
+        key = cur.string(f"metadata key #{i}")
+        if not key:
+            raise GGUFFormatError(f"metadata key #{i}", key_at, "empty key")
+        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise GGUFFormatError(f"metadata key #{i}", key_at, f"key longer than {MAX_KEY_BYTES} bytes")
+        if key in metadata:
+            raise GGUFFormatError(f"metadata key #{i}", key_at, f"duplicate key {key!r}")
+        vt_at = value_at[key] = cur.pos
+        vt = cur.u32(f"metadata[{key!r}] value type")
+        metadata[key], types[key] = _read_value(cur, vt, key, vt_at)
+        if n_tensors > (cur.size - cur.pos) // _MIN_TENSOR_INFO_BYTES:
+            raise GGUFFormatError("n_tensors", n_tensors_at,
+                                  f"{n_tensors} tensor infos cannot fit in the {cur.size - cur.pos} bytes left")
+
+    alignment = DEFAULT_ALIGNMENT
+    if ALIGNMENT_KEY in metadata:
+        alignment = metadata[ALIGNMENT_KEY]
+        if types[ALIGNMENT_KEY] != ValueType.UINT32:
+            raise GGUFFormatError(f"metadata[{ALIGNMENT_KEY!r}]", value_at[ALIGNMENT_KEY],
+                                  f"must be UINT32, got {getattr(types[ALIGNMENT_KEY], 'name', types[ALIGNMENT_KEY])}")
+        if alignment == 0 or alignment & (alignment - 1):
+            raise GGUFFormatError(f"metadata[{ALIGNMENT_KEY!r}]", value_at[ALIGNMENT_KEY], f"{alignment} is not a power of two")
+
+    # --- tensor infos
+    infos = []
+    names: set[str] = set()
+    for i in range(n_tensors):
+        name_at = cur.pos
+        name = cur.string(f"tensor #{i} name")
+        if not name:
+            raise GGUFFormatError(f"tensor #{i} name", name_at, "empty name")
+        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            raise GGUFFormatError(f"tensor #{i} name", name_at, f"{name!r} is longer than {MAX_NAME_BYTES} bytes")
+        if name in names:
+            raise GGUFFormatError(f"tensor #{i} name", name_at, f"duplicate tensor name {name!r}")
+        names.add(name)
+        f = f"tensor {name!r}"
+        nd_at = cur.pos
+        n_dims = cur.u32(f"{f} n_dims")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise GGUFFormatError(f"{f} n_dims", nd_at, f"{n_dims} dimensions; expected 1..{MAX_DIMS}")
+        ne = []
+        n_elements = 1
+        for j in range(n_dims):
+            at = cur.pos
+            d = cur.u64(f"{f} ne[{j}]")
+            if d == 0 or d > _INT64_MAX:
+                raise GGUFFormatError(f"{f} ne[{j}]", at, f"dimension {d}; expected 1..{_INT64_MAX}")
+            n_elements *= d
+            if n_elements > _INT64_MAX:
+                raise GGUFFormatError(f"{f} ne[{j}]", at, "element count overflows int64")
+            ne.append(d)
+        type_at = cur.pos
+        type_id = cur.u32(f"{f} type")
+        if type_id not in BY_ID:
+            raise GGUFFormatError(f"{f} type", type_at, f"unknown ggml type id {type_id}")
+        t = BY_ID[type_id]
+        if ne[0] % t.block_size:
+            raise GGUFFormatError(f"{f} ne[0]", nd_at + 4,
+                                  f"row length {ne[0]} is not a multiple of {t.name}'s block size {t.block_size}")
+        nbytes = n_elements // t.block_size * t.type_size
+        off_at = cur.pos
+        offset = cur.u64(f"{f} offset")
+        if offset % alignment:
+            raise GGUFFormatError(f"{f} offset", off_at, f"{offset} is not a multiple of the alignment {alignment}")
+        infos.append((name, t, tuple(reversed(ne)), offset, nbytes, off_at))
+
+    # --- data section: every tensor inside the file, none overlapping
+    data_offset = _align(cur.pos, alignment)
+    data_size = max(0, cur.size - data_offset)
+    prev_end, prev_name = 0, None
+    for name, t, shape, offset, nbytes, off_at in sorted(infos, key=lambda r: r[3]):
+        if offset + nbytes > data_size:
+            raise GGUFFormatError(f"tensor {name!r} offset", off_at,
+                                  f"data [{offset}, {offset + nbytes}) runs past the end of the "
+                                  f"{data_size}-byte data section")
+        if offset < prev_end:
+            raise GGUFFormatError(f"tensor {name!r} offset", off_at,
+                                  f"data [{offset}, {offset + nbytes}) overlaps tensor {prev_name!r} "
+                                  f"ending at {prev_end}")
+        prev_end, prev_name = offset + nbytes, name
+    end = data_offset + _align(prev_end, alignment)
+    trailing = max(0, cur.size - end)
+
+    tensors = {name: TensorInfo(name, t.name, t.id, shape, data_offset + offset, nbytes, buf)
+               for name, t, shape, offset, nbytes, _ in infos}
+    return GGUFFile(version, metadata, types, tensors, alignment, data_offset, cur.size, trailing, buf)
+
+
+def read(source) -> GGUFFile:
+    """Parse a GGUF file (a path) or GGUF bytes (``bytes``, ``bytearray``, ``memoryview``,
+    any buffer) and check it; raise GGUFFormatError naming the field and byte offset.
+
+    A path is memory-mapped read-only; tensor bytes are read when ``TensorInfo.raw`` is used.
+
+    Example:
+        >>> f = read(to_bytes({"general.name": "tiny"}, [("w", "F32", (1, 2), bytes(8))]))
+        >>> f.metadata["general.name"], f.tensors["w"].shape, f.tensors["w"].raw.shape
+        ('tiny', (1, 2), (1, 8))
+    """
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:  # an empty file cannot be mapped
+                return _parse(memoryview(b""))
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            gf = _parse(memoryview(mm))
+        except BaseException:
+            mm.close()
+            raise
+        gf._closer = mm
+        return gf
+    try:
+        buf = memoryview(source)
+    except TypeError:
+        raise TypeError(f"source: expected a path or a bytes-like buffer, got {type(source).__name__}") from None
+    return _parse(buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _infer_type(key: str, value) -> TypeSpec:
+    """The value type written when ``metadata_types`` does not name one (gguf-py's choices)."""
+    if isinstance(value, (bool, np.bool_)):
+        return ValueType.BOOL
+    if isinstance(value, str):
+        return ValueType.STRING
+    if isinstance(value, np.generic):
+        return _vt_of_dtype(key, value.dtype)
+    if isinstance(value, int):
+        return ValueType.INT32 if -2**31 <= value < 2**31 else ValueType.INT64
+    if isinstance(value, float):
+        return ValueType.FLOAT32
+    if isinstance(value, np.ndarray):
+        return (ValueType.ARRAY, _vt_of_dtype(key, value.dtype))
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"metadata[{key!r}]: cannot infer the element type of an empty list; "
+                             "give it in metadata_types")
+        et = _infer_type(key, value[0])
+        if isinstance(et, tuple):
+            raise ValueError(f"metadata[{key!r}]: nested arrays are not supported")
+        return (ValueType.ARRAY, et)
+    raise TypeError(f"metadata[{key!r}]: cannot store a {type(value).__name__} in GGUF")
+
+
+def _vt_of_dtype(key: str, dtype) -> ValueType:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return ValueType.BOOL
+    for vt, dt in _DTYPES.items():
+        if vt != ValueType.BOOL and dt.kind == dtype.kind and dt.itemsize == dtype.itemsize:
+            return vt
+    raise TypeError(f"metadata[{key!r}]: no GGUF value type for dtype {dtype}")
+
+
+def _check_spec(key: str, spec) -> TypeSpec:
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or spec[0] != ValueType.ARRAY:
+            raise ValueError(f"metadata_types[{key!r}]: expected a ValueType or (ValueType.ARRAY, element type), got {spec!r}")
+        et = _check_spec(key, spec[1])
+        if et == ValueType.ARRAY:
+            raise ValueError(f"metadata_types[{key!r}]: nested arrays are not supported")
+        return (ValueType.ARRAY, et)
+    try:
+        vt = ValueType(spec) if not isinstance(spec, str) else ValueType[spec.upper()]
+    except (ValueError, KeyError):
+        raise ValueError(f"metadata_types[{key!r}]: unknown value type {spec!r}") from None
+    if vt == ValueType.ARRAY:
+        raise ValueError(f"metadata_types[{key!r}]: give an array as (ValueType.ARRAY, element type)")
+    return vt
+
+
+def _encode_string(s: str, what: str) -> bytes:
+    if not isinstance(s, str):
+        raise TypeError(f"{what}: expected a str, got {type(s).__name__}")
+    b = s.encode("utf-8")
+    return _U64.pack(len(b)) + b
+
+
+def _encode_scalar(key: str, vt: ValueType, v) -> bytes:
+    if vt == ValueType.STRING:
+        return _encode_string(v, f"metadata[{key!r}]")
+    if vt == ValueType.BOOL:
+        if not isinstance(v, (bool, np.bool_)) and v not in (0, 1):
+            raise ValueError(f"metadata[{key!r}]: a BOOL must be True/False (or 0/1), got {v!r}")
+        return bytes([int(bool(v))])
+    dt = _DTYPES[vt]
+    if dt.kind in "iu":
+        if isinstance(v, (bool, float, np.floating)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"metadata[{key!r}]: a {vt.name} must be an integer, got {v!r}")
+        info = np.iinfo(dt)
+        if not info.min <= int(v) <= info.max:
+            raise ValueError(f"metadata[{key!r}]: {v} is outside {vt.name}'s range {info.min}..{info.max}")
+        return _STRUCTS[vt].pack(int(v))
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
+        raise TypeError(f"metadata[{key!r}]: a {vt.name} must be a number, got {v!r}")
+    return np.asarray(v, dtype=dt).tobytes()  # round-to-nearest to float32 / float64, as C does
+
+
+def _encode_value(key: str, spec: TypeSpec, v) -> bytes:
+    if not isinstance(spec, tuple):
+        return _U32.pack(spec) + _encode_scalar(key, spec, v)
+    et = spec[1]
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
+        raise TypeError(f"metadata[{key!r}]: an ARRAY value must be a list or array, got {type(v).__name__}")
+    head = _U32.pack(ValueType.ARRAY) + _U32.pack(et) + _U64.pack(len(v))
+    if et == ValueType.STRING:
+        return head + b"".join(_encode_string(s, f"metadata[{key!r}][{i}]") for i, s in enumerate(v))
+    a = np.asarray(v)
+    if a.ndim != 1:
+        raise ValueError(f"metadata[{key!r}]: an ARRAY value must be one-dimensional, got shape {a.shape}")
+    if a.size == 0:
+        return head
+    dt = _DTYPES[et]
+    if et == ValueType.BOOL:
+        if a.dtype != np.bool_ and not np.isin(a, (0, 1)).all():
+            raise ValueError(f"metadata[{key!r}]: BOOL elements must be True/False (or 0/1)")
+        return head + a.astype(bool).astype(dt).tobytes()
+    if dt.kind in "iu":
+        if a.dtype.kind not in "iub":
+            raise TypeError(f"metadata[{key!r}]: {et.name} elements must be integers, got dtype {a.dtype}")
+        info = np.iinfo(dt)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"metadata[{key!r}]: elements {lo}..{hi} are outside {et.name}'s range")
+    elif a.dtype.kind not in "iuf":
+        raise TypeError(f"metadata[{key!r}]: {et.name} elements must be numbers, got dtype {a.dtype}")
+    return head + a.astype(dt).tobytes()
+
+
+def _tensor_entries(tensors) -> list[tuple[str, Any, tuple[int, ...], Any]]:
+    """Normalize tensors -> [(name, GGMLType, numpy-order shape, uint8 buffer)]."""
+    if isinstance(tensors, Mapping):
+        items = [(name, *v) if isinstance(v, tuple) else (name, v.type, v.shape, v.raw)
+                 for name, v in tensors.items()]
+    else:
+        items = [(t.name, t.type, t.shape, t.raw) if isinstance(t, TensorInfo) else tuple(t) for t in tensors]
+    out, seen = [], set()
+    for item in items:
+        if len(item) != 4:
+            raise ValueError(f"tensors: expected (name, type, shape, raw bytes) entries, got {len(item)} fields")
+        name, qtype, shape, raw = item
+        what = f"tensors[{name!r}]"
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tensors: a tensor name must be a non-empty str, got {name!r}")
+        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(f"{what}: name longer than {MAX_NAME_BYTES} bytes (llama.cpp's GGML_MAX_NAME)")
+        if name in seen:
+            raise ValueError(f"{what}: duplicate tensor name")
+        seen.add(name)
+        t = ggml_type(qtype)
+        shape = tuple(int(d) for d in shape)
+        if not 1 <= len(shape) <= MAX_DIMS or min(shape) <= 0:
+            raise ValueError(f"{what}: shape {shape} must have 1..{MAX_DIMS} positive dimensions")
+        if shape[-1] % t.block_size:
+            raise ValueError(f"{what}: row length {shape[-1]} is not a multiple of {t.name}'s block size {t.block_size}")
+        nbytes = int(np.prod(shape, dtype=object)) // t.block_size * t.type_size
+        data = memoryview(raw).cast("B") if not isinstance(raw, np.ndarray) else \
+            memoryview(np.ascontiguousarray(raw).view(np.uint8).reshape(-1))
+        if data.nbytes != nbytes:
+            raise ValueError(f"{what}: {data.nbytes} bytes given, {t.name} {shape} takes {nbytes}")
+        out.append((name, t, shape, data))
+    return out
+
+
+def _chunks(metadata: Mapping[str, Any], tensors, metadata_types=None, alignment=None) -> Iterator[bytes]:
+    """The file, as byte chunks: header+metadata+tensor table, then each tensor and its padding.
+
+    Everything is validated before the first chunk is produced.
+    """
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata: expected a dict of key -> value, got {type(metadata).__name__}")
+    metadata_types = dict(metadata_types or {})
+    metadata = dict(metadata)
+    if alignment is not None:
+        if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise ValueError(f"alignment: expected a power of two, got {alignment!r}")
+        if alignment != metadata.get(ALIGNMENT_KEY, DEFAULT_ALIGNMENT):
+            metadata[ALIGNMENT_KEY] = alignment
+            metadata_types[ALIGNMENT_KEY] = ValueType.UINT32
+    alignment = metadata.get(ALIGNMENT_KEY, DEFAULT_ALIGNMENT)
+    if ALIGNMENT_KEY in metadata:
+        metadata_types.setdefault(ALIGNMENT_KEY, ValueType.UINT32)
+        if _check_spec(ALIGNMENT_KEY, metadata_types[ALIGNMENT_KEY]) != ValueType.UINT32:
+            raise ValueError(f"metadata_types[{ALIGNMENT_KEY!r}]: must be UINT32")
+        if isinstance(alignment, bool) or not isinstance(alignment, (int, np.integer)) \
+                or alignment <= 0 or alignment & (alignment - 1):
+            raise ValueError(f"metadata[{ALIGNMENT_KEY!r}]: expected a power of two, got {alignment!r}")
+        alignment = int(alignment)
+    unknown = set(metadata_types) - set(metadata)
+    if unknown:
+        raise ValueError(f"metadata_types: keys not in metadata: {sorted(unknown)[:5]}")
+
+    parts = [GGUF_MAGIC, _U32.pack(3)]
+    entries = _tensor_entries(tensors)
+    parts += [_U64.pack(len(entries)), _U64.pack(len(metadata))]
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"metadata: keys must be non-empty str, got {key!r}")
+        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise ValueError(f"metadata[{key[:40]!r}...]: key longer than {MAX_KEY_BYTES} bytes")
+        spec = _check_spec(key, metadata_types[key]) if key in metadata_types else _infer_type(key, value)
+        parts.append(_encode_string(key, "metadata key") + _encode_value(key, spec, value))
+    offset = 0
+    for name, t, shape, data in entries:
+        ne = shape[::-1]
+        parts.append(_encode_string(name, "tensor name") + _U32.pack(len(ne))
+                     + b"".join(_U64.pack(d) for d in ne) + _U32.pack(t.id) + _U64.pack(offset))
+        offset += _align(data.nbytes, alignment)
+    head = b"".join(parts)
+    yield head + bytes(_align(len(head), alignment) - len(head))
+    for _, _, _, data in entries:
+        yield data
+        yield bytes(_align(data.nbytes, alignment) - data.nbytes)
+
+
+def to_bytes(metadata: Mapping[str, Any], tensors=(), *, metadata_types=None, alignment=None) -> bytes:
+    """The GGUF v3 file ``write`` would produce, as bytes (for small files and tests)."""
+    return b"".join(_chunks(metadata, tensors, metadata_types, alignment))
+
+
+def write(path, metadata: Mapping[str, Any], tensors=(), *, metadata_types=None, alignment=None) -> None:
+    """Write a GGUF v3 file atomically.
+
+    metadata: key -> value, written in order. Value types come from ``metadata_types``
+        (key -> ValueType, or (ValueType.ARRAY, element ValueType); a read file's
+        ``metadata_types`` fits as is) or are inferred: bool BOOL, int INT32 (INT64 if
+        larger), float FLOAT32, str STRING, list/ndarray ARRAY of the first element's /
+        dtype's type.
+    tensors: (name, type, shape, raw) tuples (type a name like "Q4_K" or an id; shape in
+        NumPy order; raw the tensor's bytes, ``row_bytes`` per row), a dict name ->
+        (type, shape, raw), or TensorInfo objects of a read file. Written in that order,
+        each at an offset aligned to ``alignment`` and zero-padded.
+    alignment: data alignment; default ``metadata["general.alignment"]`` or 32. A value
+        other than that is stored in ``general.alignment``.
+
+    Bad arguments raise ValueError/TypeError before anything is written. The file goes to
+    a temporary file next to ``path`` (flushed, fsync'ed) that then replaces ``path``; on
+    any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = os.fspath(path)
+    chunks = _chunks(metadata, tensors, metadata_types, alignment)
+    first = next(chunks)  # validates every argument before a file is created
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(first)
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _mode_for(path))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def _mode_for(path: str) -> int:
+    """Keep an existing file's permissions; a new file gets 0o666 minus the umask, like open()."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
