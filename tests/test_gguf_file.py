@@ -205,17 +205,42 @@ def test_gguf_py_written_file_reads_identically(tmp_path):
 # --------------------------------------------------------------------------- llama.cpp as oracle
 
 
+# llama.cpp runs in a child process: a libggml-base loaded earlier in this process (the
+# libggml-python oracle of other tests) would satisfy libllama's dependency by its soname
+# and break `import llama_cpp` ("undefined symbol"), depending on test order.
+_LLAMA_SCRIPT = """
+import json, sys, llama_cpp
+out = {}
+for path in sys.argv[1:]:
+    llm = llama_cpp.Llama(path, vocab_only=True, verbose=False)
+    out[path] = dict(name=llm.metadata.get("general.name"), n_vocab=llm.n_vocab(),
+                     tokens=llm.tokenize("Hello world, this is refquant.".encode()))
+print(json.dumps(out))
+"""
+
+
+def _llama_cpp_load(*paths):
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _LLAMA_SCRIPT, *map(str, paths)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def test_llama_cpp_loads_rewritten_smollm2(smollm2_path, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")  # the `llama` extra; installed in CI
     out = str(tmp_path / "model.gguf")
     with gf.read(smollm2_path) as f:
         metadata = dict(f.metadata)
         metadata["general.name"] = "rewritten by refquant"
         gf.write(out, metadata, f.tensors.values(), metadata_types=f.metadata_types)
-    llm = llama_cpp.Llama(out, vocab_only=True, verbose=False)
-    assert llm.metadata["general.name"] == "rewritten by refquant"
-    assert llm.n_vocab() == len(metadata["tokenizer.ggml.tokens"])
-    assert llm.tokenize(b"Hello world") == llama_cpp.Llama(smollm2_path, vocab_only=True, verbose=False).tokenize(b"Hello world")
+        n_tokens = len(f.metadata["tokenizer.ggml.tokens"])
+    got = _llama_cpp_load(smollm2_path, out)
+    assert got[out]["name"] == "rewritten by refquant"
+    assert got[out]["n_vocab"] == got[smollm2_path]["n_vocab"] == n_tokens
+    assert got[out]["tokens"] == got[smollm2_path]["tokens"]
 
 
 # --------------------------------------------------------------------------- reader API

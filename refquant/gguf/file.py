@@ -24,30 +24,37 @@ memory stays proportional to the file's size.
 What is refused, what is tolerated (compared with llama.cpp's ``gguf_init_from_file_impl``,
 ggml/src/gguf.cpp, and ``llama_model_loader``):
 
-| check                                   | refquant   | llama.cpp                         |
-|-----------------------------------------|------------|-----------------------------------|
-| magic "GGUF"                            | refused    | refused                           |
-| version 1 (32-bit counts)               | refused    | refused                           |
-| version other than 1..3, big-endian     | refused    | refused (byte-swapped: refused)   |
-| count / length beyond the bytes left    | refused    | refused (reads fail at EOF)       |
-| string not UTF-8                        | refused    | tolerated (bytes kept)            |
-| empty key, key over 65535 bytes         | refused    | tolerated                         |
-| unknown value type, bool not 0/1        | refused    | type refused, bool tolerated      |
-| nested array (array of arrays)          | refused    | refused                           |
-| duplicate key / tensor name             | refused    | refused                           |
-| tensor name empty or >= 64 bytes        | refused    | >= 64 refused (GGML_MAX_NAME)     |
-| n_dims outside 1..4                     | refused    | > 4 refused, 0 tolerated          |
-| a dimension == 0                        | refused    | tolerated (< 0 refused)           |
-| element count overflows int64           | refused    | refused                           |
-| unknown or removed type id              | refused    | refused                           |
-| ne[0] not a multiple of the block size  | refused    | refused                           |
-| general.alignment not u32 / not 2^k     | refused    | not 2^k refused, wrong type aborts|
-| tensor offset not aligned               | refused    | refused                           |
-| tensors overlapping                     | refused    | refused (offsets must be packed)  |
-| gaps / tensors not in offset order      | tolerated  | refused (offset == running sum)   |
-| tensor data past the end of the file    | refused    | refused (model loader)            |
-| padding after the last tensor missing   | tolerated  | tolerated by the model loader     |
-| bytes after the last tensor             | tolerated, counted in ``trailing_bytes`` | tolerated |
+| check                                    | refquant  | llama.cpp (gguf_init_from_file)          |
+|------------------------------------------|-----------|------------------------------------------|
+| magic "GGUF"; version 2 or 3             | refused   | refused (v1, v0, > 3, byte-swapped)      |
+| a count or length beyond the bytes left  | refused   | refused                                  |
+| string (key, value, name) not UTF-8      | refused   | tolerated (bytes kept)                   |
+| empty key                                | refused   | refused                                  |
+| key over 65535 bytes (gguf.md's limit)   | refused   | tolerated                                |
+| unknown value type; nested array         | refused   | refused                                  |
+| bool other than 0 or 1                   | refused   | tolerated (read as true)                 |
+| duplicate key or tensor name             | refused   | refused                                  |
+| general.alignment not UINT32 / not 2^k   | refused   | refused                                  |
+| tensor name >= 64 bytes (GGML_MAX_NAME)  | refused   | refused                                  |
+| tensor name empty                        | refused   | tolerated                                |
+| n_dims > 4                               | refused   | refused                                  |
+| n_dims == 0                              | refused   | tolerated (a scalar)                     |
+| a dimension == 0                         | refused   | tolerated (an empty tensor)              |
+| a dimension >= 2^63; element count >= 2^63 | refused | refused                                  |
+| type id unknown or removed               | refused   | refused                                  |
+| ne[0] not a multiple of the block size   | refused   | refused                                  |
+| tensor offset not aligned                | refused   | refused                                  |
+| tensors overlapping                      | refused   | refused (offsets must be packed)         |
+| gaps, tensors not in offset order        | tolerated | refused (offset == running sum)          |
+| tensor data beyond the end of the file   | refused   | tolerated by the parser; the model loader refuses |
+| padding after the last tensor missing    | tolerated | tolerated (no_alloc)                     |
+| bytes after the last tensor              | tolerated, counted in ``trailing_bytes`` | tolerated |
+
+(llama.cpp's column is measured on every row by tests/test_gguf_malformed.py, calling
+``gguf_init_from_file`` of the libggml that llama-cpp-python ships.) Nested arrays and
+n_dims == 0 are legal in gguf.md, but llama.cpp refuses the first and nothing writes the
+second; a zero dimension would make a row of no bytes — refused so that every tensor
+refquant hands out has data.
 
 Reading maps the file (``mmap``) and parses only the header, metadata and tensor table;
 ``TensorInfo.raw`` is a NumPy view on the mapping, so tensor bytes are paged in on use.
@@ -148,6 +155,11 @@ _VALUE_TYPE_IDS = frozenset(int(vt) for vt in ValueType)
 TypeSpec = Any
 
 
+def _spec_name(spec: TypeSpec) -> str:
+    """ValueType.UINT32 -> "UINT32", (ARRAY, STRING) -> "ARRAY[STRING]"."""
+    return f"ARRAY[{ValueType(spec[1]).name}]" if isinstance(spec, tuple) else ValueType(spec).name
+
+
 def _align(n: int, alignment: int) -> int:
     """Round n up to a multiple of alignment (GGML_PAD)."""
     return (n + alignment - 1) // alignment * alignment
@@ -214,10 +226,7 @@ class GGUFFile:
         """Release the mapping. Arrays still viewing it keep it alive until they are freed."""
         closer, self._closer = self._closer, None
         if closer is not None:
-            try:
-                closer.close()
-            except BufferError:
-                pass  # a .raw view is still alive; the map is unmapped when it is garbage collected
+            _release(self._buffer, closer)
 
     def __enter__(self) -> "GGUFFile":
         return self
@@ -238,10 +247,12 @@ class _Cursor:
         self.size = len(buf)
         self.pos = 0
 
-    def need(self, n: int, field: str, what: str = "") -> None:
+    def need(self, n: int, field: str, what: str = "", at: int | None = None) -> None:
+        """n more bytes must be left; else the error points at ``at`` (the count's field) or here."""
         left = self.size - self.pos
         if n > left:
-            raise GGUFFormatError(field, self.pos, f"{what or f'{n} bytes'} needed but only {left} bytes left")
+            raise GGUFFormatError(field, self.pos if at is None else at,
+                                  f"{what or f'{n} bytes'} needed but only {left} bytes left")
 
     def scalar(self, vt: ValueType, field: str):
         st = _STRUCTS[vt]
@@ -265,7 +276,7 @@ class _Cursor:
     def string(self, field: str) -> str:
         start = self.pos
         n = self.u64(f"{field} length")
-        self.need(n, field, f"string of {n} bytes")
+        self.need(n, field, f"string of {n} bytes", at=start)
         raw = bytes(self.buf[self.pos:self.pos + n])
         try:
             s = raw.decode("utf-8")
@@ -302,12 +313,12 @@ def _read_value(cur: _Cursor, vt: int, key: str, type_offset: int):
     count = cur.u64(f"metadata[{key!r}] array count")
     if et == ValueType.STRING:
         # each string takes at least its 8-byte length: bound the count before looping
-        cur.need(count * 8, f"metadata[{key!r}] array count", f"{count} strings (>= {count * 8} bytes)")
+        cur.need(count * 8, f"metadata[{key!r}] array count", f"{count} strings (>= {count * 8} bytes)", at=count_at)
         values = [cur.string(f"metadata[{key!r}][{i}]") for i in range(count)]
         return values, (ValueType.ARRAY, et)
     dtype = _DTYPES[et]
     nbytes = count * dtype.itemsize
-    cur.need(nbytes, f"metadata[{key!r}] array count", f"{count} x {et.name} ({nbytes} bytes)")
+    cur.need(nbytes, f"metadata[{key!r}] array count", f"{count} x {et.name} ({nbytes} bytes)", at=count_at)
     values = np.frombuffer(cur.buf, dtype=dtype, count=count, offset=cur.pos).copy()
     if et == ValueType.BOOL:
         bad = np.flatnonzero(values > 1)
@@ -368,7 +379,7 @@ def _parse(buf: memoryview) -> GGUFFile:
         alignment = metadata[ALIGNMENT_KEY]
         if types[ALIGNMENT_KEY] != ValueType.UINT32:
             raise GGUFFormatError(f"metadata[{ALIGNMENT_KEY!r}]", value_at[ALIGNMENT_KEY],
-                                  f"must be UINT32, got {getattr(types[ALIGNMENT_KEY], 'name', types[ALIGNMENT_KEY])}")
+                                  f"must be UINT32, got {_spec_name(types[ALIGNMENT_KEY])}")
         if alignment == 0 or alignment & (alignment - 1):
             raise GGUFFormatError(f"metadata[{ALIGNMENT_KEY!r}]", value_at[ALIGNMENT_KEY], f"{alignment} is not a power of two")
 
@@ -438,6 +449,15 @@ def _parse(buf: memoryview) -> GGUFFile:
     return GGUFFile(version, metadata, types, tensors, alignment, data_offset, cur.size, trailing, buf)
 
 
+def _release(view: memoryview, mm: mmap.mmap) -> None:
+    """Unmap now if nothing views the mapping any more; else leave it to the garbage collector."""
+    try:
+        view.release()
+        mm.close()
+    except BufferError:
+        pass  # a TensorInfo.raw array still views it: unmapped when that array is freed
+
+
 def read(source) -> GGUFFile:
     """Parse a GGUF file (a path) or GGUF bytes (``bytes``, ``bytearray``, ``memoryview``,
     any buffer) and check it; raise GGUFFormatError naming the field and byte offset.
@@ -455,10 +475,11 @@ def read(source) -> GGUFFile:
             if size == 0:  # an empty file cannot be mapped
                 return _parse(memoryview(b""))
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mm)
         try:
-            gf = _parse(memoryview(mm))
+            gf = _parse(view)
         except BaseException:
-            mm.close()
+            _release(view, mm)
             raise
         gf._closer = mm
         return gf
