@@ -1,0 +1,475 @@
+"""GPTQ: one-shot weight quantization with second-order error compensation.
+
+A linear layer y = W x (W: (out, in)) is quantized column by column. Quantizing column j
+makes an error w_j - q_j; the remaining (not yet quantized) columns absorb it so that the
+layer's *output* on calibration data X moves as little as possible (Optimal Brain
+Surgeon, OBS). The loss of one row w is the quadratic form
+
+    E(ŵ) = (w - ŵ)ᵀ H (w - ŵ),        H = 2 X Xᵀ / n      (X: (in, n) calibration inputs)
+
+and the OBS update after fixing column j to q_j is
+
+    δ = -(w_j - q_j) / [H⁻¹]_jj · [H⁻¹]_{j,:}                        (paper eq. 2/3)
+
+GPTQ's three tricks (Frantar et al. 2023, Algorithm 1):
+
+1. the same column order for every row, so H⁻¹ is shared and each step is a rank-1
+   update vectorized across all rows;
+2. the successive H⁻¹ after removing columns 0..j-1 are read off one upper Cholesky
+   factor U of H⁻¹ (H⁻¹ = Uᵀ U): row j of U, divided by U_jj, is the needed row of the
+   downdated inverse, and U_jj² its diagonal entry. So the error is divided by U_jj:
+
+       e_j = (w_j - q_j) / U_jj,      W_{:, j:} -= e_j U_{j, j:}        (Algorithm 1, l. 8-9)
+
+3. lazy batches: inside a block of B columns the updates are applied to that block only;
+   the columns right of the block get all B errors at once, W_{:, i2:} -= E U_{i1:i2, i2:}
+   (Algorithm 1, l. 12), a matrix product instead of B rank-1 updates.
+
+Options, as the reference code and its descendants have them:
+
+* damping λ = percdamp · mean(diag H) added to diag H (default 1 %); dead inputs
+  (H_jj = 0) get H_jj = 1 and their weights are set to 0 (they never see a signal);
+* group quantization along the input axis (G columns share a scale/zero per row). By
+  default a group's parameters are computed when the loop reaches its first column, from
+  the weights *as updated so far*; ``static_groups=True`` computes them all up front from
+  the original W, and ``s``/``z`` may be given (as llm-compressor's observers do);
+* act-order (``desc_act``): columns in order of decreasing H_jj. The result is returned in
+  the original column order with ``g_idx`` (group of every input column) and ``perm``.
+
+Symbols: W (out, in) weights; H (in, in) Hessian; U upper Cholesky factor of H⁻¹; B block
+size; G group size; b bits; q_max = 2**b - 1; s, z per (row, group) scale and zero-point.
+
+Ref: Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers", ICLR 2023, Algorithm 1; reference code
+IST-DASLab/gptq ``gptq.py`` (``GPTQ.add_batch``, ``GPTQ.fasterquant``) and ``quant.py``
+(``Quantizer.find_params``, ``quantize``); llm-compressor ``modifiers/gptq/gptq_quantize.py``
+(``quantize_weight``) and ``helpers.py`` (``accumulate_hessian``, ``factorize_hessian``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+from ._backend import namespace, to_numpy
+from ._checks import check_bits, check_divisible, check_float, check_finite, check_nonempty
+from ._rounding import round_half_even
+from .uniform import dequantize_codes, quantize_codes
+
+__all__ = [
+    "PERCDAMP", "BLOCKSIZE", "Hessian", "GPTQResult", "hessian_factor", "minmax_params",
+    "quantize_column", "gptq_quantize", "rtn_quantize", "layer_loss", "tutorial_update",
+]
+
+PERCDAMP = 0.01   # λ = 1 % of the mean diagonal of H (reference default)
+BLOCKSIZE = 128   # B, columns per lazy batch (reference default)
+MAX_DAMP_TRIES = 8  # each failed Cholesky multiplies the damping by 10
+
+
+# --------------------------------------------------------------------------- Hessian
+
+
+class Hessian:
+    """Streaming H = 2 X Xᵀ / n over calibration batches (GPTQ.add_batch).
+
+        after batches X_1..X_k with n = Σ n_i rows:  H = (2/n) Σ_i X_iᵀ X_i
+
+    Each ``add(X)`` (X: (n_i, in), one calibration vector per row) rescales the running
+    H by n/(n + n_i) and adds (√(2/(n+n_i)) X)ᵀ(√(2/(n+n_i)) X), as the reference does, so
+    H is always the mean over everything seen so far and never grows with n. The
+    reference counts sequences, llm-compressor counts batches; we count rows (tokens). The
+    count only scales H, and GPTQ's codes do not depend on H's scale (λ is relative).
+
+    Example: add([[1, 0]]) then add([[0, 2]]) -> H = (2/2)·[[1, 0], [0, 4]] = [[1, 0], [0, 4]].
+    """
+
+    def __init__(self, n_in: int, xp: Any = None, dtype: Any = None) -> None:
+        if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in <= 0:
+            raise ValueError(f"n_in: expected a positive number of input features, got {n_in!r}")
+        self.xp = xp if xp is not None else namespace()
+        self.dtype = dtype if dtype is not None else self.xp.float32
+        self.H = self.xp.zeros((n_in, n_in), dtype=self.dtype)  # (in, in)
+        self.n = 0
+
+    def add(self, X: Any) -> None:
+        """Fold a batch X: (n_i, in) of calibration inputs into H."""
+        xp = self.xp
+        check_float(X, "X")
+        if X.ndim != 2 or X.shape[1] != self.H.shape[0]:
+            raise ValueError(f"X: expected shape (n, {self.H.shape[0]}), got {tuple(X.shape)}")
+        check_finite(X, "X")
+        n_i = int(X.shape[0])
+        if n_i == 0:
+            return
+        X = xp.astype(X, self.dtype)
+        self.H = self.H * (self.n / (self.n + n_i))
+        self.n += n_i
+        Xs = math.sqrt(2 / self.n) * X      # (n_i, in)
+        self.H = self.H + Xs.T @ Xs         # (in, in)
+
+
+# --------------------------------------------------------------------------- the factor U
+
+
+def hessian_factor(H: Any, percdamp: float = PERCDAMP) -> Any:
+    """Upper Cholesky factor U of (H + λI)⁻¹, λ = percdamp · mean(diag H).
+
+        H + λI = L Lᵀ,   (H + λI)⁻¹ = L⁻ᵀ L⁻¹ = Uᵀ U,   U upper triangular
+
+    H: (in, in) symmetric, dead columns already set to 1 on the diagonal -> U: (in, in).
+    If a Cholesky fails (H not positive definite in floating point) the damping is
+    multiplied by 10 with a ``RuntimeWarning``, up to ``MAX_DAMP_TRIES`` times; then a
+    ValueError. There is no silent fall-back to round-to-nearest.
+    Ref: gptq.py ``fasterquant`` (cholesky, cholesky_inverse, cholesky(upper=True));
+    llm-compressor helpers.py ``factorize_hessian``.
+    """
+    xp = namespace(H)
+    n = H.shape[0]
+    eye = xp.eye(n, dtype=H.dtype)
+    mean_diag = xp.mean(xp.linalg.diagonal(H))
+    for attempt in range(MAX_DAMP_TRIES):
+        damp = percdamp * (10.0 ** attempt) * mean_diag
+        U = _upper_factor_of_inverse(H + damp * eye)
+        if U is not None:
+            return U
+        warnings.warn(
+            f"H: not positive definite with percdamp={percdamp * 10.0 ** attempt:g}; "
+            f"retrying with percdamp={percdamp * 10.0 ** (attempt + 1):g}",
+            RuntimeWarning, stacklevel=2,
+        )
+    raise ValueError(f"H: not positive definite even with percdamp={percdamp * 10.0 ** MAX_DAMP_TRIES:g}")
+
+
+def _upper_factor_of_inverse(H_damped: Any) -> Any:
+    """U with (H_damped)⁻¹ = Uᵀ U, or None when a Cholesky factorization fails."""
+    xp = namespace(H_damped)
+    try:
+        L = xp.linalg.cholesky(H_damped)                           # (in, in) lower
+        L_inv = xp.linalg.solve(L, xp.eye(L.shape[0], dtype=L.dtype))
+        H_inv = L_inv.T @ L_inv                                   # (H + λI)⁻¹ = L⁻ᵀ L⁻¹
+        H_inv = (H_inv + H_inv.T) / 2                             # exactly symmetric
+        U = xp.linalg.cholesky(H_inv, upper=True)                 # (in, in) upper
+    except Exception as err:  # NumPy/array-api-strict: LinAlgError; torch: _LinAlgError
+        if "LinAlgError" in type(err).__name__:
+            return None
+        raise
+    if not bool(xp.all(xp.isfinite(U))):
+        return None
+    return U
+
+
+# --------------------------------------------------------------------------- the quantizer
+
+
+def minmax_params(Wg: Any, bits: int, symmetric: bool) -> tuple[Any, Any]:
+    """Scale and zero of the GPTQ reference quantizer, per row of a group Wg: (out, G).
+
+        x_min = min(min_i w_i, 0),  x_max = max(max_i w_i, 0)
+        symmetric:  x_max = max(|x_min|, x_max);  x_min = -x_max if x_min < 0
+        x_min = x_max = 0  ->  x_min, x_max = -1, 1
+        s = (x_max - x_min) / q_max,   z = round(-x_min / s)  (symmetric: z = (q_max + 1) / 2)
+
+    -> s, z: (out, 1). Codes 0..q_max, ŵ = s (q - z). (An all-non-negative group keeps
+    x_min = 0 in symmetric mode, as the reference does.)
+    Ref: IST-DASLab/gptq quant.py ``Quantizer.find_params`` (perchannel, weight=True).
+    """
+    xp = namespace(Wg)
+    q_max = 2**bits - 1
+    zero = xp.zeros((Wg.shape[0], 1), dtype=Wg.dtype)
+    x_min = xp.minimum(xp.min(Wg, axis=1, keepdims=True), zero)    # (out, 1)
+    x_max = xp.maximum(xp.max(Wg, axis=1, keepdims=True), zero)    # (out, 1)
+    if symmetric:
+        x_max = xp.maximum(xp.abs(x_min), x_max)
+        x_min = xp.where(x_min < 0, -x_max, x_min)
+    empty = (x_min == 0) & (x_max == 0)
+    x_min = xp.where(empty, -xp.ones_like(x_min), x_min)
+    x_max = xp.where(empty, xp.ones_like(x_max), x_max)
+    s = (x_max - x_min) / q_max
+    if symmetric:
+        z = xp.full(s.shape, (q_max + 1) / 2, dtype=s.dtype)
+    else:
+        z = round_half_even(-x_min / s)
+    return s, z
+
+
+def quantize_column(w: Any, s: Any, z: Any, q_min: int, q_max: int, zero_before_round: bool = False) -> tuple[Any, Any]:
+    """Codes and dequantized values of one column (or any array) with scale s, zero z.
+
+        zero_before_round=False:  q = clamp(round(w / s) + z, q_min, q_max)   (GPTQ quant.py)
+        zero_before_round=True:   q = round(clamp(w / s + z, q_min, q_max))   (compressed-tensors)
+        ŵ = s (q - z)
+
+    The two orders differ only on ties (round(2.5) + 1 = 3, round(3.5) = 4) and where
+    w/s + z loses low bits; llm-compressor uses the second. Returns (q, ŵ), q as floats.
+    """
+    xp = namespace(w)
+    if zero_before_round:
+        q = round_half_even(xp.clip(w / s + z, float(q_min), float(q_max)))
+    else:
+        q = xp.astype(quantize_codes(w, s, z, q_min, q_max), w.dtype)  # refquant.uniform
+    return q, dequantize_codes(q, s, z)
+
+
+# --------------------------------------------------------------------------- GPTQ
+
+
+@dataclasses.dataclass
+class GPTQResult:
+    """What a GPTQ run returns, everything in the *original* column order.
+
+    q: (out, in) integer codes; s, z: (out, n_groups) scale and zero of every group;
+    g_idx: (in,) group of every input column (ŵ_ij = s[i, g_idx[j]] (q_ij - z[i, g_idx[j]]));
+    perm: (in,) the processing order (act-order) or None; W_hat: (out, in) dequantized;
+    loss: Σ_rows Σ_j e_j² / 2 as the reference reports it (e_j = (w_j - q_j)/U_jj).
+    """
+
+    q: Any
+    s: Any
+    z: Any
+    g_idx: Any
+    perm: Any
+    W_hat: Any
+    loss: float
+
+
+def _check_layer(W: Any, H: Any) -> None:
+    check_float(W, "W")
+    check_nonempty(W, "W")
+    if W.ndim != 2:
+        raise ValueError(f"W: expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
+    check_finite(W, "W")
+    check_float(H, "H")
+    n_in = W.shape[1]
+    if tuple(H.shape) != (n_in, n_in):
+        raise ValueError(f"H: expected shape ({n_in}, {n_in}) to match W's {n_in} input columns, got {tuple(H.shape)}")
+    check_finite(H, "H")
+
+
+def _group_layout(n_in: int, group_size: int | None) -> int:
+    if group_size is None or group_size == -1:
+        return n_in
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise ValueError(f"group_size: expected a positive integer or None, got {group_size!r}")
+    check_divisible(n_in, group_size, "group_size", "group size")
+    return group_size
+
+
+def gptq_quantize(
+    W: Any,
+    H: Any,
+    bits: int = 4,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    act_order: bool = False,
+    static_groups: bool = False,
+    blocksize: int = BLOCKSIZE,
+    percdamp: float = PERCDAMP,
+    s: Any = None,
+    z: Any = None,
+    signed: bool = False,
+    zero_before_round: bool = False,
+) -> GPTQResult:
+    """GPTQ (Algorithm 1) of one linear layer: codes, scales, zeros, g_idx, ŵ and the loss.
+
+        for each block [i1, i2) of B columns (in act-order if asked):
+            for j in i1..i2-1:
+                (new group starts at j) -> s, z from the current weights of the group
+                q_j = quant(w_j);  e_j = (w_j - q_j) / U_jj
+                W_{:, j:i2} -= e_j U_{j, j:i2}                          (in-block update)
+            W_{:, i2:} -= E_{:, i1:i2} U_{i1:i2, i2:}                   (lazy batch update)
+
+    W: (out, in) float; H: (in, in) (``Hessian``) -> ``GPTQResult``. Arithmetic is in W's
+    dtype (float32 as the reference; float64 for an exact-math check).
+    group_size: G columns per group (None: one group per row). static_groups: compute
+    every group's s, z from the original W up front (with act-order, groups stay the
+    original consecutive columns). s, z: (out, n_groups) given parameters (implies static).
+    signed: codes in -2^(b-1)..2^(b-1)-1 (compressed-tensors) instead of 0..2^b-1.
+    zero_before_round: see ``quantize_column``. Bound: the loss is GPTQ's greedy OBS
+    objective; with H diagonal GPTQ is exactly round-to-nearest.
+    Example: H = I (no correlation) -> every update row U_{j, j+1:} is 0, q = RTN codes.
+    """
+    xp = namespace(W, H)
+    _check_layer(W, H)
+    bits = check_bits(bits)
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize <= 0:
+        raise ValueError(f"blocksize: expected a positive integer, got {blocksize!r}")
+    if not percdamp > 0:
+        raise ValueError(f"percdamp: expected a positive damping fraction, got {percdamp!r}")
+    n_out, n_in = W.shape
+    G = _group_layout(n_in, group_size)
+    n_groups = n_in // G
+    q_min, q_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if (s is None) != (z is None):
+        raise ValueError("s, z: give both the scales and the zero-points, or neither")
+    if s is not None:
+        if tuple(s.shape) != (n_out, n_groups) or tuple(z.shape) != (n_out, n_groups):
+            raise ValueError(f"s, z: expected shape ({n_out}, {n_groups}) (rows, groups), got {tuple(s.shape)} and {tuple(z.shape)}")
+        static_groups = True
+        s, z = xp.astype(s, W.dtype), xp.astype(z, W.dtype)
+    dtype = W.dtype
+    W = xp.asarray(W, copy=True)
+    H = xp.astype(H, dtype, copy=True)
+
+    # dead inputs: no signal ever reached them, their weight cannot matter (fasterquant)
+    dead = xp.linalg.diagonal(H) == 0                                    # (in,)
+    eye = xp.eye(n_in, dtype=xp.bool)
+    H = xp.where(eye & dead[None, :], xp.ones_like(H), H)
+    W = xp.where(dead[None, :], xp.zeros_like(W), W)
+
+    if static_groups and s is None:  # from the original weights, original column groups
+        params = [minmax_params(W[:, g * G:(g + 1) * G], bits, symmetric) for g in range(n_groups)]
+        s = xp.concat([p[0] for p in params], axis=1)                    # (out, n_groups)
+        z = xp.concat([p[1] for p in params], axis=1)                    # (out, n_groups)
+        if signed and not symmetric:
+            z = z - 2 ** (bits - 1)
+        elif signed:
+            z = xp.zeros_like(z)
+
+    perm = None
+    if act_order:  # columns by decreasing H_jj; ties keep their order (stable sort)
+        perm = xp.argsort(-xp.linalg.diagonal(H), stable=True)            # (in,)
+        W = xp.take(W, perm, axis=1)
+        H = xp.take(xp.take(H, perm, axis=0), perm, axis=1)
+
+    # group of the k-th processed column: static groups follow the original columns
+    cols = xp.arange(n_in)
+    group_of_pos = (xp.take(cols, perm) if perm is not None else cols) // G if static_groups else cols // G
+    group_of_pos = [int(g) for g in to_numpy(group_of_pos)]
+
+    U = hessian_factor(H, percdamp)                                       # (in, in)
+    Q = xp.zeros_like(W)                                                  # (out, in) codes
+    s_cols = xp.zeros_like(W)
+    z_cols = xp.zeros_like(W)
+    loss = xp.zeros((n_out,), dtype=dtype)
+    s_dyn, z_dyn = [], []
+    s_cur = z_cur = None
+    for i1 in range(0, n_in, blocksize):
+        i2 = min(i1 + blocksize, n_in)
+        W1 = xp.asarray(W[:, i1:i2], copy=True)                           # (out, B)
+        E1 = xp.zeros_like(W1)                                            # (out, B) errors e_j
+        for i in range(i2 - i1):
+            j = i1 + i
+            if static_groups:
+                g = group_of_pos[j]
+                s_cur, z_cur = s[:, g:g + 1], z[:, g:g + 1]               # (out, 1)
+            elif j % G == 0:  # a new group starts: parameters from its current weights
+                Wg = _current_group(W, W1, E1, U, i1, i, i2, G)           # (out, G)
+                s_cur, z_cur = minmax_params(Wg, bits, symmetric)
+                if signed:
+                    z_cur = z_cur - 2 ** (bits - 1) if not symmetric else xp.zeros_like(z_cur)
+                s_dyn.append(s_cur)
+                z_dyn.append(z_cur)
+            w = W1[:, i:i + 1]                                            # (out, 1)
+            q, w_hat = quantize_column(w, s_cur, z_cur, q_min, q_max, zero_before_round)
+            d = U[j, j]
+            e = (w - w_hat) / d                                           # (out, 1)  Alg. 1 l. 8
+            Q[:, j:j + 1] = q
+            s_cols[:, j:j + 1] = s_cur
+            z_cols[:, j:j + 1] = z_cur
+            E1[:, i:i + 1] = e
+            loss = loss + e[:, 0] ** 2 / 2
+            W1[:, i:] = W1[:, i:] - e * U[j:j + 1, j:i2]                  # (out, B-i)  Alg. 1 l. 9
+        W[:, i1:i2] = W1
+        if i2 < n_in:
+            W[:, i2:] = W[:, i2:] - E1 @ U[i1:i2, i2:]                    # (out, in-i2) Alg. 1 l. 12
+
+    if not static_groups:
+        s = xp.concat(s_dyn, axis=1)                                      # (out, n_groups)
+        z = xp.concat(z_dyn, axis=1)
+    W_hat = (Q - z_cols) * s_cols                                         # (out, in), processing order
+    g_pos = xp.asarray(group_of_pos, dtype=xp.int64)                      # group of each position
+    if perm is not None:  # back to the original column order
+        inv = xp.argsort(perm)
+        Q, W_hat, g_pos = xp.take(Q, inv, axis=1), xp.take(W_hat, inv, axis=1), xp.take(g_pos, inv)
+    return GPTQResult(q=xp.astype(Q, xp.int32), s=s, z=z, g_idx=g_pos, perm=perm, W_hat=W_hat,
+                      loss=float(xp.sum(loss)))
+
+
+def _current_group(W: Any, W1: Any, E1: Any, U: Any, i1: int, i: int, i2: int, G: int) -> Any:
+    """The group starting at column i1+i as Algorithm 1 sees it: every earlier update applied.
+
+    Inside the block the weights are current (W1). Columns right of the block have not
+    yet received this block's errors E1[:, :i] (lazy batch), so add them here:
+        W_{:, i2:end} - E1_{:, :i} U_{i1:i1+i, i2:end}
+    (The reference takes W[:, j:j+G] for the whole group, i.e. it misses the in-block
+    updates when a group starts mid-block; with G a multiple of B both agree.)
+    """
+    xp = namespace(W)
+    j, end = i1 + i, i1 + i + G
+    inside = W1[:, i:min(end, i2) - i1]                                    # (out, ≤G)
+    if end <= i2:
+        return inside
+    right = W[:, i2:end]
+    if i > 0:
+        right = right - E1[:, :i] @ U[i1:j, i2:end]
+    return xp.concat([inside, right], axis=1)                              # (out, G)
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def rtn_quantize(W: Any, bits: int = 4, group_size: int | None = 128, symmetric: bool = False) -> GPTQResult:
+    """Round-to-nearest with the same group quantizer: GPTQ without error feedback.
+
+    W: (out, in) -> GPTQResult (loss is 0.0: RTN does not measure one; use ``layer_loss``).
+    """
+    xp = namespace(W)
+    check_float(W, "W")
+    check_nonempty(W, "W")
+    if W.ndim != 2:
+        raise ValueError(f"W: expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
+    check_finite(W, "W")
+    bits = check_bits(bits)
+    n_out, n_in = W.shape
+    G = _group_layout(n_in, group_size)
+    n_groups = n_in // G
+    Wg = xp.reshape(W, (n_out * n_groups, G))                             # (out*n_groups, G)
+    s, z = minmax_params(Wg, bits, symmetric)                              # (out*n_groups, 1)
+    q, w_hat = quantize_column(Wg, s, z, 0, 2**bits - 1)                   # (out*n_groups, G)
+    g_idx = xp.arange(n_in) // G
+    return GPTQResult(q=xp.astype(xp.reshape(q, (n_out, n_in)), xp.int32), s=xp.reshape(s, (n_out, n_groups)),
+                      z=xp.reshape(z, (n_out, n_groups)), g_idx=g_idx, perm=None,
+                      W_hat=xp.reshape(w_hat, (n_out, n_in)), loss=0.0)
+
+
+def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
+    """Output error of the layer on the calibration data: tr((W - Ŵ) H (W - Ŵ)ᵀ).
+
+    With H = 2XXᵀ/n this is (2/n) ‖(W - Ŵ) X‖²_F. W, W_hat: (out, in), H: (in, in).
+    """
+    xp = namespace(W, W_hat, H)
+    D = W - W_hat                                                          # (out, in)
+    return float(xp.sum((D @ H) * D))
+
+
+def tutorial_update(W: Any, H: Any, bits: int = 4, group_size: int = 128) -> Any:
+    """The erratum: the GPTQ snippet as a popular tutorial writes it. Do not use.
+
+        H_inv = (H + 1e-6 I)⁻¹                     (no damping relative to H, no Cholesky)
+        for j: q_j = RTN(w_j);  W_{:, j+1:} -= (w_j - q_j) H_inv_{j, j+1:}
+                                        (error not divided by [H⁻¹]_jj, H⁻¹ never downdated)
+        groups of G consecutive *rows* share a scale          (the wrong axis)
+
+    W: (out, in), H: (in, in) -> Ŵ: (out, in). Kept to show, next to ``gptq_quantize``,
+    what each of those mistakes costs (tests/test_gptq.py, notebooks/05_gptq.ipynb).
+    """
+    xp = namespace(W, H)
+    n_out, n_in = W.shape
+    H_inv = xp.linalg.inv(H + 1e-6 * xp.eye(n_in, dtype=W.dtype))         # (in, in)
+    W = xp.asarray(W, copy=True)
+    G = min(group_size, n_out)
+    Q = xp.zeros_like(W)
+    for j in range(n_in):
+        w = W[:, j]                                                        # (out,)
+        q_cols = []
+        for r in range(0, n_out, G):  # groups along the output axis
+            wg = w[r:r + G]
+            s, z = minmax_params(xp.reshape(wg, (1, -1)), bits, False)
+            q_cols.append(quantize_column(wg, s[0, 0], z[0, 0], 0, 2**bits - 1)[1])
+        q = xp.concat(q_cols)
+        Q[:, j] = q
+        if j + 1 < n_in:
+            W[:, j + 1:] = W[:, j + 1:] - (w - q)[:, None] * H_inv[j:j + 1, j + 1:]
+    return Q
