@@ -16,7 +16,8 @@ import numpy as np
 
 from . import OracleUnavailable
 
-__all__ = ["GGML_TYPES", "ggml_quantize", "ggml_dequantize", "ggml_row_size", "ggml_block_size", "lib"]
+__all__ = ["GGML_TYPES", "ggml_quantize", "ggml_dequantize", "ggml_row_size", "ggml_block_size", "lib",
+           "ggml_quantize_row_ref", "ggml_dequantize_row"]
 
 # enum ggml_type (ggml.h)
 GGML_TYPES = {
@@ -114,4 +115,49 @@ def ggml_dequantize(raw: np.ndarray, qtype: str | int, n_per_row: int | None = N
         out[:] = raw.view(np.float32).ravel()
     else:
         _TO_FLOAT(traits.to_float)(raw.ctypes.data, out.ctypes.data, total)
+    return out.reshape(*raw.shape[:-1], n_per_row)
+
+
+def _row_symbol(prefix: str, qtype: str | int) -> str:
+    """ggml's C name of a per-type row function: ("quantize_row_", "Q8_K") -> "quantize_row_q8_K"."""
+    name = getattr(qtype, "name", qtype)
+    if isinstance(name, int):
+        name = {v: k for k, v in GGML_TYPES.items()}[name]
+    name = str(name).upper()
+    _type_id(name)  # unknown names raise ValueError here
+    return prefix + name.lower().replace("_k", "_K")
+
+
+def ggml_quantize_row_ref(x: np.ndarray, qtype: str | int) -> np.ndarray:
+    """x: (..., n) float -> (..., row_bytes) uint8 through libggml's ``quantize_row_<t>_ref``.
+
+    For the types ``ggml_quantize_chunk`` does not offer (Q8_K, Q8_1: the activation
+    formats of the CPU dot products). The output starts zeroed, so fields the C code
+    leaves untouched (Q8_K's bsums of an all-zero block) read as 0.
+    """
+    tid = _type_id(qtype)
+    fn = getattr(lib(), _row_symbol("quantize_row_", qtype) + "_ref")
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_per_row = x.shape[-1]
+    out = np.zeros((x.size // n_per_row, ggml_row_size(tid, n_per_row)), dtype=np.uint8)
+    fn(x.ctypes.data, out.ctypes.data, x.size)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def ggml_dequantize_row(raw: np.ndarray, qtype: str | int) -> np.ndarray:
+    """raw: (..., row_bytes) uint8 -> (..., n) float32 through libggml's ``dequantize_row_<t>``.
+
+    The exported decoder, for types whose type traits carry no ``to_float`` (Q8_K).
+    """
+    tid = _type_id(qtype)
+    fn = getattr(lib(), _row_symbol("dequantize_row_", qtype))
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    traits = lib().ggml_get_type_traits(tid).contents
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    n_per_row = raw.shape[-1] // traits.type_size * traits.blck_size
+    out = np.empty(raw.size // traits.type_size * traits.blck_size, dtype=np.float32)
+    fn(raw.ctypes.data, out.ctypes.data, out.size)
     return out.reshape(*raw.shape[:-1], n_per_row)
