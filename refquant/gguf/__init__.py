@@ -1,1 +1,152 @@
-"""llama.cpp's GGUF block formats (codecs land here); see refquant.gguf.types for the type table."""
+"""llama.cpp's GGUF block formats, both directions, byte-identical to libggml.
+
+    raw = refquant.gguf.quantize(x, "Q4_K", imatrix=None)   # (..., n) float -> (..., row_bytes) uint8
+    x̂   = refquant.gguf.dequantize(raw, "Q4_K")             # (..., row_bytes) uint8 -> (..., n) float32
+
+``qtype`` is a name ("q4_k" works too), a ggml type id, or gguf-py's
+``GGMLQuantizationType``. A row of ``n`` weights (the last axis; n a multiple of the
+type's block size, 32 or 256) becomes ``n / QK * type_size`` bytes, exactly what
+``ggml_quantize_chunk`` writes into a llama.cpp model file; the conventions match
+gguf-py's ``gguf.quants.quantize`` / ``dequantize``. Decoding runs on any array-API
+namespace (NumPy, CuPy, torch, array-api-strict) and returns arrays of the input's
+namespace; quantization returns bytes of the input's namespace too.
+
+| family       | types                                  | module                      |
+|--------------|----------------------------------------|-----------------------------|
+| plain floats | F32, F16, BF16                         | refquant.gguf.legacy        |
+| legacy       | Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1     | refquant.gguf.legacy        |
+| k-quants     | Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K     | refquant.gguf.kquants       |
+| non-linear   | IQ4_NL, IQ4_XS                         | refquant.gguf.iquants       |
+
+Every codec works on blocks — ``quantize_<t>(x (n_blocks, QK), qw (n_blocks, QK) | None)
+-> uint8 (n_blocks, type_size)`` and ``dequantize_<t>(raw (n_blocks, type_size)) ->
+float32 (n_blocks, QK)`` — and this module does the rows: validation, reshaping, and
+spreading the per-column importance matrix ``imatrix`` (n,) over the blocks of every row.
+
+Which code path libggml takes (ggml_quantize_chunk, ggml.c): Q4_0 … Q5_1 use the
+*_ref quantizers when imatrix is NULL and the weighted search (*_impl) otherwise;
+Q8_0 always uses quantize_row_q8_0_ref (the imatrix is ignored); the k-quants likewise
+switch between *_ref and *_impl; IQ4_NL / IQ4_XS always run quantize_row_iq4_nl_impl.
+Q8_1 and Q8_K are not offered by ggml_quantize_chunk (they are the formats the CPU
+kernels quantize activations to); refquant encodes them as their *_ref functions do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+
+from .._backend import from_numpy, namespace, to_numpy
+from .._checks import check_finite, check_float, check_nonempty
+from .types import GGML_TYPES, SUPPORTED, GGMLType, ggml_type, row_bytes
+
+__all__ = ["quantize", "dequantize", "codec", "ggml_type", "row_bytes", "bits_per_weight", "SUPPORTED",
+           "GGML_TYPES", "IMATRIX_TYPES"]
+
+# the module holding each supported type's codec
+_MODULE = {
+    "F32": "legacy", "F16": "legacy", "BF16": "legacy",
+    "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy", "Q8_1": "legacy",
+    "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants", "Q8_K": "kquants",
+    "IQ4_NL": "iquants", "IQ4_XS": "iquants",
+}
+
+# types whose bytes depend on the importance matrix (the others ignore it, as libggml does)
+IMATRIX_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
+
+# legacy types whose weighted search needs σ², the mean square of the whole row
+_ROW_SIGMA2 = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+
+
+def _supported(qtype: Any) -> GGMLType:
+    t = ggml_type(qtype)
+    if t.name not in _MODULE:
+        raise ValueError(f"qtype: refquant has no codec for {t.name}; supported: {', '.join(SUPPORTED)}")
+    return t
+
+
+def codec(qtype: Any) -> tuple[Callable[..., Any], Callable[[Any], Any]]:
+    """(quantize_<t>, dequantize_<t>) block functions of a type (k-quants load on first use)."""
+    t = _supported(qtype)
+    module = importlib.import_module(f"{__name__}.{_MODULE[t.name]}")
+    name = t.name.lower()
+    return getattr(module, f"quantize_{name}"), getattr(module, f"dequantize_{name}")
+
+
+def bits_per_weight(qtype: Any) -> float:
+    """8 · type_size / QK: 4.5 for Q4_0, 4.5 for Q4_K, 6.5625 for Q6_K ..."""
+    return ggml_type(qtype).bits_per_weight
+
+
+def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
+    """Rows of float weights -> ggml blocks, byte-identical to ``ggml_quantize_chunk``.
+
+    x: (..., n) real floating (cast to float32 first, as llama.cpp does), finite;
+    n a multiple of the block size. imatrix: optional (n,) importance per column
+    (llama-imatrix's mean squared activations), finite. Returns uint8 (..., row_bytes)
+    in x's namespace.
+
+    Example: quantize(np.full((1, 32), -1.0, np.float32), "Q4_0") is one 18-byte block:
+    d = −1/−8 = 0.125 (bytes 00 30) and 16 bytes of code 0.
+    """
+    t = _supported(qtype)
+    check_float(x, "x")
+    check_nonempty(x, "x")
+    check_finite(x, "x")
+    n = int(x.shape[-1])
+    if n % t.block_size:
+        raise ValueError(f"x: row length {n} is not a multiple of {t.name}'s block size {t.block_size}")
+    xp = namespace(x)
+    x32 = xp.astype(x, xp.float32)
+    lead = tuple(int(s) for s in x.shape[:-1])
+    rows = xp.reshape(x32, (-1, n))                                           # (n_rows, n)
+    n_rows = rows.shape[0]
+    blocks = xp.reshape(rows, (-1, t.block_size))                             # (n_rows*n/QK, QK)
+    quantize_blocks, _ = codec(t)
+    qw = None
+    if imatrix is not None:
+        check_float(imatrix, "imatrix")
+        if tuple(imatrix.shape) != (n,):
+            raise ValueError(f"imatrix: expected shape ({n},) (one value per column), got {tuple(imatrix.shape)}")
+        check_finite(imatrix, "imatrix")
+        if t.name in IMATRIX_TYPES:
+            imat = from_numpy(np.asarray(to_numpy(imatrix), dtype=np.float32), like=x32)  # (n,) in x's namespace
+            qw = xp.reshape(xp.broadcast_to(imat, (n_rows, n)), (-1, t.block_size))  # (n_blocks, QK)
+    if qw is not None and t.name in _ROW_SIGMA2:
+        from .legacy import row_mean_square
+
+        sigma2 = row_mean_square(rows)                                        # (n_rows, 1)
+        sigma2 = xp.reshape(xp.broadcast_to(sigma2, (n_rows, n // t.block_size)), (-1, 1))  # (n_blocks, 1)
+        raw = quantize_blocks(blocks, qw, sigma2=sigma2)
+    else:
+        raw = quantize_blocks(blocks, qw)
+    return xp.reshape(raw, (*lead, row_bytes(t, n)))
+
+
+def dequantize(raw: Any, qtype: Any) -> Any:
+    """ggml blocks -> float32 weights, identical to libggml's ``to_float`` and gguf-py.
+
+    raw: uint8 (..., row_bytes) with row_bytes a multiple of the type's block bytes
+    (for F32 / F16 a float32 / float16 array is taken as its own bytes, as gguf-py does).
+    Returns float32 (..., n) in raw's namespace.
+    """
+    t = _supported(qtype)
+    xp = namespace(raw)
+    if not hasattr(raw, "dtype"):
+        raise TypeError(f"raw: expected a uint8 array of ggml blocks, got {type(raw).__name__}")
+    native = getattr(xp, {"F32": "float32", "F16": "float16"}.get(t.name, ""), None)  # array-api-strict has no float16
+    if native is not None and raw.dtype == native:
+        return xp.astype(raw, xp.float32)
+    if raw.dtype != xp.uint8:
+        raise TypeError(f"raw: expected dtype uint8 (the bytes of {t.name} blocks), got {raw.dtype}")
+    if raw.ndim == 0 or int(raw.shape[-1]) == 0 or int(raw.shape[-1]) % t.type_size:
+        last = int(raw.shape[-1]) if raw.ndim else 0
+        raise ValueError(f"raw: last dimension {last} is not a positive multiple of {t.name}'s "
+                         f"{t.type_size}-byte block")
+    lead = tuple(int(s) for s in raw.shape[:-1])
+    n = int(raw.shape[-1]) // t.type_size * t.block_size
+    _, dequantize_blocks = codec(t)
+    blocks = xp.reshape(raw, (-1, t.type_size))                                # (n_blocks, type_size)
+    return xp.reshape(dequantize_blocks(blocks), (*lead, n))
