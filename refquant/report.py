@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import numpy as np
 
 from ._backend import from_numpy, namespace, to_numpy
+from ._rounding import to_fp16
 from .cli import UserError
 
 __all__ = [
@@ -76,11 +77,18 @@ class Context:
 
     calib_tokens: token ids for methods that calibrate on activations (GPTQ, AWQ)
     progress:     progress(iterable, desc, total=None) -> iterable, a progress bar or a no-op
+    tensors:      a regular expression: only tensors whose GGUF name it matches (re.search)
+                  are quantized, the others keep their baseline weights (None: no filter)
     """
 
     calib_tokens: Any = None
     progress: Callable[..., Iterable] = lambda it, desc="", total=None: it
     quick: bool = False
+    tensors: re.Pattern | None = None
+
+    def select(self, names: Iterable[str]) -> list[str]:
+        """The names the --tensors filter lets through, in order."""
+        return [n for n in names if self.tensors is None or self.tensors.search(n)]
 
 
 @dataclasses.dataclass
@@ -127,7 +135,7 @@ def _per_tensor(model: Any, ctx: Context, names: list[str], desc: str,
     """Apply ``quantize_one(name, W) -> (Ŵ, nbytes)`` to each tensor, block by block."""
     out: dict[str, Any] = {}
     nbytes = 0
-    for group in ctx.progress(_by_block(names), desc=desc):
+    for group in ctx.progress(_by_block(ctx.select(names)), desc=desc):
         for name in group:
             w_hat, nb = quantize_one(name, model.weights[name])
             out[name] = w_hat
@@ -145,24 +153,70 @@ def _baseline(model: Any, ctx: Context) -> Quantized:
     return Quantized(weights, 4 * sum(_numel(w) for w in weights.values()))
 
 
+def _rtn_channel(W: Any, bits: int) -> tuple[Any, int]:
+    """Symmetric per-output-channel RTN: codes from the float32 scale, the scale stored as float16.
+
+    s_r = max_j |w_rj| / q_max,  q = round(w / s_r),  ŵ = fp16(s_r) · q
+    bytes: out·in·b/8 codes + 2 per row (z = 0 is not stored)
+    """
+    from . import uniform
+
+    qt = uniform.quantize(W, bits=bits, symmetric=True, granularity="channel", axis=0)
+    qt = dataclasses.replace(qt, s=to_fp16(qt.s))  # what a checkpoint holds and a kernel reads
+    n_out, n_in = (int(n) for n in W.shape)
+    return uniform.dequantize(qt), n_out * n_in * bits // 8 + 2 * n_out
+
+
+def _rtn_group(W: Any, bits: int, G: int) -> tuple[Any, int]:
+    """Asymmetric RTN per group of G input columns (unsigned codes 0..2^b-1, a zero-point per group).
+
+    When G does not divide the row (SmolLM2's 576 = 4·128 + 64) the last group is the
+    remaining columns, as GPTQ's reference code groups them. Scales are stored as float16,
+    zero-points as b-bit integers: b + (16 + b)/G bits per weight.
+    """
+    from . import uniform
+
+    xp = namespace(W)
+    n_out, n_in = (int(n) for n in W.shape)
+    n_full = n_in // G * G
+    parts, n_groups = [], 0
+    for lo, hi in ((0, n_full), (n_full, n_in)):
+        if hi == lo:
+            continue
+        g = G if hi - lo >= G else hi - lo
+        qt = uniform.quantize(W[:, lo:hi], bits=bits, symmetric=False, granularity="group", group_size=g,
+                              signed=False)
+        qt = dataclasses.replace(qt, s=to_fp16(qt.s))
+        parts.append(uniform.dequantize(qt))  # (out, hi - lo)
+        n_groups += n_out * ((hi - lo) // g)
+    W_hat = xp.concat(parts, axis=1) if len(parts) > 1 else parts[0]  # (out, in)
+    return W_hat, (n_out * n_in * bits + n_groups * (16 + bits) + 7) // 8
+
+
 def _uniform(bits: int, group_size: int | None) -> Callable[[Any, Context], Quantized]:
     def method(model: Any, ctx: Context) -> Quantized:
-        from . import uniform
-
-        def one(name, W):
-            if group_size is None:
-                q = uniform.quantize(W, bits=bits, granularity="channel", symmetric=True)
-            else:
-                q = uniform.quantize(W, bits=bits, group_size=group_size, symmetric=False)
-            return uniform.dequantize(q), q.nbytes
-
+        if group_size is None:
+            one = lambda name, W: _rtn_channel(W, bits)  # noqa: E731
+        else:
+            one = lambda name, W: _rtn_group(W, bits, group_size)  # noqa: E731
         return _per_tensor(model, ctx, block_linear_names(model.weights), f"INT{bits}", one)
 
     if group_size is None:
-        method.__doc__ = f"round-to-nearest INT{bits}, symmetric, one float16 scale per output channel"
+        method.__doc__ = f"round-to-nearest INT{bits}, symmetric, a float16 scale per output channel"
     else:
-        method.__doc__ = f"round-to-nearest INT{bits}, asymmetric, float16 scale and zero-point per group of {group_size}"
+        method.__doc__ = (f"round-to-nearest INT{bits}, asymmetric, a float16 scale and {bits}-bit zero-point "
+                          f"per group of {group_size} inputs")
     return method
+
+
+def _nf4_bytes(packed: Any, state: Any) -> int:
+    """Stored size of one NF4 tensor: packed codes + absmax (float32, or uint8 codes + the
+    nested float32 absmax per 256 blocks + the float32 mean). The 16- and 256-entry code books
+    are shared by every tensor and not counted."""
+    nbytes = _numel(packed) + _numel(state.absmax) * (1 if state.nested else 4)
+    if state.nested:
+        nbytes += 4 * _numel(state.state2.absmax) + 4
+    return nbytes
 
 
 def _nf4(double_quant: bool) -> Callable[[Any, Context], Quantized]:
@@ -171,7 +225,7 @@ def _nf4(double_quant: bool) -> Callable[[Any, Context], Quantized]:
 
         def one(name, W):
             packed, state = nf4.quantize_4bit(W, blocksize=64, quant_type="nf4", double_quant=double_quant)
-            return nf4.dequantize_4bit(packed, state), nf4.stored_bytes(packed, state)
+            return nf4.dequantize_4bit(packed, state), _nf4_bytes(packed, state)
 
         return _per_tensor(model, ctx, block_linear_names(model.weights), "NF4-DQ" if double_quant else "NF4", one)
 
@@ -186,6 +240,7 @@ def _gptq(model: Any, ctx: Context) -> Quantized:
 
     weights = gptq.gptq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, act_order=False,
                                        progress=ctx.progress)
+    weights = {n: weights[n] for n in ctx.select(weights)}
     return Quantized(weights, _group_bytes(weights, bits=4, group_size=128))
 
 
@@ -194,6 +249,7 @@ def _awq(model: Any, ctx: Context) -> Quantized:
     from . import awq
 
     weights = awq.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, progress=ctx.progress)
+    weights = {n: weights[n] for n in ctx.select(weights)}
     return Quantized(weights, _group_bytes(weights, bits=4, group_size=128))
 
 
@@ -437,7 +493,7 @@ def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> di
 # ---------------------------------------------------------------------------------------
 
 # (evaluation tokens, window, calibration tokens): --quick, and the default
-PROTOCOLS = {"quick": (1024, 256, 256), "default": (4096, 512, 1024)}
+PROTOCOLS = {"quick": (1024, 512, 256), "default": (4096, 512, 1024)}
 BACKENDS = ("numpy", "torch", "cupy")
 
 
@@ -456,9 +512,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", metavar="DIR", default="refquant-report",
                         help="folder for report.md, report.csv and report.png (default: ./refquant-report)")
     parser.add_argument("--tokens", type=int, metavar="N", help="evaluation tokens (default 4096; 1024 with --quick)")
-    parser.add_argument("--window", type=int, metavar="N", help="perplexity window in tokens (default 512; 256 with --quick)")
+    parser.add_argument("--window", type=int, metavar="N", help="perplexity window in tokens (default 512)")
     parser.add_argument("--calib-tokens", type=int, metavar="N",
                         help="calibration tokens for GPTQ/AWQ (default 1024; 256 with --quick)")
+    parser.add_argument("--tensors", metavar="REGEX",
+                        help="quantize only the tensors whose GGUF name matches (e.g. 'blk\\.0\\.'); "
+                             "the others keep their baseline weights")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
 
 
@@ -520,15 +579,21 @@ def run(args) -> int:
     n_eval, window, n_calib = PROTOCOLS["quick" if args.quick else "default"]
     n_eval = _positive(args.tokens, n_eval, "--tokens")
     window = _positive(args.window, window, "--window")
+    if window < 2:
+        raise UserError(f"--window: expected at least 2 tokens, got {window}")
     n_calib = _positive(args.calib_tokens, n_calib, "--calib-tokens")
     if args.model is not None and not os.path.isfile(args.model):
         raise UserError(f"--model: no such file {args.model!r}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out: {args.out!r} exists and is not a folder")
+    try:
+        tensors = re.compile(args.tensors) if args.tensors else None
+    except re.error as e:
+        raise UserError(f"--tensors: not a regular expression ({e})") from None
     xp = backend_namespace(args.backend)
 
     from . import model as model_mod
-    from .model import data
+    from .model import data, ppl
 
     try:
         model = model_mod.load_model(args.model, xp=xp)
@@ -543,18 +608,31 @@ def run(args) -> int:
         raise UserError("--tokens: the evaluation text gave fewer than 2 tokens")
     window = min(window, len(eval_tokens))
     progress = _progress_factory(not args.no_progress)
-    ctx = Context(calib_tokens=calib_tokens, progress=progress, quick=args.quick)
+    ctx = Context(calib_tokens=calib_tokens, progress=progress, quick=args.quick, tensors=tensors)
+
+    n_windows = len(eval_tokens) // window
 
     def evaluate(m):
-        return model_mod.perplexity(m, eval_tokens, window=window)
+        """Perplexity over the evaluation windows, a progress tick per window."""
+        ticks = iter(progress(range(n_windows), desc="perplexity"))
+
+        def forward(window_tokens):
+            next(ticks, None)
+            return m.forward(window_tokens)
+
+        result = ppl.perplexity(forward, eval_tokens, window=window, protocol="all")
+        for _ in ticks:  # close the bar
+            pass
+        return float(result.ppl)
 
     rows = run_methods(methods, model, ctx, evaluate)
     protocol = {
         "model": os.path.basename(args.model or _default_model_path()),
         "baseline": "the file's weights decoded to float32",
-        "evaluation": f"{len(eval_tokens)} tokens of the evaluation split (Python's pydoc topics), "
-                      f"non-overlapping windows of {window}",
+        "evaluation": f"{n_windows * window} tokens of the evaluation split (Python's pydoc topics) "
+                      f"in {n_windows} non-overlapping windows of {window}, every next-token prediction scored",
         "calibration": f"{len(calib_tokens)} tokens of the calibration split (GPTQ, AWQ)",
+        **({"tensors quantized": f"only those matching /{args.tensors}/"} if args.tensors else {}),
         "backend": args.backend,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.date.today().isoformat(),
