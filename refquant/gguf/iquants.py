@@ -68,7 +68,7 @@ __all__ = ["KVALUES", "best_index", "quantize_iq4_nl", "dequantize_iq4_nl", "qua
 
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _MIDPOINTS = ((KVALUES[:-1].astype(np.float32) + KVALUES[1:].astype(np.float32)) / 2).astype(np.float32)  # exact halves
-GROUP_MAX_EPS = np.float32(1e-15)  # a block whose max |x| is below this is stored as zeros
+GROUP_MAX_EPS = float(np.float32(1e-15))  # the float32 1e-15f: a block whose max |x| is below it is stored as zeros
 NTRY = 7                           # ggml_quantize_chunk's ntry: 2·7 + 1 extra starting scales
 SUB = 32                           # weights per block (sub-block of IQ4_XS)
 
