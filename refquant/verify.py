@@ -162,10 +162,142 @@ def _gguf_checks() -> list[Check]:
 
 
 # ---------------------------------------------------------------------------------------
+# uniform INT: torch's observers and fake-quant kernels
+# ---------------------------------------------------------------------------------------
+
+def _uniform_torch(granularity: str, bits: int, symmetric: bool) -> Outcome:
+    """refquant.uniform's "torch" convention: (s, z) and x̂ against torch, bit for bit."""
+    from . import uniform as U
+    from .testing import torch_oracles as T
+
+    x = sample_rows(16, 256, 32)
+    q_min, q_max = U.torch_code_range(bits, signed=True)
+    qt = U.quantize(x, bits, symmetric, granularity, axis=0 if granularity == "channel" else None,
+                    signed=True, convention="torch")
+    ours = U.fake_quantize(x, bits, symmetric, granularity, axis=0 if granularity == "channel" else None,
+                           signed=True, convention="torch")
+    if granularity == "channel":
+        ts, tz = T.per_channel_observer_qparams(x, 0, q_min, q_max, symmetric=symmetric, signed=True)
+        theirs = T.fake_quantize_per_channel(x, ts, tz, 0, q_min, q_max)
+    else:
+        ts, tz = T.minmax_observer_qparams(x, q_min, q_max, symmetric=symmetric, signed=True)
+        theirs = T.fake_quantize_per_tensor(x, float(ts[0]), int(tz[0]), q_min, q_max)
+    params = same_floats(np.concatenate([np.reshape(qt.s, -1), np.reshape(qt.z, -1)]), np.concatenate([ts, tz]))
+    values = same_floats(ours, theirs)
+    return Outcome(values.compared, values.mismatched + params.mismatched, "values")
+
+
+def _uniform_checks() -> list[Check]:
+    checks = []
+    for gran, bits, sym in (("channel", 8, True), ("channel", 4, False), ("tensor", 8, False)):
+        kind = "symmetric" if sym else "asymmetric"
+        oracle = ("torch PerChannelMinMaxObserver + fake_quantize_per_channel_affine" if gran == "channel"
+                  else "torch MinMaxObserver + fake_quantize_per_tensor_affine")
+        checks.append(Check(f"INT{bits} per-{gran}", f"qparams + fake-quant, {kind}", oracle,
+                            lambda g=gran, b=bits, s=sym: _uniform_torch(g, b, s)))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------
+# bitsandbytes: NF4 / FP4, double quantization, blockwise 8-bit, LLM.int8() row scaling
+# ---------------------------------------------------------------------------------------
+
+BNB_SHAPE = (16, 256)  # rows a multiple of every block size: every CPU decoder path aligned
+
+
+def _bnb_4bit(quant_type: str, double_quant: bool, what: str) -> Outcome:
+    from . import nf4
+    from .testing.bnb import bnb_quantize_4bit
+
+    x = sample_rows(*BNB_SHAPE, 64)
+    ref = bnb_quantize_4bit(x, blocksize=64, quant_type=quant_type, double_quant=double_quant)
+    packed, state = nf4.quantize_4bit(x, blocksize=64, quant_type=quant_type, double_quant=double_quant)
+    if what == "quantize":
+        codes = same_bytes(packed, ref["packed"], 32)  # 32 bytes = one block of 64 codes
+        if double_quant:  # the 8-bit codes of absmax − μ and the nested absmax
+            stats = same_bytes(np.asarray(state.absmax), ref["absmax"], 1)
+            nested = same_floats(np.asarray(state.state2.absmax), ref["nested_absmax"])
+            return Outcome(codes.compared, codes.mismatched + stats.mismatched + nested.mismatched, "blocks")
+        absmax = same_floats(np.asarray(state.absmax), ref["absmax"])
+        return Outcome(codes.compared, codes.mismatched + absmax.mismatched, "blocks")
+    return same_floats(np.asarray(nf4.dequantize_4bit(packed, state)), ref["dequantized"])
+
+
+def _bnb_blockwise() -> Outcome:
+    from . import int8
+    from .testing.bnb import bnb_quantize_blockwise
+
+    x = sample_rows(*BNB_SHAPE, 64)
+    ref = bnb_quantize_blockwise(x, blocksize=256)
+    q, state = int8.quantize_blockwise(x, blocksize=256)
+    codes = same_bytes(np.asarray(q), ref["q"], 256)
+    absmax = same_floats(np.asarray(state.absmax), ref["absmax"])
+    values = same_floats(np.asarray(int8.dequantize_blockwise(q, state)), ref["dequantized"])
+    return Outcome(values.compared, values.mismatched + codes.mismatched + absmax.mismatched, "values")
+
+
+def _bnb_vectorwise() -> Outcome:
+    from . import int8
+    from .testing.bnb import bnb_int8_vectorwise_quant
+
+    x = sample_rows(*BNB_SHAPE, 64)
+    ref = bnb_int8_vectorwise_quant(x, threshold=0.0)
+    Q, s_rows, _ = int8.int8_vectorwise_quant(x, threshold=0.0)
+    codes = same_bytes(np.asarray(Q).view(np.uint8), ref["Q"].view(np.uint8), BNB_SHAPE[1])
+    scales = same_floats(np.asarray(s_rows), ref["s"])
+    return Outcome(codes.compared, codes.mismatched + scales.mismatched, "rows")
+
+
+def _bnb_checks() -> list[Check]:
+    checks = []
+    for qt in ("nf4", "fp4"):
+        name = qt.upper()
+        checks.append(Check(name, "quantize (codes, absmax)", "bitsandbytes quantize_4bit",
+                            lambda qt=qt: _bnb_4bit(qt, False, "quantize")))
+        checks.append(Check(name, "dequantize", "bitsandbytes dequantize_4bit",
+                            lambda qt=qt: _bnb_4bit(qt, False, "dequantize")))
+    checks.append(Check("NF4-DQ", "quantize (codes, 8-bit absmax)", "bitsandbytes quantize_4bit(compress_statistics)",
+                        lambda: _bnb_4bit("nf4", True, "quantize")))
+    checks.append(Check("INT8 blockwise", "quantize + dequantize", "bitsandbytes quantize_blockwise (dynamic map)",
+                        _bnb_blockwise))
+    checks.append(Check("LLM.int8()", "row-wise int8 codes and scales", "bitsandbytes int8_vectorwise_quant",
+                        _bnb_vectorwise))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------
+# GPTQ: llm-compressor's quantize_weight
+# ---------------------------------------------------------------------------------------
+
+def _gptq_llmcompressor(act_order: bool) -> Outcome:
+    """One 64×512 layer, 4-bit, G=128, its Hessian from 2048 correlated inputs; codes compared."""
+    from . import gptq
+    from .testing import llmcompressor as L
+
+    rng = np.random.default_rng(SEED + 2)
+    n_out, n_in, n_tokens = 64, 512, 2048
+    mix = rng.standard_normal((n_in, n_in)).astype(np.float32) / np.sqrt(n_in)
+    X = (rng.standard_normal((n_tokens, n_in)).astype(np.float32) @ (np.eye(n_in, dtype=np.float32) + mix))
+    H = (2.0 / n_tokens) * (X.T @ X)                                             # (in, in) = 2XᵀX/n
+    W = sample_rows(n_out, n_in, 32) * np.float32(0.01)
+    W = np.clip(W, -10, 10).astype(np.float32)
+    s, z = L.observer_qparams(W, 4, 128, False)
+    W_llmc, _ = L.llmc_gptq(W, H.astype(np.float32), s, z, 4, 128, False, act_order, 128)
+    ours = gptq.gptq_quantize(W, H.astype(np.float32), 4, 128, False, act_order=act_order, blocksize=128,
+                              s=s, z=z, signed=True, zero_before_round=True)
+    return same_floats(np.asarray(ours.W_hat), W_llmc, "weights")
+
+
+def _gptq_checks() -> list[Check]:
+    return [Check("GPTQ", f"4-bit G=128{', act-order' if a else ''}", "llm-compressor quantize_weight",
+                  lambda a=a: _gptq_llmcompressor(a)) for a in (False, True)]
+
+
+# ---------------------------------------------------------------------------------------
 # the registry
 # ---------------------------------------------------------------------------------------
 
-CHECKS: list[Check] = [*_gguf_checks()]
+CHECKS: list[Check] = [*_uniform_checks(), *_bnb_checks(), *_gptq_checks(), *_gguf_checks()]
 
 
 def _is_missing(err: BaseException) -> str | None:
@@ -249,12 +381,25 @@ def select(spec: str | None) -> list[Check]:
     return [c for c in CHECKS if c.format in chosen]
 
 
+def _quiet_oracle_logs() -> None:
+    """llm-compressor logs a warning through loguru on import when no GPU is present; the
+    table is the output here."""
+    try:
+        from loguru import logger
+    except ImportError:
+        return
+    logger.disable("llmcompressor")
+    logger.disable("compressed_tensors")
+
+
 def run(args) -> int:
     checks = select(args.formats)
     if args.list:
         for c in checks:
             print(f"{c.format:18s} {c.what:20s} {c.oracle}")
         return 0
+
+    _quiet_oracle_logs()
 
     def progress(res: Result) -> None:
         if sys.stderr.isatty():

@@ -82,5 +82,13 @@ def test_select_formats():
 
 def test_every_format_has_an_oracle_check():
     formats = {c.format for c in verify.CHECKS}
-    assert {"Q4_0", "Q8_0", "Q2_K", "Q4_K", "Q6_K"} <= formats
+    assert {"Q4_0", "Q8_0", "Q2_K", "Q4_K", "Q6_K", "NF4", "GPTQ", "INT8 per-channel"} <= formats
     assert all(c.oracle for c in verify.CHECKS)
+
+
+@pytest.mark.parametrize("fmt", list(dict.fromkeys(c.format for c in verify.CHECKS)))
+def test_every_check_passes_here(fmt):
+    """The oracles are installed in CI, so nothing may skip: every check runs and is bit-exact."""
+    results = verify.run_checks(verify.select(fmt))
+    assert results and all(r.status == "pass" for r in results), verify.format_table(results)
+    assert all(r.outcome.compared > 0 for r in results)
