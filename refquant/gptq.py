@@ -247,13 +247,19 @@ def _check_layer(W: Any, H: Any) -> None:
     check_finite(H, "H")
 
 
-def _group_layout(n_in: int, group_size: int | None) -> int:
+def _group_layout(n_in: int, group_size: int | None, partial_group: bool = False) -> tuple[int, int]:
+    """(G, n_groups). G must divide the columns unless ``partial_group``: then the last group
+    is the remainder, as the reference code (a group starts at every multiple of G) has it."""
     if group_size is None or group_size == -1:
-        return n_in
+        return n_in, 1
     if isinstance(group_size, bool) or not isinstance(group_size, int):
         raise ValueError(f"group_size: expected a positive integer or None, got {group_size!r}")
-    check_divisible(n_in, group_size, "group_size", "group size")
-    return group_size
+    if partial_group:
+        if group_size <= 0:
+            raise ValueError(f"group_size: group size must be positive, got {group_size}")
+    else:
+        check_divisible(n_in, group_size, "group_size", "group size (pass partial_group=True for a shorter last group)")
+    return group_size, -(-n_in // group_size)
 
 
 def gptq_quantize(
@@ -270,6 +276,8 @@ def gptq_quantize(
     z: Any = None,
     signed: bool = False,
     zero_before_round: bool = False,
+    partial_group: bool = False,
+    U: Any = None,
 ) -> GPTQResult:
     """GPTQ (Algorithm 1) of one linear layer: codes, scales, zeros, g_idx, ŵ and the loss.
 
@@ -286,6 +294,9 @@ def gptq_quantize(
     every group's s, z from the original W up front (with act-order, groups stay the
     original consecutive columns). s, z: (out, n_groups) given parameters (implies static).
     signed: codes in -2^(b-1)..2^(b-1)-1 (compressed-tensors) instead of 0..2^b-1.
+    partial_group: allow G not dividing the columns (the last group is the remainder).
+    U: the factor ``hessian_factor(H)`` if already computed (of H in processing order,
+    i.e. after the act-order permutation) — q, k, v share one H, so one factor serves three.
     zero_before_round: see ``quantize_column``. Bound: the loss is GPTQ's greedy OBS
     objective; with H diagonal GPTQ is exactly round-to-nearest.
     Example: H = I (no correlation) -> every update row U_{j, j+1:} is 0, q = RTN codes.
@@ -298,8 +309,7 @@ def gptq_quantize(
     if not percdamp > 0:
         raise ValueError(f"percdamp: expected a positive damping fraction, got {percdamp!r}")
     n_out, n_in = W.shape
-    G = _group_layout(n_in, group_size)
-    n_groups = n_in // G
+    G, n_groups = _group_layout(n_in, group_size, partial_group)
     q_min, q_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     if (s is None) != (z is None):
         raise ValueError("s, z: give both the scales and the zero-points, or neither")
@@ -338,7 +348,12 @@ def gptq_quantize(
     group_of_pos = (xp.take(cols, perm) if perm is not None else cols) // G if static_groups else cols // G
     group_of_pos = [int(g) for g in to_numpy(group_of_pos)]
 
-    U = hessian_factor(H, percdamp)                                       # (in, in)
+    if U is None:
+        U = hessian_factor(H, percdamp)                                   # (in, in)
+    elif tuple(U.shape) != (n_in, n_in):
+        raise ValueError(f"U: expected shape ({n_in}, {n_in}), got {tuple(U.shape)}")
+    else:
+        U = xp.astype(U, dtype)
     Q = xp.zeros_like(W)                                                  # (out, in) codes
     s_cols = xp.zeros_like(W)
     z_cols = xp.zeros_like(W)
@@ -397,7 +412,7 @@ def _current_group(W: Any, W1: Any, E1: Any, U: Any, i1: int, i: int, i2: int, G
     updates when a group starts mid-block; with G a multiple of B both agree.)
     """
     xp = namespace(W)
-    j, end = i1 + i, i1 + i + G
+    j, end = i1 + i, min(i1 + i + G, W.shape[1])
     inside = W1[:, i:min(end, i2) - i1]                                    # (out, ≤G)
     if end <= i2:
         return inside
@@ -410,7 +425,8 @@ def _current_group(W: Any, W1: Any, E1: Any, U: Any, i1: int, i: int, i2: int, G
 # --------------------------------------------------------------------------- baselines
 
 
-def rtn_quantize(W: Any, bits: int = 4, group_size: int | None = 128, symmetric: bool = False) -> GPTQResult:
+def rtn_quantize(W: Any, bits: int = 4, group_size: int | None = 128, symmetric: bool = False,
+                 partial_group: bool = False) -> GPTQResult:
     """Round-to-nearest with the same group quantizer: GPTQ without error feedback.
 
     W: (out, in) -> GPTQResult (loss is 0.0: RTN does not measure one; use ``layer_loss``).
@@ -423,15 +439,15 @@ def rtn_quantize(W: Any, bits: int = 4, group_size: int | None = 128, symmetric:
     check_finite(W, "W")
     bits = check_bits(bits)
     n_out, n_in = W.shape
-    G = _group_layout(n_in, group_size)
-    n_groups = n_in // G
-    Wg = xp.reshape(W, (n_out * n_groups, G))                             # (out*n_groups, G)
-    s, z = minmax_params(Wg, bits, symmetric)                              # (out*n_groups, 1)
-    q, w_hat = quantize_column(Wg, s, z, 0, 2**bits - 1)                   # (out*n_groups, G)
-    g_idx = xp.arange(n_in) // G
-    return GPTQResult(q=xp.astype(xp.reshape(q, (n_out, n_in)), xp.int32), s=xp.reshape(s, (n_out, n_groups)),
-                      z=xp.reshape(z, (n_out, n_groups)), g_idx=g_idx, perm=None,
-                      W_hat=xp.reshape(w_hat, (n_out, n_in)), loss=0.0)
+    G, n_groups = _group_layout(n_in, group_size, partial_group)
+    s, z, q, W_hat = [], [], [], []
+    for g in range(n_groups):
+        Wg = W[:, g * G:(g + 1) * G]                                       # (out, ≤G)
+        s_g, z_g = minmax_params(Wg, bits, symmetric)                      # (out, 1)
+        q_g, w_g = quantize_column(Wg, s_g, z_g, 0, 2**bits - 1)
+        s, z, q, W_hat = s + [s_g], z + [z_g], q + [q_g], W_hat + [w_g]
+    return GPTQResult(q=xp.astype(xp.concat(q, axis=1), xp.int32), s=xp.concat(s, axis=1), z=xp.concat(z, axis=1),
+                      g_idx=xp.arange(n_in) // G, perm=None, W_hat=xp.concat(W_hat, axis=1), loss=0.0)
 
 
 def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
