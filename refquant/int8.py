@@ -210,7 +210,8 @@ def _check_bnb_float(x: Any, name: str = "x") -> Any:
     """float16 / bfloat16 / float32 only (what bitsandbytes accepts), finite, non-empty."""
     check_float_input(x, name)
     xp = namespace(x)
-    if x.dtype not in (xp.float16, xp.float32) and "bfloat16" not in str(x.dtype):
+    allowed = [getattr(xp, name) for name in ("float16", "float32") if hasattr(xp, name)]
+    if x.dtype not in allowed and "bfloat16" not in str(x.dtype):
         raise TypeError(f"{name}: expected float16, bfloat16 or float32 like bitsandbytes, got dtype {x.dtype}")
     return xp
 

@@ -25,9 +25,13 @@ quantization is the pure-torch ``quantize_4bit`` kernel in backends/default/ops.
 (``torch.bucketize`` on the midpoints of the sorted code book); dequantization is the C++
 kernel ``dequantizeBlockwise4bitCpu`` (csrc/cpu_ops.cpp), which bitsandbytes swaps for the
 pure-torch ``_dequantize_4bit_compute`` when the last dimension is odd or, on AVX-512
-machines, when B ≥ 2048. Both compute c[q]·m in float32 and round once to the output dtype;
-they differ only in the sign of one zero (see ``fp4_code``). Details bitsandbytes fixes and
-we reproduce:
+machines, when B ≥ 2048. All compute c[q]·m in float32 and round once to the output dtype;
+they differ in the sign of one zero (see ``fp4_code``) and in one bug we do not copy: the
+AVX-512 kernel (last dimension a multiple of 16) looks absmax up per *row*,
+``absmax[row·(cols/B) + col/B]``, which is the flat block only when cols is a multiple of B;
+for e.g. a (5, 64) tensor with B = 256 it scales rows 1..4 with the wrong absmax. We decode
+the flat layout that ``quantize_4bit`` wrote (as bitsandbytes' scalar and torch paths do).
+Details bitsandbytes fixes and we reproduce:
 
 * the tail block (n not a multiple of B) is divided by its absmax, full blocks are
   multiplied by the float32 reciprocal; the two can differ in the last bit;
@@ -132,10 +136,11 @@ def fp4_code() -> np.ndarray:
 
     giving 0, 0.0625, 8, 12, 4, 6, 2, 3 for patterns 0..7, negated for 8..15, and all
     divided by the largest, 12, so the code book spans [-1, 1]. Pattern 8 (sign set, zero
-    magnitude) is -0.0, as in bitsandbytes' C++ CPU table; its Python table
-    (``get_4bit_type``, used by the pure-torch dequantizer) writes +0.0 there — the one
-    difference between its two CPU dequantization paths. Quantization never minds: both
-    zeros sort equal, and a value just above 0 maps to pattern 8, just below to pattern 0.
+    magnitude) decodes to +0.0, as in bitsandbytes' Python table (``get_4bit_type``, used
+    by its pure-torch dequantizer) and its AVX-512 kernel; its portable scalar C++ loop
+    (csrc/cpu_ops.cpp ``fp4_lut``) writes -0.0 there, equal in value. Quantization never
+    minds: both zeros sort equal, and a value just above 0 maps to pattern 8, just below
+    (or exactly 0) to pattern 0.
 
     Ref: bitsandbytes.functional.get_4bit_type("fp4"); csrc/cpu_ops.cpp ``fp4_lut``.
     Example: ``fp4_code()[[3, 5, 11]] -> [1.0, 0.5, -1.0]``.
@@ -145,7 +150,7 @@ def fp4_code() -> np.ndarray:
     e = (pattern >> 1) & 0b11
     m = pattern & 1
     magnitude = np.where(e == 0, m * 2.0**-4, (1 + m / 2) * 2.0 ** (4 - e))
-    values = (sign * magnitude).astype(np.float32)
+    values = np.where(magnitude == 0, 0.0, sign * magnitude).astype(np.float32)  # +0.0 for pattern 8
     return values / np.float32(12.0)
 
 

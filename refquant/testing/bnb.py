@@ -15,14 +15,20 @@ Oddities of bitsandbytes 0.50.x that the adapters smooth over (and document):
 * its pure-torch fallbacks are wrapped in ``torch.compile``; compilation does not change
   their element-wise float32 arithmetic but costs seconds per new shape, so the adapters
   run them eagerly (``torch._dynamo.config.disable``);
-* which dequantizer runs (C++ kernel or pure torch) depends on the block size, the last
-  dimension and the CPU: ``dequantize_4bit_path`` says which, because the two write
-  different zeros for FP4 pattern 8 (see ``refquant.nf4.fp4_code``).
+* which dequantizer runs (AVX-512 or scalar C++ kernel, or pure torch) depends on the block
+  size, the shape and the CPU: ``dequantize_4bit_path`` says which, because they write
+  different zeros for FP4 pattern 8 and the AVX-512 one misreads absmax when rows and
+  blocks do not align (see ``refquant.nf4``); ``dequantized_flat`` decodes the same bytes
+  as one row, which every path gets right;
+* its C++ kernels run an OpenMP team of their own; while torch's team spins after its last
+  parallel region the two fight over the cores and a call on a few KiB takes 0.1 s instead
+  of 1 ms, so the adapters hold torch to one thread for the duration of the call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from typing import Any
@@ -66,6 +72,22 @@ def _import():
     return torch, F
 
 
+def _oracle_call(fn):
+    """Run ``fn`` with torch's intra-op pool at one thread (see the module docstring)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        torch, _ = _import()
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(n_threads)
+
+    return wrapper
+
+
 def bnb_available() -> bool:
     try:
         _import()
@@ -102,13 +124,28 @@ def bnb_code(quant_type: str) -> np.ndarray:
     return _np(F.get_4bit_type(quant_type, device="cpu"))
 
 
-def dequantize_4bit_path(blocksize: int, last_dim: int) -> str:
-    """'cpu-kernel' or 'torch': which CPU dequantizer bitsandbytes picks (backends/cpu/ops.py)."""
+def dequantize_4bit_path(blocksize: int, shape: tuple) -> str:
+    """Which CPU dequantizer bitsandbytes picks for this block size and tensor shape.
+
+    'torch' (pure-torch fallback: odd last dimension, or B ≥ 2048 on AVX-512),
+    'avx512' (last dimension a multiple of 16), 'avx512-misaligned' (the same kernel when
+    the last dimension is not a multiple of B and there is more than one row: it reads the
+    wrong absmax, see refquant.nf4) or 'scalar' (the portable C++ loop, -0.0 for FP4's
+    pattern 8). Mirrors backends/cpu/ops.py and csrc/cpu_ops.cpp.
+    """
     torch, _ = _import()
+    shape = tuple(shape)
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    cols = int(shape[-1])
     avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
-    return "torch" if (avx512 and blocksize >= 2048) or last_dim % 2 else "cpu-kernel"
+    if (avx512 and blocksize >= 2048) or cols % 2:
+        return "torch"
+    if avx512 and cols % 16 == 0:
+        return "avx512-misaligned" if rows > 1 and cols % blocksize else "avx512"
+    return "scalar"
 
 
+@_oracle_call
 def bnb_quantize_4bit(x: Any, blocksize: int = 64, quant_type: str = "nf4",
                       double_quant: bool = False, dtype: str | None = None) -> dict:
     """``bitsandbytes.functional.quantize_4bit`` -> dict of NumPy arrays.
@@ -129,9 +166,13 @@ def bnb_quantize_4bit(x: Any, blocksize: int = 64, quant_type: str = "nf4",
         out["nested_blocksize"] = state.state2.blocksize
     deq = F.dequantize_4bit(packed, state)
     out["dequantized"] = _np(deq).reshape(tuple(A.shape))
+    # the same bytes decoded as one flat row: the layout quantize_4bit wrote, whatever the shape
+    state.shape = torch.Size((A.numel(),))
+    out["dequantized_flat"] = _np(F.dequantize_4bit(packed, state)).reshape(tuple(A.shape))
     return out
 
 
+@_oracle_call
 def bnb_dequantize_4bit(packed: np.ndarray, absmax: np.ndarray, shape: tuple, blocksize: int,
                         quant_type: str, dtype: str = "float32") -> np.ndarray:
     """``dequantize_4bit`` from raw bytes and a float32 absmax (no nesting) -> NumPy of ``shape``."""
@@ -143,6 +184,7 @@ def bnb_dequantize_4bit(packed: np.ndarray, absmax: np.ndarray, shape: tuple, bl
     return _np(F.dequantize_4bit(P, state)).reshape(shape)
 
 
+@_oracle_call
 def bnb_quantize_blockwise(x: Any, blocksize: int = 4096, dtype: str | None = None) -> dict:
     """``quantize_blockwise`` with the dynamic map -> {q, absmax, code, dequantized}."""
     torch, F = _import()
@@ -153,6 +195,7 @@ def bnb_quantize_blockwise(x: Any, blocksize: int = 4096, dtype: str | None = No
             "dequantized": _np(deq).reshape(tuple(A.shape))}
 
 
+@_oracle_call
 def bnb_dequantize_blockwise(q: np.ndarray, absmax: np.ndarray, blocksize: int,
                              dtype: str = "float32") -> np.ndarray:
     """``dequantize_blockwise`` of uint8 codes with the dynamic map."""
@@ -162,6 +205,7 @@ def bnb_dequantize_blockwise(q: np.ndarray, absmax: np.ndarray, blocksize: int,
     return _np(F.dequantize_blockwise(_to_torch(np.asarray(q, np.uint8)), state))
 
 
+@_oracle_call
 def bnb_int8_vectorwise_quant(A: Any, threshold: float = 0.0, dtype: str | None = None) -> dict:
     """``int8_vectorwise_quant`` -> {Q int8, s float32, outlier_cols int64 or None}."""
     torch, F = _import()
@@ -170,12 +214,14 @@ def bnb_int8_vectorwise_quant(A: Any, threshold: float = 0.0, dtype: str | None 
     return {"Q": _np(Q), "s": _np(s), "outlier_cols": None if cols is None else _np(cols)}
 
 
+@_oracle_call
 def bnb_int8_linear_matmul(QA: np.ndarray, QB: np.ndarray) -> np.ndarray:
     """``int8_linear_matmul``: QA (M, K) int8 · QB (N, K)ᵀ -> (M, N) int32."""
     torch, F = _import()
     return _np(F.int8_linear_matmul(_to_torch(QA), _to_torch(QB)))
 
 
+@_oracle_call
 def bnb_int8_mm_dequant(C: np.ndarray, s_A: np.ndarray, s_B: np.ndarray, dtype: str = "float32") -> np.ndarray:
     """The ``int8_mm_dequant`` kernel with an output dtype (the public wrapper fixes float16)."""
     torch, F = _import()
@@ -184,6 +230,7 @@ def bnb_int8_mm_dequant(C: np.ndarray, s_A: np.ndarray, s_B: np.ndarray, dtype: 
     return _np(out)
 
 
+@_oracle_call
 def bnb_int8_mixed_scaled_mm(X: Any, W: Any, threshold: float, dtype: str = "float16") -> dict:
     """LLM.int8() as ``MatMul8bitLt.forward`` runs it: quantize X (with outliers) and W,
     then ``int8_mixed_scaled_mm`` -> {Y (dtype), outlier_cols, QX, s, QW, t}."""
