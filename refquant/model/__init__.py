@@ -9,11 +9,15 @@
     model.with_weights({"blk.0.attn_q.weight": W_hat})     # same forward pass, one weight swapped
 
 Modules: ``loader`` (GGUF -> config + float32 weights), ``tokenizer`` (byte-level BPE from
-the file), ``llama`` (the forward pass), ``perplexity``, ``data`` (the fixed text split),
+the file), ``llama`` (the forward pass), ``ppl`` (perplexity), ``data`` (the fixed text split),
 ``calibration`` (per-linear input statistics, block by block).
 """
 
+from . import data
+from .calibration import CalibrationResult, LinearStats, calibrate
 from .llama import LlamaModel, load_model
 from .loader import LlamaConfig
+from .ppl import PerplexityResult, perplexity, windows
 
-__all__ = ["LlamaModel", "LlamaConfig", "load_model"]
+__all__ = ["LlamaModel", "LlamaConfig", "load_model", "perplexity", "PerplexityResult", "windows",
+           "calibrate", "CalibrationResult", "LinearStats", "data"]

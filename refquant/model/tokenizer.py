@@ -10,6 +10,8 @@
 2. Each piece's UTF-8 bytes become printable symbols through GPT-2's byte→unicode table.
 3. Within a piece, the adjacent pair with the lowest merge rank (its line number in
    ``tokenizer.ggml.merges``) is merged, repeatedly, until no listed pair remains.
+A byte whose symbol is missing from the vocabulary (SmolLM2 lacks 21 of the 256, e.g.
+0x13, 0xF1) is dropped, and its neighbours are not merged across it.
 Special tokens (``<|im_start|>`` ...) are not parsed out of plain text, as llama.cpp's
 ``llama_tokenize(..., parse_special=false)``; BOS is added only if the file's
 ``tokenizer.ggml.add_bos_token`` says so (SmolLM2's says no).
@@ -56,8 +58,14 @@ class Tokenizer:
         splits = [pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in PRE_TOKENIZER_REGEXES[pre]]
         # ByteLevel's own regex is GPT-2's split; after it, the byte -> symbol table
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        # A byte whose symbol is not in the vocabulary stays in llama.cpp's symbol list as
+        # a barrier that no merge crosses, and is dropped at output. ``tokenizers`` drops
+        # it before merging, letting its neighbours merge. Cutting pieces at such symbols
+        # (and removing them) restores llama.cpp's behaviour.
+        missing = sorted(set(pre_tokenizers.ByteLevel.alphabet()) - set(vocab))
+        barriers = [pre_tokenizers.Split(Regex("[" + "".join(missing) + "]"), behavior="removed")] if missing else []
         self._bpe = HFTokenizer(bpe)
-        self._bpe.pre_tokenizer = pre_tokenizers.Sequence([*splits, byte_level])
+        self._bpe.pre_tokenizer = pre_tokenizers.Sequence([*splits, byte_level, *barriers])
         self._bpe.decoder = decoders.ByteLevel()
         self.tokens = list(tokens)
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
