@@ -273,17 +273,48 @@ class _Cursor:
         self.pos += 8
         return v
 
-    def string(self, field: str) -> str:
+    def string(self, field: str, index: int | None = None) -> str:
+        """A length-prefixed UTF-8 string; ``index`` (an array element's) joins the field name
+        only if there is an error, so the loop over a 50k-token vocabulary stays cheap."""
         start = self.pos
-        n = self.u64(f"{field} length")
-        self.need(n, field, f"string of {n} bytes", at=start)
+        if self.size - start < 8:
+            self.need(8, _element(field, index))
+        (n,) = _U64.unpack_from(self.buf, start)
+        self.pos = start + 8
+        if n > self.size - self.pos:
+            self.need(n, _element(field, index), f"string of {n} bytes", at=start)
         raw = bytes(self.buf[self.pos:self.pos + n])
         try:
             s = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise GGUFFormatError(field, start + 8 + e.start, "not valid UTF-8") from None
+            raise GGUFFormatError(_element(field, index), start + 8 + e.start, "not valid UTF-8") from None
         self.pos += n
         return s
+
+
+    def strings(self, count: int, field: str) -> list[str]:
+        """``count`` strings: ``string`` inlined, as a vocabulary holds ~50k of them."""
+        buf, size, pos = self.buf, self.size, self.pos
+        unpack = _U64.unpack_from
+        out = []
+        for i in range(count):
+            if size - pos < 8 or unpack(buf, pos)[0] > size - pos - 8:
+                self.pos = pos
+                return out + [self.string(field, i)]  # raises, naming element i
+            (n,) = unpack(buf, pos)
+            pos += 8
+            try:
+                out.append(str(buf[pos:pos + n], "utf-8"))
+            except UnicodeDecodeError:
+                self.pos = pos - 8
+                return out + [self.string(field, i)]  # raises, naming element i
+            pos += n
+        self.pos = pos
+        return out
+
+
+def _element(field: str, index: int | None) -> str:
+    return field if index is None else f"{field}[{index}]"
 
 
 def _read_value(cur: _Cursor, vt: int, key: str, type_offset: int):
@@ -314,7 +345,7 @@ def _read_value(cur: _Cursor, vt: int, key: str, type_offset: int):
     if et == ValueType.STRING:
         # each string takes at least its 8-byte length: bound the count before looping
         cur.need(count * 8, f"metadata[{key!r}] array count", f"{count} strings (>= {count * 8} bytes)", at=count_at)
-        values = [cur.string(f"metadata[{key!r}][{i}]") for i in range(count)]
+        values = cur.strings(count, f"metadata[{key!r}]")
         return values, (ValueType.ARRAY, et)
     dtype = _DTYPES[et]
     nbytes = count * dtype.itemsize
