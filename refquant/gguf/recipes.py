@@ -1,0 +1,509 @@
+"""llama.cpp's quantization mixtures ("Q4_K_M" …) and whole-file quantization.
+
+    refquant quantize IN.gguf OUT.gguf --type Q4_K_M [--imatrix imatrix.gguf]
+
+A llama.cpp *file type* such as Q4_K_M is not one block format but a recipe: a default
+type (Q4_K) plus rules that spend more bits where quantization hurts most. This module
+is llama.cpp's ``llama_tensor_get_type`` (src/llama-quant.cpp) written out as a readable
+function, ``tensor_type``, for the file types whose block formats refquant implements.
+
+The rules, in words (n = the number of layers, i = the layer):
+
+* Only weight matrices are quantized: tensors with at least 2 dimensions whose name ends
+  in "weight", except norms ("_norm.weight"), MoE routers ("ffn_gate_inp") and a few
+  small special tensors. Everything else keeps its type (norms stay F32).
+* The output projection ``output.weight`` — or ``token_embd.weight`` when the model ties
+  the two — gets Q6_K (Q8_0 stays Q8_0; Q8_0 too if its rows don't fit the default
+  type's blocks).
+* "More bits" layers: ``use_more_bits(i, n)`` is true for the first n/8 layers, the
+  last n/8, and every third layer in between; Q4_K_M / Q5_K_M give Q6_K to ``attn_v``
+  and ``ffn_down`` of those layers.
+* Q3_K_M: attn_v Q5_K in layers 0–1, else Q4_K; ffn_down Q5_K in the first n/16, else
+  Q4_K; attn_output Q4_K. Q3_K_L: attn_v, ffn_down and attn_output Q5_K.
+* Q4_K_S: attn_v Q5_K in layers 0–3, ffn_down Q5_K in the first n/8.
+* Q2_K: attn_v Q3_K (Q4_K with grouped-query attention n_head/n_head_kv ≥ 4),
+  ffn_down and attn_output Q3_K.
+* IQ4_NL / IQ4_XS: attn_v Q5_K when n_gqa ≥ 4; ffn_down Q5_K in the first n/8 without
+  an importance matrix.
+* Q4_0 / Q5_0 with an importance matrix: ffn_down of the first n/8 layers Q4_1 / Q5_1.
+* Fallback: a k-quant needs rows that are a multiple of 256; when they are not (SmolLM2's
+  576-wide matrices), Q2_K/Q3_K become Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0,
+  IQ4_XS → IQ4_NL — and F16 if even 32 does not divide the row.
+
+llama.cpp visits tensors in layer order (``weight_name_comparer``: tensors outside the
+layers first, then blk.0, blk.1, … each sorted by name), and counts attn_v / ffn_down /
+… tensors as it goes; those counters are the layer indices in ``use_more_bits``. We
+visit in the same order and write the output file in it, as llama-quantize does.
+
+Ref: llama.cpp src/llama-quant.cpp (tensor_allows_quantization, tensor_get_category,
+llama_tensor_get_type_impl, tensor_type_fallback, llama_ftype_get_default_type,
+llama_model_quantize_impl), src/llama-model-loader.h (weight_name_comparer),
+tools/quantize/quantize.cpp (load_imatrix, QUANT_OPTIONS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import struct
+from collections import Counter
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from .types import ggml_type
+
+__all__ = ["FTYPES", "ModelInfo", "use_more_bits", "category", "allows_quantization", "fallback", "tensor_type",
+           "mixture_type", "tensor_types", "llama_order", "load_imatrix", "quantize_file", "QuantizeSummary",
+           "add_arguments", "run"]
+
+# file type name -> (llama_ftype value written to general.file_type, default ggml type)
+FTYPES: dict[str, tuple[int, str]] = {
+    "F32": (0, "F32"), "F16": (1, "F16"), "BF16": (32, "BF16"),
+    "Q4_0": (2, "Q4_0"), "Q4_1": (3, "Q4_1"), "Q5_0": (8, "Q5_0"), "Q5_1": (9, "Q5_1"), "Q8_0": (7, "Q8_0"),
+    "Q2_K": (10, "Q2_K"), "Q2_K_S": (21, "Q2_K"),
+    "Q3_K_S": (11, "Q3_K"), "Q3_K_M": (12, "Q3_K"), "Q3_K_L": (13, "Q3_K"),
+    "Q4_K_S": (14, "Q4_K"), "Q4_K_M": (15, "Q4_K"), "Q5_K_S": (16, "Q5_K"), "Q5_K_M": (17, "Q5_K"),
+    "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"),
+}
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # llama-quantize's QUANT_OPTIONS
+QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
+
+
+def _ftype_name(ftype: str) -> str:
+    name = ALIASES.get(str(ftype).upper(), str(ftype).upper())
+    if name not in FTYPES:
+        raise ValueError(f"ftype: unknown file type {ftype!r}; known: {', '.join([*FTYPES, *ALIASES])}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the recipe needs to know about the model (GGUF keys ``{arch}.block_count`` …)."""
+
+    arch: str = "llama"
+    n_layer: int = 1
+    n_head: int = 1
+    n_head_kv: int = 1
+    n_expert: int = 0
+
+    @property
+    def n_gqa(self) -> int:
+        """Query heads per key/value head (hparams.n_gqa(): 0 without kv heads)."""
+        return self.n_head // self.n_head_kv if self.n_head_kv else 0
+
+    @property
+    def is_70b(self) -> bool:
+        """llama.cpp's LLM_TYPE_70B (Llama-2/3 70B): 80 layers with grouped-query attention."""
+        return self.arch == "llama" and self.n_layer == 80 and self.n_head != self.n_head_kv
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> "ModelInfo":
+        arch = str(metadata.get("general.architecture", "llama"))
+        n_head = metadata.get(f"{arch}.attention.head_count", 1)
+        n_head = int(n_head[0] if isinstance(n_head, (list, tuple, np.ndarray)) else n_head)
+        n_head_kv = metadata.get(f"{arch}.attention.head_count_kv", n_head)
+        n_head_kv = int(n_head_kv[0] if isinstance(n_head_kv, (list, tuple, np.ndarray)) else n_head_kv)
+        return cls(arch=arch, n_layer=int(metadata.get(f"{arch}.block_count", 1)), n_head=n_head,
+                   n_head_kv=n_head_kv, n_expert=int(metadata.get(f"{arch}.expert_count", 0)))
+
+
+def use_more_bits(i_layer: int, n_layers: int) -> bool:
+    """The first and last eighth of the layers, and every third layer in between."""
+    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+
+
+def category(name: str) -> str:
+    """tensor_get_category: the role of a tensor, by name (first match wins)."""
+    if name == "output.weight":
+        return "output"
+    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+        return "token_embd"
+    for key, cat in (("attn_qkv.weight", "attn_qkv"), ("attn_kv_b.weight", "attn_kv_b"), ("attn_v.weight", "attn_v"),
+                     ("attn_k.weight", "attn_k"), ("attn_q.weight", "attn_q"), ("attn_output.weight", "attn_output"),
+                     ("ffn_up", "ffn_up"), ("ffn_gate", "ffn_gate"), ("ffn_down", "ffn_down")):
+        if key in name:
+            return cat
+    return "other"
+
+
+_NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
+                  "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "attn_rel_b.weight",
+                  "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight", "time_mix_w2.weight",
+                  "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight", "time_mix_a0.weight",
+                  "time_mix_a1.weight", "time_mix_a2.weight", "time_mix_g1.weight", "time_mix_g2.weight",
+                  "time_mix_decay_w1.weight", "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight",
+                  ".position_embd", ".rel_pos", ".patch_embd", ".patch_merger")
+
+
+def _n_dims(shape: tuple[int, ...]) -> int:
+    """ggml_n_dims: dimensions up to the last one larger than 1 (NumPy order: leading 1s don't count)."""
+    ne = list(shape)[::-1]
+    return max([i + 1 for i, d in enumerate(ne) if d > 1] or [1])
+
+
+def allows_quantization(name: str, shape: tuple[int, ...]) -> bool:
+    """tensor_allows_quantization: weight matrices yes; norms, biases, 1-D vectors, routers no."""
+    if _n_dims(tuple(shape)) < 2 or not name.endswith("weight"):
+        return False
+    return not any(key in name for key in _NOT_QUANTIZED) and name not in ("position_embd.weight", "token_types.weight")
+
+
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+
+
+def fallback(qtype: str, n_per_row: int) -> str:
+    """tensor_type_fallback: a 32-block type when the row is not a multiple of 256; F16 if even 32 fails."""
+    if n_per_row % ggml_type(qtype).block_size == 0:
+        return qtype
+    if qtype not in _FALLBACK:
+        raise ValueError(f"qtype: no fallback is defined for {qtype} (row length {n_per_row})")
+    new = _FALLBACK[qtype]
+    return new if n_per_row % ggml_type(new).block_size == 0 else "F16"
+
+
+def tensor_type(name: str, shape: tuple[int, ...], ftype: str, info: ModelInfo, *, i_attn_v: int = 0,
+                n_attn_v: int = 0, i_ffn: int = 0, tied_embeddings: bool = False, has_imatrix: bool = False) -> str:
+    """llama_tensor_get_type_impl + tensor_type_fallback for one quantizable tensor.
+
+    i_attn_v / n_attn_v: how many attn_v-like tensors came before this one / in total;
+    i_ffn: the ffn_down / ffn_gate / ffn_up counter (the layer index in a dense model).
+    Returns the ggml type name.
+
+    Example: tensor_type("blk.0.ffn_down.weight", (576, 1536), "Q4_K_M", ModelInfo(n_layer=30))
+    is "Q6_K" (layer 0 < 30/8 uses more bits), and for attn_v of shape (192, 576) the Q6_K
+    becomes "Q8_0" because 576 is not a multiple of 256.
+    """
+    return fallback(mixture_type(name, shape, ftype, info, i_attn_v=i_attn_v, n_attn_v=n_attn_v, i_ffn=i_ffn,
+                                 tied_embeddings=tied_embeddings, has_imatrix=has_imatrix), int(shape[-1]))
+
+
+def mixture_type(name: str, shape: tuple[int, ...], ftype: str, info: ModelInfo, *, i_attn_v: int = 0,
+                 n_attn_v: int = 0, i_ffn: int = 0, tied_embeddings: bool = False, has_imatrix: bool = False) -> str:
+    """llama_tensor_get_type_impl: the mixture's choice before the row-length fallback."""
+    ftype = _ftype_name(ftype)
+    new = FTYPES[ftype][1]
+    if not ggml_type(new).block_size > 1:  # F32 / F16 / BF16 files: every weight matrix gets that type
+        return new
+    cat = category(name)
+    n_cols = int(shape[-1])
+    n_layer = info.n_layer
+    i_layer = i_ffn
+    if info.n_expert > 1 and cat in ("ffn_down", "ffn_gate", "ffn_up"):
+        m = re.match(r"blk\.(\d+)\.", name)  # expert tensors are not consecutive: read the layer from the name
+        if not m or not 0 <= int(m.group(1)) < n_layer:
+            raise ValueError(f"name: cannot tell the layer of {name!r} (n_layer={n_layer})")
+        i_layer = int(m.group(1))
+
+    if cat == "output" or (tied_embeddings and cat == "token_embd"):
+        if info.arch == "falcon" or n_cols % ggml_type(new).block_size:
+            new = "Q8_0"
+        elif new != "Q8_0":
+            new = "Q6_K"
+    elif cat == "token_embd":
+        pass  # only the IQ1/IQ2/IQ3 mixtures (not implemented here) change an untied token embedding
+    elif cat in ("attn_v", "attn_qkv", "attn_kv_b"):
+        if ftype == "Q2_K":
+            new = "Q4_K" if info.n_gqa >= 4 else "Q3_K"
+        elif ftype == "Q2_K_S" and info.n_gqa >= 4:
+            new = "Q4_K"
+        elif ftype == "Q3_K_M":
+            new = "Q5_K" if i_attn_v < 2 else "Q4_K"
+        elif ftype == "Q3_K_L":
+            new = "Q5_K"
+        elif ftype in ("IQ4_NL", "IQ4_XS") and info.n_gqa >= 4:
+            new = "Q5_K"
+        elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i_attn_v, n_attn_v):
+            new = "Q6_K"
+        elif ftype == "Q4_K_S" and i_attn_v < 4:
+            new = "Q5_K"
+        if info.is_70b and new in ("Q3_K", "Q4_K"):
+            new = "Q5_K"  # 8 heads share attn_v in a 70B model: a cheap place to spend bits
+        if info.n_expert == 8:
+            new = "Q8_0"
+    elif cat == "attn_k":
+        if info.n_expert == 8:
+            new = "Q8_0"
+    elif cat == "ffn_down":
+        falcon = info.arch == "falcon"
+        if ftype == "Q2_K":
+            new = "Q3_K"
+        elif ftype == "Q2_K_S":
+            if i_layer < n_layer // 8:
+                new = "Q4_K"
+        elif ftype == "Q3_K_M":
+            new = ("Q5_K" if i_layer < n_layer // 16
+                   else "Q4_K" if not falcon or use_more_bits(i_layer, n_layer) else "Q3_K")
+        elif ftype == "Q3_K_L":
+            new = "Q4_K" if falcon else "Q5_K"
+        elif ftype == "Q4_K_M":
+            if falcon:
+                new = "Q6_K" if i_layer < n_layer // 16 else "Q5_K" if use_more_bits(i_layer, n_layer) else "Q4_K"
+            elif use_more_bits(i_layer, n_layer):
+                new = "Q6_K"
+        elif i_layer < n_layer // 8 and ftype in ("IQ4_NL", "IQ4_XS") and not has_imatrix:
+            new = "Q5_K"
+        elif ftype == "Q5_K_M" and use_more_bits(i_layer, n_layer):
+            new = "Q6_K"
+        elif ftype == "Q4_K_S" and not falcon and i_layer < n_layer // 8:
+            new = "Q5_K"
+        elif ftype in ("Q4_0", "Q5_0") and has_imatrix and i_layer < n_layer // 8:
+            new = "Q4_1" if ftype == "Q4_0" else "Q5_1"
+    elif cat == "attn_output":
+        if info.arch != "falcon":
+            if info.n_expert == 8:
+                if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS"):
+                    new = "Q5_K"
+            elif ftype == "Q2_K":
+                new = "Q3_K"
+            elif ftype == "Q3_K_M":
+                new = "Q4_K"
+            elif ftype == "Q3_K_L":
+                new = "Q5_K"
+        elif ftype == "Q3_K_L":
+            new = "Q4_K"
+    if cat == "attn_qkv":  # fused QKV: the attn_v rules above, then these
+        if ftype in ("Q3_K_M", "Q3_K_L"):
+            new = "Q4_K"
+        elif ftype == "Q4_K_M":
+            new = "Q5_K"
+        elif ftype == "Q5_K_M":
+            new = "Q6_K"
+    return new
+
+
+def _layer_of(name: str) -> int:
+    m = re.match(r"blk\.(\d+)\.", name)
+    return int(m.group(1)) if m else -1
+
+
+def llama_order(names: Iterable[str]) -> list[str]:
+    """weight_name_comparer: non-layer tensors first (by name), then layer by layer, by name within."""
+    return sorted(names, key=lambda n: (_layer_of(n), n))
+
+
+def tensor_types(tensors: Any, ftype: str, info: ModelInfo | None = None, *, has_imatrix: bool = False) -> dict[str, str]:
+    """The type of every tensor under a file type, as llama-quantize assigns it.
+
+    tensors: {name: (type, shape)} (shape in NumPy order), a refquant.gguf.file.GGUFFile,
+    or a refquant.model model (``.weights`` of float32 arrays, ``.metadata``); info defaults
+    to the file's / model's metadata. Tensors that are not quantized keep their type.
+    Returns {name: ggml type name} in llama.cpp's visiting order.
+    """
+    return _assign(tensors, ftype, info, has_imatrix)[0]
+
+
+def _assign(tensors: Any, ftype: str, info: ModelInfo | None, has_imatrix: bool) -> tuple[dict[str, str], int]:
+    """(types, how many tensors needed the fallback) — the preliminary loop of llama_model_quantize_impl."""
+    if hasattr(tensors, "weights") and hasattr(tensors, "metadata"):  # a refquant.model model
+        info = info or ModelInfo.from_metadata(tensors.metadata)
+        entries = {n: ("F32", tuple(int(s) for s in w.shape)) for n, w in tensors.weights.items()}
+    elif hasattr(tensors, "tensors") and hasattr(tensors, "metadata"):  # a GGUFFile
+        info = info or ModelInfo.from_metadata(tensors.metadata)
+        entries = {n: (t.type, tuple(t.shape)) for n, t in tensors.tensors.items()}
+    else:
+        entries = {n: (str(v[0]), tuple(int(s) for s in v[1])) for n, v in dict(tensors).items()}
+    if info is None:
+        raise ValueError("info: a ModelInfo is needed when tensors is a plain dict")
+    ftype = _ftype_name(ftype)
+    order = llama_order(entries)
+    n_attn_v = sum(category(n) in ("attn_v", "attn_qkv", "attn_kv_b") for n in order)
+    tied = "output.weight" not in entries
+    counters: Counter = Counter()
+    out: dict[str, str] = {}
+    n_fallback = 0
+    for name in order:
+        qtype, shape = entries[name]
+        if not allows_quantization(name, shape):
+            out[name] = qtype
+            continue
+        cat = category(name)
+        counter = "attn_v" if cat in ("attn_v", "attn_qkv", "attn_kv_b") else cat
+        chosen = mixture_type(name, shape, ftype, info, i_attn_v=counters["attn_v"], n_attn_v=n_attn_v,
+                              i_ffn=counters[counter], tied_embeddings=tied, has_imatrix=has_imatrix)
+        out[name] = fallback(chosen, shape[-1])
+        n_fallback += out[name] != chosen
+        counters[counter] += 1
+    if ftype == "Q2_K_S" and not has_imatrix:
+        needs = [n for n, t in out.items() if t == "Q2_K" and category(n) not in ("output", "token_embd")]
+        if needs:
+            raise ValueError(f"imatrix: Q2_K_S needs an importance matrix (e.g. for {needs[0]})")
+    return out, n_fallback
+
+
+# --------------------------------------------------------------------------- importance matrices
+
+def load_imatrix(path: str) -> dict[str, np.ndarray]:
+    """An importance matrix written by llama-imatrix: {tensor name: float32 (n_per_row · n_mat,)}.
+
+    GGUF format: tensors ``<name>.in_sum2`` (Σ x² per column, per matrix) and
+    ``<name>.counts`` (how many rows were summed); the value is in_sum2 / count, or 1 for a
+    matrix that never saw input. Legacy ``.dat``: int32 n_entries, then per entry
+    int32 len, name, int32 ncall, int32 nval, nval float32 sums; the value is sum / ncall.
+    """
+    from . import file
+
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic == b"GGUF":
+        out: dict[str, np.ndarray] = {}
+        with file.read(path) as f:
+            sums = {n[: -len(".in_sum2")]: t for n, t in f.tensors.items() if n.endswith(".in_sum2")}
+            for name, t in sums.items():
+                counts_info = f.tensors.get(f"{name}.counts")
+                if counts_info is None:
+                    raise ValueError(f"imatrix: {name}.in_sum2 has no matching {name}.counts tensor")
+                s = np.array(t.raw).view(np.float32).reshape(-1, t.shape[-1])      # (n_mat, n_per_row)
+                c = np.array(counts_info.raw).view(np.float32).reshape(-1, 1)      # (n_mat, 1)
+                if c.shape[0] != s.shape[0]:
+                    raise ValueError(f"imatrix: {name}: {s.shape[0]} matrices but {c.shape[0]} counts")
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    out[name] = np.where(c > 0, s / np.where(c > 0, c, 1), np.float32(1)).astype(np.float32).ravel()
+        return out
+    data = open(path, "rb").read()
+    try:
+        pos = 0
+        (n_entries,) = struct.unpack_from("<i", data, pos); pos += 4
+        if n_entries < 1:
+            raise ValueError("no entries")
+        out = {}
+        for _ in range(n_entries):
+            (length,) = struct.unpack_from("<i", data, pos); pos += 4
+            if length <= 0 or pos + length > len(data):
+                raise ValueError("bad name length")
+            name = data[pos : pos + length].decode("utf-8"); pos += length
+            ncall, nval = struct.unpack_from("<ii", data, pos); pos += 8
+            if nval <= 0 or pos + 4 * nval > len(data):
+                raise ValueError(f"bad value count for {name}")
+            values = np.frombuffer(data, np.float32, nval, pos).copy(); pos += 4 * nval
+            out[name] = values / np.float32(ncall) if ncall > 0 else values
+        return out
+    except (struct.error, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"imatrix: {path} is neither a GGUF imatrix nor a legacy llama-imatrix file ({e})") from None
+
+
+# --------------------------------------------------------------------------- whole files
+
+@dataclasses.dataclass
+class QuantizeSummary:
+    """What quantize_file did: weights, bytes before/after, bits per weight, types used."""
+
+    n_weights: int
+    bytes_in: int
+    bytes_out: int
+    types: dict[str, str]
+    n_fallback: int
+
+    @property
+    def bpw_in(self) -> float:
+        return 8.0 * self.bytes_in / self.n_weights
+
+    @property
+    def bpw_out(self) -> float:
+        return 8.0 * self.bytes_out / self.n_weights
+
+    def table(self) -> str:
+        counts = Counter(self.types.values())
+        kinds = ", ".join(f"{t}: {n}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return (f"{len(self.types)} tensors ({kinds}); {self.n_weights:,} weights; "
+                f"{self.bytes_in / 2**20:.2f} MiB ({self.bpw_in:.2f} bpw) -> "
+                f"{self.bytes_out / 2**20:.2f} MiB ({self.bpw_out:.2f} bpw)")
+
+
+def quantize_file(src: str, dst: str, ftype: str, imatrix: Mapping[str, np.ndarray] | str | None = None,
+                  progress: Callable[[Iterable], Iterable] | None = None) -> QuantizeSummary:
+    """Quantize a GGUF model file with a llama.cpp mixture, as llama-quantize does.
+
+    Tensors keep llama.cpp's order; a tensor whose type does not change is copied byte
+    for byte; a quantized input tensor is decoded to float32 first (llama-quantize's
+    --allow-requantize). Metadata is copied with its value types, then
+    general.quantization_version = 2 and general.file_type = the llama_ftype are
+    (re)appended, and split keys dropped. The output is written atomically: on any error
+    ``dst`` is left as it was.
+    """
+    from . import dequantize, file, quantize
+
+    ftype = _ftype_name(ftype)
+    if isinstance(imatrix, (str, os.PathLike)):
+        imatrix = load_imatrix(os.fspath(imatrix))
+    with file.read(src) as f:
+        info = ModelInfo.from_metadata(f.metadata)
+        types, n_fallback = _assign(f, ftype, info, imatrix is not None)
+        metadata = {k: v for k, v in f.metadata.items() if not k.startswith("split.")}
+        metadata_types = {k: v for k, v in f.metadata_types.items() if k in metadata}
+        for key, value in (("general.quantization_version", QUANTIZATION_VERSION),
+                           ("general.file_type", FTYPES[ftype][0])):
+            metadata.pop(key, None)
+            metadata_types.pop(key, None)
+            metadata[key] = value
+            metadata_types[key] = file.ValueType.UINT32
+        out = []
+        names = list(types)
+        for name in (progress(names) if progress else names):
+            t = f.tensors[name]
+            new = types[name]
+            if new == t.type:
+                out.append((name, new, t.shape, np.asarray(t.raw)))
+                continue
+            weights = t.raw.view(np.float32) if t.type == "F32" else dequantize(np.asarray(t.raw), t.type)
+            qw = None
+            if imatrix is not None and name in imatrix:
+                qw = np.asarray(imatrix[name], dtype=np.float32)
+            out.append((name, new, t.shape, _quantize_tensor(quantize, weights, new, qw, name)))
+        file.write(dst, metadata, out, metadata_types=metadata_types)
+        n_weights = sum(t.n_elements for t in f.tensors.values())
+        bytes_in = sum(t.nbytes for t in f.tensors.values())
+    bytes_out = sum(int(np.asarray(raw).nbytes) for _, _, _, raw in out)
+    return QuantizeSummary(n_weights, bytes_in, bytes_out, types, n_fallback)
+
+
+def _quantize_tensor(quantize, weights: np.ndarray, qtype: str, qw: np.ndarray | None, name: str) -> np.ndarray:
+    """One tensor; an imatrix of n_per_row · n_expert values is split per expert (3-D tensors)."""
+    n = weights.shape[-1]
+    if qw is None or qw.size == n:
+        return quantize(weights, qtype, imatrix=qw)
+    n_mat = int(np.prod(weights.shape[:-2])) if weights.ndim > 2 else 1
+    if qw.size != n * n_mat:
+        raise ValueError(f"imatrix: {qw.size} values for {name}, expected {n} (or {n} per expert)")
+    mats = weights.reshape(n_mat, -1, n)
+    return np.stack([quantize(m, qtype, imatrix=qw[i * n : (i + 1) * n]) for i, m in enumerate(mats)]).reshape(
+        *weights.shape[:-1], -1)
+
+
+# --------------------------------------------------------------------------- the command
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="GGUF model file to quantize (F32/F16/BF16 or already quantized)")
+    parser.add_argument("output", help="where to write the quantized GGUF file (written atomically)")
+    parser.add_argument("--type", required=True, metavar="T",
+                        help=f"llama.cpp file type: {', '.join(FTYPES)} (Q4_K = Q4_K_M ...)")
+    parser.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (.gguf or legacy .dat)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from .file import GGUFFormatError
+
+    try:
+        ftype = _ftype_name(args.type)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not os.path.isfile(args.input):
+        raise UserError(f"input: no such file: {args.input}")
+    if os.path.abspath(args.input) == os.path.abspath(args.output):
+        raise UserError("output: must differ from the input file")
+    imatrix = None
+    try:
+        if args.imatrix:
+            if not os.path.isfile(args.imatrix):
+                raise UserError(f"imatrix: no such file: {args.imatrix}")
+            imatrix = load_imatrix(args.imatrix)
+        summary = quantize_file(args.input, args.output, ftype, imatrix)
+    except GGUFFormatError as e:
+        raise UserError(f"not a valid GGUF file: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+    print(f"{args.output}: {ftype}: {summary.table()}")
+    return 0
