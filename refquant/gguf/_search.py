@@ -19,6 +19,11 @@ searched on its own, so one Python step of a C loop advances every block at once
 Element-wise work inside a block (rounding all n codes for one candidate) is vectorized
 too; only the running sums and the coordinate-descent passes stay loops.
 
+Inside, the searches work on the transposed layout (n, n_blocks) — "element i of every
+block" is one contiguous row — so a running sum is n additions of whole rows, and a
+coordinate-descent step reads and writes one row. The public functions take and return
+(n_blocks, n) like the C arrays.
+
 Shapes: ``x`` is (n_blocks, n) float32 — n = 16 or 32 weights of a sub-block, or the 8/16
 sub-block scales of a super-block. Scalars per block come back as (n_blocks,).
 
@@ -52,6 +57,7 @@ __all__ = [
 GROUP_MAX_EPS = float(np.float32(1e-15))  # ggml-quants.c: a block whose max |x| is below this is "all zero"
 _MAGIC = 12582912.0                        # 1.5 * 2**23: adding it leaves round(f) in the low mantissa bits
 _TWO_22 = 4194304.0                        # 2**22, the offset nearest_int subtracts from the mantissa field
+_SAFE = 4194303.0                          # |f| <= this: nearest_int(f) == round-half-even(f) (C's assert)
 
 
 def _rdiv(a: float, y: Any) -> Any:
@@ -64,7 +70,7 @@ def _rdiv(a: float, y: Any) -> Any:
 
 
 def _f32(v: float) -> float:
-    """A Python float holding exactly the float32 value C would use for the literal ``v``f."""
+    """A Python float holding exactly the float32 value C computes (for literals and constant folding)."""
     return float(np.float32(v))
 
 
@@ -78,20 +84,20 @@ def nearest_int(f: Any) -> Any:
         val = f + 12582912.f          (float32 add: the one rounding, to an integer, ties-to-even)
         i   = bits(val) & 0x7fffff    (mantissa field) ;  nearest_int = i - 0x400000
 
-    For |f| < 2**22 (the range C asserts) this is exactly ``rint(f)``. Outside it the C
-    code still runs (asserts are off in release builds) and returns the mantissa field of
-    ``val`` minus 2**22; we reproduce that too, as well as NaN -> 0 and ±inf -> -2**22,
-    so that degenerate blocks give the same bytes as libggml.
+    For |f| <= 4194303 (the range C asserts) this is exactly round-half-even(f), which is
+    what we compute. Outside it the C code still runs (asserts are off in release builds)
+    and returns the mantissa field of ``val`` minus 2**22; we reproduce that too, as well
+    as NaN -> 0 and ±inf -> -2**22, so that degenerate blocks give the same bytes as libggml.
 
     f: any shape, float32 -> same shape, float32 holding integers.
     Example: nearest_int([0.5, 1.5, -2.5, 2.6]) -> [0, 2, -2, 3]
     """
     xp = namespace(f)
-    val = f + _MAGIC                                      # float32: rounds f to an integer (ties to even)
-    fast = val - _MAGIC                                   # exact while val lies in [2**23, 2**24)
-    regular = (val >= 8388608.0) & (val < 16777216.0)
-    if bool(xp.all(regular)):
+    fast = xp.round(f)                                    # round half to even
+    if f.size == 0 or (float(xp.max(f)) <= _SAFE and float(xp.min(f)) >= -_SAFE):  # False for NaN
         return fast
+    val = f + _MAGIC                                      # float32: rounds f to an integer (ties to even)
+    regular = (val >= 8388608.0) & (val < 16777216.0)     # val in [2**23, 2**24): the field is val - 2**23
     # Out of range, NaN or inf: emulate the bit pattern arithmetic in float64 (exact here).
     a = xp.abs(xp.astype(val, xp.float64))
     finite_nz = xp.isfinite(a) & (a > 0)
@@ -107,40 +113,79 @@ def nearest_int(f: Any) -> Any:
     return xp.where(regular, fast, xp.astype(wild, f.dtype))
 
 
+def _colsum(t: Any) -> Any:
+    """C's running sum ``s = 0; for i: s += t[i]`` down the first axis: (n, B) -> (B,).
+
+    Left to right in float32, starting at +0 (so a sum of -0.0 terms is +0.0, as in C) —
+    never a pairwise or tree sum. Each step adds one contiguous row; NumPy adds in place.
+    """
+    if is_numpy(t):
+        s = t[0, :] + np.float32(0.0)
+        for i in range(1, t.shape[0]):
+            np.add(s, t[i, :], out=s)
+        return s
+    xp = namespace(t)
+    s = t[0, :] + 0.0
+    for i in range(1, t.shape[0]):
+        s = s + t[i, :]
+    return s
+
+
+def _colsum_from_first(t: Any) -> Any:
+    """C's ``s = t[0]; for i >= 1: s += t[i]`` down the first axis (no leading +0): (n, B) -> (B,)."""
+    if is_numpy(t):
+        s = t[0, :].copy()
+        for i in range(1, t.shape[0]):
+            np.add(s, t[i, :], out=s)
+        return s
+    s = t[0, :]
+    for i in range(1, t.shape[0]):
+        s = s + t[i, :]
+    return s
+
+
+def _cols(x: Any) -> Any:
+    """(B, n) -> (n, B), a fresh C-ordered copy: element i of every block is one contiguous row."""
+    xp = namespace(x)
+    if is_numpy(x):
+        return np.ascontiguousarray(x.T)
+    n, B = x.shape[-1], x.shape[0]
+    return xp.reshape(xp.reshape(xp.permute_dims(x, (1, 0)), (n * B,)), (n, B))
+
+
+def _uncols(a: Any) -> Any:
+    """(n, B) -> (B, n)."""
+    xp = namespace(a)
+    if is_numpy(a):
+        return np.ascontiguousarray(a.T)
+    return xp.permute_dims(a, (1, 0))
+
+
 def sequential_sum(t: Any) -> Any:
     """C's running float sum over the last axis: ``s = 0; for i: s += t[..., i]``.
 
     Left to right in float32, starting at +0 — not ``np.sum``'s pairwise order, which
-    rounds differently. NumPy's ``add.accumulate`` is sequential by definition (each
-    prefix is an output), so it gives the same bits as the loop in one call; the ``+ 0``
-    turns a sum of -0.0 terms into C's +0.0. Other namespaces run the loop (torch's
-    cumsum accumulates float32 in double on CPU, CuPy's is a parallel scan).
-
-    t: (..., n) float32 -> (...) float32
+    rounds differently. t: (B, n) float32 -> (B,) float32.
     """
-    if is_numpy(t):
-        return np.add.accumulate(t, axis=-1)[..., -1] + np.float32(0.0)
-    xp = namespace(t)
-    s = xp.zeros_like(t[..., 0])
-    for i in range(t.shape[-1]):
-        s = s + t[..., i]
-    return s
+    return _colsum(_cols(t))
 
 
-def _first_max_abs(x: Any) -> tuple[Any, Any]:
-    """(amax, max): the largest |x| of each row and the signed value that holds it (the first one).
+def _first_max_abs(xc: Any) -> tuple[Any, Any]:
+    """(amax, max) of each block: the largest |x| and the signed value that holds it (the first one).
 
     C: ``if (ax > amax) { amax = ax; max = x[i]; }`` — strict '>' keeps the *first*
-    element of largest magnitude, so [-3, 3] gives max = -3.
-    x: (B, n) -> (B,), (B,)
+    element of largest magnitude, so [-3, 3] gives max = -3; an all-zero block gives 0.
+    xc: (n, B) -> (B,), (B,)
     """
-    xp = namespace(x)
-    ax = xp.abs(x)                                                       # (B, n)
-    amax = xp.max(ax, axis=-1)                                           # (B,)
-    first = xp.argmax(xp.astype(ax == amax[:, None], xp.int8), axis=-1)  # (B,) first index reaching it
-    onehot = xp.arange(x.shape[-1])[None, :] == first[:, None]           # (B, n)
-    mx = xp.sum(xp.where(onehot, x, xp.zeros_like(x)), axis=-1)          # (B,) exact: one non-zero term
-    # amax starts at 0 in C: an all-zero row gives max = 0 (not -0.0)
+    xp = namespace(xc)
+    ax = xp.abs(xc)                                                       # (n, B)
+    amax = xp.max(ax, axis=0)                                             # (B,)
+    mx = xp.zeros_like(amax)
+    found = xp.zeros(amax.shape, dtype=xp.bool)
+    for i in range(xc.shape[0]):                                          # the first i with |x_i| == amax
+        hit = (ax[i, :] == amax) & ~found
+        mx = xp.where(hit, xc[i, :], mx)
+        found = found | hit
     mx = xp.where(amax > 0, mx, xp.zeros_like(mx))
     return amax, mx
 
@@ -182,25 +227,26 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
     A block with max |x| < GROUP_MAX_EPS gives scale 0, L 0.
     """
     xp = namespace(x, qw)
-    amax, mx = _first_max_abs(x)                                  # (B,), (B,)
+    xc = _cols(x)                                                 # (n, B)
+    amax, mx = _first_max_abs(xc)                                 # (B,), (B,)
     zero = amax < GROUP_MAX_EPS                                   # (B,) "all zero" blocks
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)                # avoid 0/0 in blocks we discard
 
-    def codes(iscale):                                            # iscale (B,) -> l (B, n) in -nmax..nmax-1
-        return xp.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+    def codes(iscale):                                            # iscale (B,) -> l (n, B) in -nmax..nmax-1
+        return xp.clip(nearest_int(iscale[None, :] * xc), -nmax, nmax - 1)
 
     iscale = _rdiv(-nmax, mx_safe)                                # (B,) C: -nmax / max
-    l = codes(iscale)                                             # (B, n)
+    l = codes(iscale)                                             # (n, B)
     if rmse_type == 0:
         scale = _rdiv(1, iscale)
     else:
-        early = rmse_type < 0
-        w = _qx_weights(x, abs(rmse_type), qw)                    # (B, n)
-        sumlx = sequential_sum(w * x * l)                         # (B,) C: sumlx += w*x[i]*l
-        suml2 = sequential_sum(w * l * l)                         # (B,) C: suml2 += w*l*l
+        w = _qx_weights(xc, abs(rmse_type), None if qw is None else _cols(qw))  # (n, B)
+        wx = w * xc                                               # C: w*x[i]*l is (w*x)*l
+        sumlx = _colsum(wx * l)                                   # (B,) C: sumlx += w*x[i]*l
+        suml2 = _colsum(w * l * l)                                # (B,) C: suml2 += w*l*l
         scale = xp.where(suml2 != 0, sumlx / xp.where(suml2 != 0, suml2, xp.ones_like(suml2)),
                          xp.zeros_like(suml2))
-        if early:
+        if rmse_type < 0:
             scale = xp.where(suml2 > 0, 0.5 * (scale + _rdiv(1, iscale)), _rdiv(1, iscale))
         else:
             best = scale * sumlx                                  # (B,)
@@ -208,18 +254,61 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
                 if step == 0:
                     continue
                 num = _f32(nmax + _f32(_f32(0.1) * step))         # C: nmax + 0.1f*is, rounded to float32
-                iscale_is = _rdiv(-num, mx_safe)                       # C: -(nmax + 0.1f*is) / max
-                l_is = codes(iscale_is)                           # (B, n)
-                sumlx_is = sequential_sum(w * x * l_is)
-                suml2_is = sequential_sum(w * l_is * l_is)
+                iscale_is = _rdiv(-num, mx_safe)                  # C: -(nmax + 0.1f*is) / max
+                l_is = codes(iscale_is)                           # (n, B)
+                sumlx_is = _colsum(wx * l_is)
+                suml2_is = _colsum(w * l_is * l_is)
                 better = (suml2_is > 0) & (sumlx_is * sumlx_is > best * suml2_is)  # (B,)
+                if not bool(xp.any(better)):
+                    continue
                 safe2 = xp.where(better, suml2_is, xp.ones_like(suml2_is))
-                l = xp.where(better[:, None], l_is, l)
+                l = xp.where(better[None, :], l_is, l)
                 scale = xp.where(better, sumlx_is / safe2, scale)
                 best = xp.where(better, scale * sumlx_is, best)
     scale = xp.where(zero, xp.zeros_like(scale), scale)
-    L = xp.where(zero[:, None], xp.zeros_like(l), l + nmax)
-    return scale, xp.astype(L, xp.int8)
+    L = xp.where(zero[None, :], xp.zeros_like(l), l + nmax)
+    return scale, xp.astype(_uncols(L), xp.int8)
+
+
+def _descend(xp: Any, xc: Any, w: Any, rows: list, sumlx: Any, suml2: Any, lo: int | None, hi: int,
+             need_sl2: bool, store=None) -> tuple[list, Any, Any]:
+    """Up to 5 coordinate-descent passes over the codes (make_q3_quants, make_qp_quants).
+
+    Element i in turn: take it out of the sums, give it the code round(x_i·Σwl²/Σwxl)
+    (clamped to lo..hi) that the current least-squares scale suggests, and keep the change
+    only if (Σwxl)²/Σwl² grows. Blocks advance in lock step; a pass that changes no block
+    ends the search (an unchanged pass leaves the state, hence the next pass, unchanged).
+    ``rows``: the n code rows (B,) each; ``need_sl2``: make_qp_quants also requires Σwl² > 0
+    before trying (make_q3_quants requires it of the new sum); ``store``: the C type
+    conversion of writing a code back (make_qp_quants' uint8_t).
+    """
+    n = len(rows)
+    for _ in range(5):
+        changed = False
+        for i in range(n):
+            wi, xi, li = w[i, :], xc[i, :], rows[i]               # (B,)
+            wxi = wi * xi
+            slx = sumlx - wxi * li                                # C: sumlx - w*x[i]*L[i]
+            sl2 = suml2 - wi * li * li                            # C: suml2 - w*L[i]*L[i]
+            ok = (slx > 0) & (sl2 > 0) if need_sl2 else slx > 0
+            if not bool(xp.any(ok)):
+                continue
+            new_l = nearest_int(xi * sl2 / xp.where(ok, slx, xp.ones_like(slx)))
+            new_l = xp.clip(new_l, lo, hi)
+            slx = slx + wxi * new_l
+            sl2 = sl2 + wi * new_l * new_l
+            take = ok & (new_l != li) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            if need_sl2 is False:
+                take = take & (sl2 > 0)
+            if not bool(xp.any(take)):
+                continue
+            rows[i] = xp.where(take, new_l if store is None else store(new_l), li)
+            sumlx = xp.where(take, slx, sumlx)
+            suml2 = xp.where(take, sl2, suml2)
+            changed = True
+        if not changed:
+            break
+    return rows, sumlx, suml2
 
 
 def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
@@ -228,60 +317,43 @@ def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
     Start from l = clamp(round(-nmax·x/max), -nmax, nmax-1). With ``do_rmse``, weights are
     w = x² and up to 5 passes visit each element in turn: remove it from the sums, give it
     the code round(x·Σwl²/Σwxl) that the current least-squares scale suggests, and keep
-    the change only if (Σwxl)²/Σwl² grows. A pass that changes nothing ends the search
-    (in every block: an unchanged pass leaves the state, hence the next pass, unchanged).
+    the change only if (Σwxl)²/Σwl² grows. A pass that changes nothing ends the search.
     scale = Σwxl / Σwl². Without ``do_rmse``: scale = 1/iscale.
+
+    Note the sign: a change is only tried while Σwxl > 0, and the first codes make
+    x·l < 0 when the largest-magnitude weight is positive — so in practice the descent
+    only moves codes of blocks whose largest-magnitude weight is negative.
 
     x: (B, n) float32 -> scale (B,) float32, L (B, n) int8 in 0..2·nmax-1 (ŵ = scale·(L - nmax))
     """
     xp = namespace(x)
-    amax, mx = _first_max_abs(x)
+    xc = _cols(x)                                                         # (n, B)
+    amax, mx = _first_max_abs(xc)
     zero = amax < GROUP_MAX_EPS
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)
     iscale = _rdiv(-nmax, mx_safe)                                        # (B,)
-    l = xp.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)        # (B, n)
+    l = xp.clip(nearest_int(iscale[None, :] * xc), -nmax, nmax - 1)       # (n, B)
     if not do_rmse:
         scale = _rdiv(1, iscale)
     else:
-        w = x * x                                                         # (B, n)
-        sumlx = sequential_sum(w * x * l)                                 # (B,)
-        suml2 = sequential_sum(w * l * l)                                 # (B,)
-        n = x.shape[-1]
-        for _ in range(5):
-            changed = xp.zeros(sumlx.shape, dtype=xp.bool)
-            for i in range(n):                                            # C visits elements in order
-                wi, xi, li = w[:, i], x[:, i], l[:, i]                    # (B,)
-                slx = sumlx - wi * xi * li
-                sl2 = suml2 - wi * li * li
-                pos = slx > 0
-                new_l = nearest_int(xi * sl2 / xp.where(pos, slx, xp.ones_like(slx)))
-                new_l = xp.clip(new_l, -nmax, nmax - 1)
-                slx = slx + wi * xi * new_l
-                sl2 = sl2 + wi * new_l * new_l
-                take = pos & (new_l != li) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-                l = _set_column(xp, l, i, xp.where(take, new_l, li))
-                sumlx = xp.where(take, slx, sumlx)
-                suml2 = xp.where(take, sl2, suml2)
-                changed = changed | take
-            if not bool(xp.any(changed)):
-                break
+        w = xc * xc                                                       # (n, B)
+        sumlx = _colsum(w * xc * l)                                       # (B,)
+        suml2 = _colsum(w * l * l)                                        # (B,)
+        rows, sumlx, suml2 = _descend(xp, xc, w, [l[i, :] for i in range(l.shape[0])], sumlx, suml2,
+                                      -nmax, nmax - 1, need_sl2=False)
+        l = xp.stack(rows, axis=0)
         scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)),
                          xp.zeros_like(suml2))
     scale = xp.where(zero, xp.zeros_like(scale), scale)
-    L = xp.where(zero[:, None], xp.zeros_like(l), l + nmax)
-    return scale, xp.astype(L, xp.int8)
+    L = xp.where(zero[None, :], xp.zeros_like(l), l + nmax)
+    return scale, xp.astype(_uncols(L), xp.int8)
 
 
-def _as_uint8(xp: Any, l: Any) -> Any:
+def _as_uint8(l: Any) -> Any:
     """C's store of an int into ``uint8_t``: modulo 256 (only a negative code, from a
     negative input to make_qp_quants, ever wraps)."""
+    xp = namespace(l)
     return xp.remainder(l, 256.0)
-
-
-def _set_column(xp: Any, a: Any, i: int, col: Any) -> Any:
-    """``a`` with column i replaced by ``col`` (no in-place writes: some namespaces forbid them)."""
-    idx = xp.arange(a.shape[-1])
-    return xp.where(idx[None, :] == i, col[:, None], a)
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,34 +365,39 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
     """Shared body of make_qkx2_quants / make_qkx3_quants (they differ only in details
     named at the call sites: default weights and the "empty range" test)."""
     xp = namespace(x, weights)
-    w = x * x if weights is None else weights                     # (B, n) qkx3: NULL weights -> x²
-    mn = xp.min(x, axis=-1)                                       # (B,)  min/max are exact: no order issue
-    mx = xp.max(x, axis=-1)                                       # (B,)
+    xc = _cols(x)                                                 # (n, B)
+    w = xc * xc if weights is None else _cols(weights)            # (n, B) qkx3: NULL weights -> x²
+    mn = xp.min(xc, axis=0)                                       # (B,)  min/max are exact: no order issue
+    mx = xp.max(xc, axis=0)                                       # (B,)
     # C: sum_w = w[0]; sum_x = sum_w*x[0]; then += over i >= 1 (the sum starts at element 0, not at +0)
-    sum_w = _sum_from_first(w)                                    # (B,)
-    sum_x = _sum_from_first(w * x)                                # (B,)
+    sum_w = _colsum_from_first(w)                                 # (B,)
+    sum_x = _colsum_from_first(w * xc)                            # (B,)
     mn = xp.where(mn > 0, xp.zeros_like(mn), mn)                  # the min is never above 0
     empty = (mx == mn) if empty_if_equal else (mx <= mn)          # (B,) nothing to quantize
-    rng = xp.where(empty, xp.ones_like(mx), mx - mn)              # (B,) max - min (1 where empty: unused)
-    err = (lambda d: xp.abs(d)) if use_mad else (lambda d: d * d)
 
-    iscale = _rdiv(nmax, rng)                                     # (B,)
+    def error(scale, min_, L):                                    # C: diff = scale*L + min - x; w*|diff| or w*diff²
+        diff = scale[None, :] * L + min_[None, :] - xc
+        diff = xp.abs(diff) if use_mad else diff * diff
+        return _colsum(w * diff)
+
+    span = xp.where(empty, xp.ones_like(mx), mx - mn)             # (B,) max - min (1 where empty: unused)
+    iscale = _rdiv(nmax, span)                                    # (B,)
     scale = _rdiv(1, iscale)
-    L = xp.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)  # (B, n)
-    best = sequential_sum(w * err(scale[:, None] * L + mn[:, None] - x))   # (B,)
+    L = xp.clip(nearest_int(iscale[None, :] * (xc - mn[None, :])), 0, nmax)  # (n, B)
+    best = error(scale, mn, L)                                    # (B,)
     if nstep >= 1:
+        xm = xc - mn[None, :]                                     # (n, B) x - min, redone when a min changes
         for step in range(nstep + 1):
             # C reuses `min` for the next candidate after a win: both the range (max - min)
             # and the shift x - min follow the best min found so far.
             num = _f32(_f32(_f32(rmin) + _f32(_f32(rdelta) * step)) + nmax)  # C: rmin + rdelta*is + nmax (float32)
-            span = mx - mn
-            span = xp.where(empty, xp.ones_like(span), span)
-            iscale_is = _rdiv(num, span)                               # (B,)
-            Laux = xp.clip(nearest_int(iscale_is[:, None] * (x - mn[:, None])), 0, nmax)  # (B, n)
+            span = xp.where(empty, xp.ones_like(mx), mx - mn)
+            iscale_is = _rdiv(num, span)                          # (B,)
+            Laux = xp.clip(nearest_int(iscale_is[None, :] * xm), 0, nmax)  # (n, B)
             wl = w * Laux
-            sum_l = sequential_sum(wl)                            # C: sum_l  += w*l
-            sum_l2 = sequential_sum(wl * Laux)                    # C: sum_l2 += w*l*l
-            sum_xl = sequential_sum(wl * x)                       # C: sum_xl += w*l*x[i]
+            sum_l = _colsum(wl)                                   # C: sum_l  += w*l
+            sum_l2 = _colsum(wl * Laux)                           # C: sum_l2 += w*l*l
+            sum_xl = _colsum(wl * xc)                             # C: sum_xl += w*l*x[i]
             D = sum_w * sum_l2 - sum_l * sum_l                    # (B,) determinant of the 2x2 normal equations
             ok = D > 0
             D_safe = xp.where(ok, D, xp.ones_like(D))
@@ -330,26 +407,19 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
             l2_safe = xp.where(sum_l2 != 0, sum_l2, xp.ones_like(sum_l2))
             this_scale = xp.where(clamp, sum_xl / l2_safe, this_scale)
             this_min = xp.where(clamp, xp.zeros_like(this_min), this_min)
-            cur = sequential_sum(w * err(this_scale[:, None] * Laux + this_min[:, None] - x))  # (B,)
+            cur = error(this_scale, this_min, Laux)               # (B,)
             better = ok & (cur < best)
-            L = xp.where(better[:, None], Laux, L)
+            if not bool(xp.any(better)):
+                continue
+            L = xp.where(better[None, :], Laux, L)
             best = xp.where(better, cur, best)
             scale = xp.where(better, this_scale, scale)
             mn = xp.where(better, this_min, mn)
+            xm = xc - mn[None, :]
     scale = xp.where(empty, xp.zeros_like(scale), scale)
-    L = xp.where(empty[:, None], xp.zeros_like(L), L)
+    L = xp.where(empty[None, :], xp.zeros_like(L), L)
     # C returns *the_min = -min: a non-negative offset, ŵ = scale·L - the_min
-    return scale, -mn, xp.astype(L, xp.uint8)
-
-
-def _sum_from_first(t: Any) -> Any:
-    """C's ``s = t[0]; for i >= 1: s += t[i]`` over the last axis (no leading +0)."""
-    if is_numpy(t):
-        return np.add.accumulate(t, axis=-1)[..., -1]
-    s = t[..., 0]
-    for i in range(1, t.shape[-1]):
-        s = s + t[..., i]
-    return s
+    return scale, -mn, xp.astype(_uncols(L), xp.uint8)
 
 
 def make_qkx2_quants(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep: int,
@@ -363,7 +433,8 @@ def make_qkx2_quants(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float
     rounds new codes, and (scale, min) are refit to them by weighted least squares —
     the 2x2 normal equations of min_{s,m} Σ w (s·l + m - x)² — with the min forced to ≤ 0
     (if the fit wants a positive min, m = 0 and s = Σwlx/Σwl²). The candidate with the
-    smallest error E wins (strict '<': the earliest best is kept).
+    smallest error E wins (strict '<': the earliest best is kept), and its min becomes
+    the shift for the candidates after it.
 
     x, weights: (B, n) float32 -> scale (B,), the_min (B,) = -min ≥ 0, L (B, n) uint8 in 0..nmax;
     ŵ = scale·L - the_min. A block with max == min gives scale 0, L 0.
@@ -404,50 +475,36 @@ def make_qp_quants(x: Any, nmax: int, quant_weights: Any) -> tuple[Any, Any]:
     A block with max x < GROUP_MAX_EPS gives scale 0, L 0.
     """
     xp = namespace(x, quant_weights)
-    w = quant_weights
-    mx = xp.max(x, axis=-1)
+    xc = _cols(x)                                                         # (n, B)
+    w = _cols(quant_weights)
+    mx = xp.max(xc, axis=0)
     mx = xp.where(mx > 0, mx, xp.zeros_like(mx))                          # C: max starts at 0
     zero = mx < GROUP_MAX_EPS                                             # (B,)
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)
     iscale = _rdiv(nmax, mx_safe)                                         # (B,)
-    L0 = _as_uint8(xp, nearest_int(iscale[:, None] * x))                 # (B, n) stored in uint8_t L[]
+    L0 = _as_uint8(nearest_int(iscale[None, :] * xc))                     # (n, B) stored in uint8_t L[]
     scale0 = _rdiv(1, iscale)
-    diff = x - scale0[:, None] * L0
-    best_mse = sequential_sum(w * diff * diff)                            # C: w*diff*diff
+    diff = xc - scale0[None, :] * L0
+    best_mse = _colsum(w * diff * diff)                                   # C: w*diff*diff
     for step in range(-4, 5):
         if step == 0:
             continue
-        iscale_is = _rdiv(_f32(_f32(_f32(0.1) * step) + nmax), mx_safe)        # C: (0.1f*is + nmax)/max
+        iscale_is = _rdiv(_f32(_f32(_f32(0.1) * step) + nmax), mx_safe)  # C: (0.1f*is + nmax)/max
         scale_is = _rdiv(1, iscale_is)
-        l = xp.clip(nearest_int(iscale_is[:, None] * x), None, nmax)      # C: MIN(nmax, l)
-        diff = x - scale_is[:, None] * l
-        mse = sequential_sum(w * diff * diff)
+        l = xp.clip(nearest_int(iscale_is[None, :] * xc), None, nmax)     # C: MIN(nmax, l)
+        diff = xc - scale_is[None, :] * l
+        mse = _colsum(w * diff * diff)
         better = mse < best_mse
         best_mse = xp.where(better, mse, best_mse)
         iscale = xp.where(better, iscale_is, iscale)
-    L = _as_uint8(xp, xp.clip(nearest_int(iscale[:, None] * x), None, nmax))  # (B, n) uint8_t L[i] = l
-    sumlx = sequential_sum(w * x * L)
-    suml2 = sequential_sum(w * L * L)
-    n = x.shape[-1]
-    for _ in range(5):
-        changed = xp.zeros(sumlx.shape, dtype=xp.bool)
-        for i in range(n):
-            wi, xi, li = w[:, i], x[:, i], L[:, i]
-            slx = sumlx - wi * xi * li
-            sl2 = suml2 - wi * li * li
-            ok = (slx > 0) & (sl2 > 0)
-            new_l = nearest_int(xi * sl2 / xp.where(ok, slx, xp.ones_like(slx)))
-            new_l = xp.clip(new_l, None, nmax)
-            slx = slx + wi * xi * new_l
-            sl2 = sl2 + wi * new_l * new_l
-            take = ok & (new_l != li) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-            L = _set_column(xp, L, i, xp.where(take, _as_uint8(xp, new_l), li))
-            sumlx = xp.where(take, slx, sumlx)
-            suml2 = xp.where(take, sl2, suml2)
-            changed = changed | take
-        if not bool(xp.any(changed)):
-            break
+    l = xp.clip(nearest_int(iscale[None, :] * xc), None, nmax)            # (n, B) int l = MIN(nmax, ...)
+    L = _as_uint8(l)                                                      # uint8_t L[i] = l
+    sumlx = _colsum(w * xc * L)
+    suml2 = _colsum(w * L * L)
+    rows, sumlx, suml2 = _descend(xp, xc, w, [L[i, :] for i in range(L.shape[0])], sumlx, suml2,
+                                  None, nmax, need_sl2=True, store=_as_uint8)
+    L = _as_uint8(xp.stack(rows, axis=0))                                 # the store into uint8_t wraps
     scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)), xp.zeros_like(suml2))
     scale = xp.where(zero, xp.zeros_like(scale), scale)
-    L = xp.where(zero[:, None], xp.zeros_like(L), L)
-    return scale, xp.astype(L, xp.uint8)
+    L = xp.where(zero[None, :], xp.zeros_like(L), L)
+    return scale, xp.astype(_uncols(L), xp.uint8)

@@ -240,6 +240,21 @@ def _to_backend(block: np.ndarray, like: Any) -> Any:
     return from_numpy(np.ascontiguousarray(block), like=like)
 
 
+CHUNK = 1024  # super-blocks per pass: the search's working arrays (~1 MiB each) stay in cache
+
+
+def _encode(encode_chunk, x: Any, qw: Any | None) -> Any:
+    """Run ``encode_chunk`` (x, qw) -> NumPy bytes over CHUNK super-blocks at a time.
+
+    Blocks are independent, so chunking changes no result; it only keeps the search's
+    temporaries cache-sized. Returns the bytes in x's namespace.
+    """
+    n = int(x.shape[0])
+    parts = [encode_chunk(x[i:min(i + CHUNK, n), :], None if qw is None else qw[i:min(i + CHUNK, n), :])
+             for i in range(0, n, CHUNK)]
+    return _to_backend(np.concatenate(parts, axis=0), x)
+
+
 def _sum_of_squares(x: Any) -> Any:
     """C's ``sumx2 += x[j]*x[j]`` over the last axis, sequentially: (..., n) -> (...)."""
     return sequential_sum(x * x)
@@ -318,11 +333,15 @@ def quantize_q4_k(x: Any, qw: Any | None = None) -> Any:
     Example: a block of 256 zeros is 144 zero bytes.
     """
     x, qw = _check_x(x, qw)
+    return _encode(_encode_q4_k, x, qw)
+
+
+def _encode_q4_k(x: Any, qw: Any | None) -> np.ndarray:
     d, dmin, ls, lm, L = _k_with_min(x, qw, 15, (-1.0, 0.1, 20))
     Ln = to_numpy(L)
     block = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), _pack_scales_k4(to_numpy(ls), to_numpy(lm)),
                             _pack_nibble_pairs(Ln)], axis=1)              # (B, 144)
-    return _to_backend(block, x)
+    return block
 
 
 def _d_dmin(raw: Any) -> tuple[Any, Any]:
@@ -367,6 +386,10 @@ def quantize_q5_k(x: Any, qw: Any | None = None) -> Any:
     Ref: quantize_row_q5_K_ref / quantize_row_q5_K_impl, ggml-quants.c.
     """
     x, qw = _check_x(x, qw)
+    return _encode(_encode_q5_k, x, qw)
+
+
+def _encode_q5_k(x: Any, qw: Any | None) -> np.ndarray:
     d, dmin, ls, lm, L = _k_with_min(x, qw, 31, (-0.5, 0.1, 15))
     Ln = to_numpy(L).astype(np.uint8)                                     # (B, 256) 0..31
     high = (Ln >> 4).reshape(-1, 8, 32)                                   # (B, bit 2c / 2c+1, l)
@@ -375,7 +398,7 @@ def quantize_q5_k(x: Any, qw: Any | None = None) -> Any:
         qh |= high[:, bit] << bit
     block = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), _pack_scales_k4(to_numpy(ls), to_numpy(lm)),
                             qh, _pack_nibble_pairs(Ln & 0x0F)], axis=1)  # (B, 176)
-    return _to_backend(block, x)
+    return block
 
 
 def dequantize_q5_k(raw: Any) -> Any:
@@ -425,6 +448,10 @@ def quantize_q6_k(x: Any, qw: Any | None = None) -> Any:
     Ref: quantize_row_q6_K_ref / quantize_row_q6_K_impl, ggml-quants.c.
     """
     x, qw = _check_x(x, qw)
+    return _encode(_encode_q6_k, x, qw)
+
+
+def _encode_q6_k(x: Any, qw: Any | None) -> np.ndarray:
     xp = namespace(x)
     B = x.shape[0]
     xs = xp.reshape(x, (B * 16, 16))                                      # (B·16, 16)
@@ -447,7 +474,7 @@ def quantize_q6_k(x: Any, qw: Any | None = None) -> Any:
     top = Ln >> 4
     qh = top[:, :, 0] | (top[:, :, 1] << 2) | (top[:, :, 2] << 4) | (top[:, :, 3] << 6)  # (B, 2, 32)
     block = np.concatenate([ql.reshape(B, 128), qh.reshape(B, 64), _u8(sc), _fp16_bytes(d)], axis=1)
-    return _to_backend(block, x)
+    return block
 
 
 def dequantize_q6_k(raw: Any) -> Any:
@@ -496,6 +523,10 @@ def quantize_q3_k(x: Any, qw: Any | None = None) -> Any:
     Ref: quantize_row_q3_K_ref / quantize_row_q3_K_impl, ggml-quants.c.
     """
     x, qw = _check_x(x, qw)
+    return _encode(_encode_q3_k, x, qw)
+
+
+def _encode_q3_k(x: Any, qw: Any | None) -> np.ndarray:
     xp = namespace(x)
     B = x.shape[0]
     xs = xp.reshape(x, (B * 16, 16))
@@ -529,7 +560,7 @@ def quantize_q3_k(x: Any, qw: Any | None = None) -> Any:
     for bit in range(8):
         hmask |= high[:, bit] << bit
     block = np.concatenate([hmask, _pack_2bit(Ln & 3), _pack_scales_q3(to_numpy(ls)), _fp16_bytes(d)], axis=1)
-    return _to_backend(block, x)
+    return block
 
 
 def dequantize_q3_k(raw: Any) -> Any:
@@ -574,6 +605,10 @@ def quantize_q2_k(x: Any, qw: Any | None = None) -> Any:
     Ref: quantize_row_q2_K_ref / quantize_row_q2_K_impl, ggml-quants.c.
     """
     x, qw = _check_x(x, qw)
+    return _encode(_encode_q2_k, x, qw)
+
+
+def _encode_q2_k(x: Any, qw: Any | None) -> np.ndarray:
     xp = namespace(x)
     B = x.shape[0]
     xs = xp.reshape(x, (B * 16, 16))
@@ -610,7 +645,7 @@ def quantize_q2_k(x: Any, qw: Any | None = None) -> Any:
                     xp.reshape(L, (B, 16, 16)), 0, 3, 0)
     Ln = to_numpy(xp.reshape(L, (B, QK_K))).astype(np.uint8)
     block = np.concatenate([byte, _pack_2bit(Ln), _fp16_bytes(d), _fp16_bytes(dmin)], axis=1)
-    return _to_backend(block, x)
+    return block
 
 
 def dequantize_q2_k(raw: Any) -> Any:
@@ -651,6 +686,10 @@ def quantize_q8_k(x: Any, qw: Any | None = None) -> Any:
     Ref: quantize_row_q8_K_ref, ggml-quants.c.
     """
     x, _ = _check_x(x, None)
+    return _encode(_encode_q8_k, x, None)
+
+
+def _encode_q8_k(x: Any, qw: Any | None) -> np.ndarray:
     xp = namespace(x)
     mx = _first_max_abs(x)                                                # (B,)
     has = mx != 0
@@ -662,7 +701,7 @@ def quantize_q8_k(x: Any, qw: Any | None = None) -> Any:
     bsums = qn.reshape(-1, 16, 16).sum(axis=2, dtype=np.int32).astype("<i2")  # (B, 16) exact integer sums
     dn = np.ascontiguousarray(to_numpy(d), dtype="<f4").reshape(-1, 1)
     block = np.concatenate([dn.view(np.uint8), qn.view(np.uint8), bsums.view(np.uint8)], axis=1)
-    return _to_backend(block, x)
+    return block
 
 
 def dequantize_q8_k(raw: Any) -> Any:
