@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import namespace, to_numpy, from_numpy
+from ._backend import device, namespace, to_numpy
 from ._checks import check_bits, check_divisible, check_float_input
 from ._packing import pack_bits, unpack_bits
 from ._rounding import round_half_even
@@ -150,7 +150,7 @@ def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = T
         s = absmax / (float(q_max - q_min) / 2)
         s = _floor_scale(xp, s, eps)
         z_code = 0 if signed else (q_min + q_max) // 2
-        z = xp.full(s.shape, float(z_code), dtype=s.dtype, device=_dev(s))
+        z = xp.full(s.shape, float(z_code), dtype=s.dtype, device=device(s))
     else:
         s = (x_max - x_min) / float(q_max - q_min)
         s = _floor_scale(xp, s, eps)
@@ -161,14 +161,8 @@ def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = T
 
 def _floor_scale(xp: Any, s: Any, eps: float) -> Any:
     if eps > 0:
-        return xp.maximum(s, xp.full(s.shape, eps, dtype=s.dtype, device=_dev(s)))  # torch.max(scale, eps)
+        return xp.maximum(s, xp.full(s.shape, eps, dtype=s.dtype, device=device(s)))  # torch.max(scale, eps)
     return xp.where(s == 0, xp.ones_like(s), s)  # all-zero block: every code is z, x̂ = 0 exactly
-
-
-def _dev(x: Any) -> Any:
-    from ._backend import device
-
-    return device(x)
 
 
 def quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int) -> Any:
