@@ -177,9 +177,9 @@ def _rtn_group(W: Any, bits: int, G: int) -> tuple[Any, int]:
     from . import uniform
 
     xp = namespace(W)
-    n_out, n_in = (int(n) for n in W.shape)
+    n_in = int(W.shape[1])
     n_full = n_in // G * G
-    parts, n_groups = [], 0
+    parts = []
     for lo, hi in ((0, n_full), (n_full, n_in)):
         if hi == lo:
             continue
@@ -188,9 +188,8 @@ def _rtn_group(W: Any, bits: int, G: int) -> tuple[Any, int]:
                               signed=False)
         qt = dataclasses.replace(qt, s=to_fp16(qt.s))
         parts.append(uniform.dequantize(qt))  # (out, hi - lo)
-        n_groups += n_out * ((hi - lo) // g)
     W_hat = xp.concat(parts, axis=1) if len(parts) > 1 else parts[0]  # (out, in)
-    return W_hat, (n_out * n_in * bits + n_groups * (16 + bits) + 7) // 8
+    return W_hat, _group_bytes(W, bits, G)
 
 
 def _uniform(bits: int, group_size: int | None) -> Callable[[Any, Context], Quantized]:
@@ -235,30 +234,34 @@ def _nf4(double_quant: bool) -> Callable[[Any, Context], Quantized]:
 
 
 def _gptq(model: Any, ctx: Context) -> Quantized:
-    """GPTQ 4-bit, groups of 128, Hessians from the calibration text, block by block"""
+    """GPTQ 4-bit, asymmetric, groups of 128, Hessians from the calibration text, block by block"""
     from . import gptq
 
     weights = gptq.gptq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, act_order=False,
                                        progress=ctx.progress)
     weights = {n: weights[n] for n in ctx.select(weights)}
-    return Quantized(weights, _group_bytes(weights, bits=4, group_size=128))
+    return Quantized(weights, sum(_group_bytes(W, bits=4, group_size=128) for W in weights.values()))
 
 
 def _awq(model: Any, ctx: Context) -> Quantized:
-    """AWQ 4-bit, groups of 128, activation-aware scales searched on the calibration text"""
+    """AWQ 4-bit, asymmetric, groups of 128, activation-aware scales and clipping searched on the calibration text"""
     from . import awq
 
-    weights = awq.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, progress=ctx.progress)
+    blocks = sorted({int(m.group(1)) for n in ctx.select(block_linear_names(model.weights))
+                     if (m := _BLOCK_RE.match(n))})
+    weights = awq.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, blocks=blocks,
+                                     progress=ctx.progress)
     weights = {n: weights[n] for n in ctx.select(weights)}
-    return Quantized(weights, _group_bytes(weights, bits=4, group_size=128))
+    return Quantized(weights, sum(_group_bytes(W, bits=4, group_size=128) for W in weights.values()))
 
 
-def _group_bytes(weights: dict[str, Any], bits: int, group_size: int) -> int:
-    """Stored size of asymmetric group quantization: b-bit codes + a float16 scale and zero-point per group."""
-    from . import uniform
-
-    return sum(int(uniform.stored_bytes(tuple(int(n) for n in W.shape), bits=bits, group_size=group_size))
-               for W in weights.values())
+def _group_bytes(W: Any, bits: int, group_size: int) -> int:
+    """Stored size of asymmetric group quantization of one (out, in) weight: b-bit codes, a
+    float16 scale and a b-bit zero-point per group; a last, shorter group when G does not
+    divide ``in``. The AWQ scales s fold into the preceding norm or linear: no extra bytes."""
+    n_out, n_in = (int(n) for n in W.shape)
+    n_groups = n_out * -(-n_in // group_size)
+    return (n_out * n_in * bits + n_groups * (16 + bits) + 7) // 8
 
 
 def _gguf(ftype: str) -> Callable[[Any, Context], Quantized]:
@@ -493,7 +496,7 @@ def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> di
 # ---------------------------------------------------------------------------------------
 
 # (evaluation tokens, window, calibration tokens): --quick, and the default
-PROTOCOLS = {"quick": (1024, 512, 256), "default": (4096, 512, 1024)}
+PROTOCOLS = {"quick": (1024, 512, 512), "default": (4096, 512, 1024)}
 BACKENDS = ("numpy", "torch", "cupy")
 
 
@@ -514,7 +517,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tokens", type=int, metavar="N", help="evaluation tokens (default 4096; 1024 with --quick)")
     parser.add_argument("--window", type=int, metavar="N", help="perplexity window in tokens (default 512)")
     parser.add_argument("--calib-tokens", type=int, metavar="N",
-                        help="calibration tokens for GPTQ/AWQ (default 1024; 256 with --quick)")
+                        help="calibration tokens for GPTQ/AWQ, in windows of 512 (default 1024; 512 with --quick)")
     parser.add_argument("--tensors", metavar="REGEX",
                         help="quantize only the tensors whose GGUF name matches (e.g. 'blk\\.0\\.'); "
                              "the others keep their baseline weights")
