@@ -94,8 +94,9 @@ def _slack(x, x_hat):
 
 @given(x=st_rq.rows(block=16), bits=bits_st, symmetric=st.booleans(), signed=st.booleans(),
        granularity=granularity_st, convention=convention_st)
-# exact ties: range [-2.5, 7] in 2 bits gives s = 9.5/3, and 7 sits at the top end of the grid
-@example(x=np.float32([[0.5, 1.5, -2.5, 7.0] * 4]), bits=2, symmetric=False, signed=False,
+# exact ties: range [0, 3] in 2 unsigned bits gives s = 1, z = 0, and 0.5, 1.5, 2.5 sit on
+# midpoints: the error is exactly s/2, the bound with no room to spare
+@example(x=np.float32([[0.5, 1.5, 2.5, 3.0] * 4]), bits=2, symmetric=False, signed=False,
          granularity="tensor", convention="torch")
 def test_error_at_most_half_a_step(x, bits, symmetric, signed, granularity, convention):
     """|x - x̂| <= s/2 for every x of the observed range (plus two float32 roundings)."""
