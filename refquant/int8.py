@@ -375,7 +375,8 @@ def int8_matmul(X: Any, W: Any, threshold: float = LLM_INT8_THRESHOLD) -> tuple[
 
     As in bitsandbytes' ``int8_mixed_scaled_mm``, the outlier part multiplies the exact
     activations with the *dequantized* int8 weight columns; here that float part is done in
-    float32 (bitsandbytes adds it in the activation dtype, float16).
+    float32, one outlier column at a time (bitsandbytes rounds Ŵ to float16 and adds the
+    part with a float16 ``addmm``, so its result differs by float16 roundings).
 
     X: (M, K), W: (N, K) float -> Y: (M, N) float32, O: outlier column indices (or None).
     Error: |Y - X Wᵀ| ≤ Σ_j |X_ij|·t_o/254 + |W_oj|·s_i/254 + s_i t_o/254² over the int8 part.
@@ -387,7 +388,10 @@ def int8_matmul(X: Any, W: Any, threshold: float = LLM_INT8_THRESHOLD) -> tuple[
     QW, t, _ = int8_vectorwise_quant(W, 0.0)
     Y = int8_mm_dequant(int8_linear_matmul(QX, QW), s, t)                       # (M, N)
     if O is not None and int(O.shape[0]) > 0:
-        X_out = xp.take(xp.astype(X, xp.float32), O, axis=1)                    # (M, n_outliers)
-        W_out = xp.take(int8_vectorwise_dequant(QW, t), O, axis=1)              # (N, n_outliers)
-        Y = Y + xp.matmul(X_out, xp.matrix_transpose(W_out))
+        X32 = xp.astype(X, xp.float32)
+        W_hat = int8_vectorwise_dequant(QW, t)                                   # (N, K)
+        # one rank-1 update per outlier column, in index order: the few outlier features
+        # are added the same way on every backend (a BLAS matmul would pick its own order)
+        for j in [int(v) for v in to_numpy(O)]:
+            Y = Y + X32[:, j:j + 1] * xp.reshape(W_hat[:, j], (1, -1))          # (M, N)
     return Y, O
