@@ -117,7 +117,7 @@ def torch_code_range(bits: int, signed: bool = True) -> tuple[int, int]:
 
 
 def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = True, *,
-            q_range: tuple[int, int] | None = None, eps: float = 0.0) -> tuple[Any, Any]:
+            q_range: tuple[int, int] | None = None, eps: float = 0.0, zero_scale: float = 1.0) -> tuple[Any, Any]:
     """Scale and zero-point from an observed range, elementwise.
 
         x_min <- min(x_min, 0),  x_max <- max(x_max, 0)       (0.0 exactly representable)
@@ -125,7 +125,7 @@ def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = T
                      z = 0 (signed)  or  (q_min + q_max) // 2 (unsigned)
         asymmetric:  s = (x_max - x_min) / (q_max - q_min)
                      z = clamp(q_min - round(x_min / s), q_min, q_max)
-        s <- max(s, eps) if eps > 0;  else s <- 1 where s == 0 (an all-zero block)
+        s <- max(s, eps) if eps > 0;  else s <- zero_scale where s == 0 (an all-zero block)
 
     x_min, x_max: arrays of one shape (e.g. (rows, 1) from a keepdims reduction) -> s, z of
     that shape and dtype (z holds integers, stored as floats so that ``s * (q - z)`` stays in
@@ -134,6 +134,9 @@ def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = T
 
     The arithmetic is torch's observer's, op for op in the input dtype (float32 for torch):
     a division by the Python float (q_max - q_min) or its half, round half to even.
+    Other libraries in these terms: llm-compressor / compressed-tensors divide the same way over
+    ``torch_code_range`` (symmetric INT4: s = absmax / 7.5) and replace a zero scale by the
+    dtype's eps (``zero_scale=2**-23``); an all-zero block reconstructs to 0 whatever s is.
 
     Example (asymmetric 2-bit unsigned, range [-1, 2]): s = 3/3 = 1, z = 0 - round(-1/1) = 1;
     codes 0..3 stand for -1, 0, 1, 2.
@@ -148,21 +151,24 @@ def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = T
     if symmetric:
         absmax = xp.maximum(-x_min, x_max)
         s = absmax / (float(q_max - q_min) / 2)
-        s = _floor_scale(xp, s, eps)
+        s = _floor_scale(xp, s, eps, zero_scale)
         z_code = 0 if signed else (q_min + q_max) // 2
         z = xp.full(s.shape, float(z_code), dtype=s.dtype, device=device(s))
     else:
         s = (x_max - x_min) / float(q_max - q_min)
-        s = _floor_scale(xp, s, eps)
+        s = _floor_scale(xp, s, eps, zero_scale)
         z = q_min - round_half_even(x_min / s)
         z = xp.clip(z, float(q_min), float(q_max))
     return s, z
 
 
-def _floor_scale(xp: Any, s: Any, eps: float) -> Any:
+def _floor_scale(xp: Any, s: Any, eps: float, zero_scale: float) -> Any:
     if eps > 0:
         return xp.maximum(s, xp.full(s.shape, eps, dtype=s.dtype, device=device(s)))  # torch.max(scale, eps)
-    return xp.where(s == 0, xp.ones_like(s), s)  # all-zero block: every code is z, x̂ = 0 exactly
+    if not zero_scale > 0:
+        raise ValueError(f"zero_scale: expected a positive scale for all-zero blocks, got {zero_scale!r}")
+    # all-zero block: every code is z and x̂ = 0 exactly, whatever the (positive) scale
+    return xp.where(s == 0, xp.full(s.shape, zero_scale, dtype=s.dtype, device=device(s)), s)
 
 
 def quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int) -> Any:

@@ -298,8 +298,19 @@ def test_bad_packing_and_accounting_inputs():
         U.bits_per_weight(4, 0)
     with pytest.raises(ValueError, match="n_params"):
         U.model_size_bytes(0, 4)
+    with pytest.raises(ValueError, match="zero_scale"):
+        U.qparams(np.float32([0]), np.float32([0]), 4, False, zero_scale=0.0)
     with pytest.raises(ValueError, match="q_range"):
         U.qparams(np.float32([-1]), np.float32([1]), 4, False, q_range=(3, 3))
+
+
+def test_all_zero_blocks_reconstruct_exactly_whatever_the_scale():
+    x = np.zeros((2, 8), np.float32)
+    for kw in (dict(), dict(zero_scale=2.0**-23), dict(eps=U.TORCH_EPS)):
+        for symmetric in (True, False):
+            s, z = U.qparams(x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True), 4, symmetric, **kw)
+            assert np.all(s > 0)
+            assert np.all(U.dequantize_codes(U.quantize_codes(x, s, z, *U.code_range(4, symmetric)), s, z) == 0)
 
 
 def test_float16_input_is_widened():
