@@ -196,6 +196,8 @@ def quantize_codes_torch(x: Any, s: Any, z: Any, q_min: int, q_max: int) -> Any:
     x's dtype (float32 for float32 x; a double input meets the float inv_s widened).
     Ref: QuantizedOpKernels.cpp ``_fake_quantize_tensor_helper`` (per-tensor) and
     ``_fake_quant_per_channel_cachemask_cpu_helper`` (per-channel, integer zero-point).
+    Not mirrored: that helper's *float* zero-point branch (``per_channel_affine_float_qparams``)
+    rounds after adding z, ``lrintf(z + x * inv_s)``. Parity is established for float32 x.
     x: float array; s, z broadcastable -> q: int32.
     """
     xp = namespace(x)
