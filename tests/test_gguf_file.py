@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -380,3 +381,60 @@ def test_write_keeps_permissions(tmp_path):
     os.chmod(path, 0o640)
     gf.write(path, {"a": 1}, ())
     assert os.stat(path).st_mode & 0o777 == 0o640
+
+
+# --------------------------------------------------------------------------- refquant inspect
+
+
+def test_inspect_prints_header_metadata_and_tensor_table(smollm2_path, capsys):
+    from refquant.cli import main
+
+    assert main(["inspect", smollm2_path, "--items", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "GGUF v3" in out and "272 tensors" in out and "134,515,008 weights" in out
+    assert "tokenizer.ggml.tokens" in out and "(49152 items)" in out
+    assert "llama.attention.layer_norm_rms_epsilon  FLOAT32        1e-05" in out
+    # token_embd: Q8_0, 49152 x 576, 34 bytes per 32 weights = 8.5 bpw
+    assert any(line.split()[:3] == ["token_embd.weight", "Q8_0", "49152"] and line.endswith("8.50")
+               for line in out.splitlines())
+    assert "by type" in out
+
+
+def test_inspect_small_file_without_tensors(tmp_path, capsys):
+    from refquant.cli import main
+
+    path = tmp_path / "m.gguf"
+    gf.write(path, {"general.name": "m", "a.list": np.arange(10, dtype=np.int16)}, ())
+    assert main(["inspect", str(path), "--no-tensors"]) == 0
+    out = capsys.readouterr().out
+    assert "ARRAY[INT16]  [0, 1, 2, 3, ...] (10 items)" in out and "tensors\n" not in out
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"", "header at byte 0"),
+    (b"GGUF\x03\x00\x00\x00" + b"\xff" * 16, "n_tensors at byte 8"),
+    (b"PK\x03\x04" + bytes(40), "magic at byte 0"),
+])
+def test_inspect_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, message):
+    from refquant.cli import main
+
+    path = tmp_path / "bad.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("refquant inspect: error:")
+
+
+def test_inspect_has_no_traceback_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00" + struct.pack("<QQ", 0, 1) + struct.pack("<Q", 2**63) + bytes(17))
+    res = subprocess.run([sys.executable, "-m", "refquant.cli", "inspect", str(path)], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [
+        f"refquant inspect: error: {path}: not a valid GGUF file: metadata key #0 at byte 24: "
+        f"string of {2**63} bytes needed but only 17 bytes left"]

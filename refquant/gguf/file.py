@@ -380,10 +380,10 @@ def _parse(buf: memoryview) -> GGUFFile:
     n_kv_at = cur.pos
     n_kv = cur.u64("n_kv")
     left = cur.size - cur.pos
-    if n_kv > left // _MIN_KV_BYTES:
-        raise GGUFFormatError("n_kv", n_kv_at, f"{n_kv} key/values cannot fit in the {left} bytes left")
     if n_tensors > left // _MIN_TENSOR_INFO_BYTES:
         raise GGUFFormatError("n_tensors", n_tensors_at, f"{n_tensors} tensor infos cannot fit in the {left} bytes left")
+    if n_kv > left // _MIN_KV_BYTES:
+        raise GGUFFormatError("n_kv", n_kv_at, f"{n_kv} key/values cannot fit in the {left} bytes left")
 
     # --- metadata
     metadata: dict[str, Any] = {}
