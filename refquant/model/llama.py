@@ -265,7 +265,7 @@ def load_model(path: str | os.PathLike | None = None, xp: Any = None) -> LlamaMo
         path = smollm2_path()
     metadata, config, weights = load_weights(path)
     if xp is not None:
-        weights = {name: from_numpy(np.ascontiguousarray(w), xp=xp) for name, w in weights.items()}
+        weights = {name: from_numpy(np.array(w), xp=xp) for name, w in weights.items()}  # writable copies
     tokenizer = _tokenizer(metadata)
     return LlamaModel(config, weights, tokenizer, metadata)
 
