@@ -50,7 +50,7 @@ import numpy as np
 from .._backend import is_numpy, namespace
 
 __all__ = [
-    "GROUP_MAX_EPS", "nearest_int", "sequential_sum",
+    "GROUP_MAX_EPS", "nearest_int", "round_bounded", "clamp", "sequential_sum",
     "make_qx_quants", "make_q3_quants", "make_qkx2_quants", "make_qkx3_quants", "make_qp_quants",
 ]
 
@@ -111,6 +111,26 @@ def nearest_int(f: Any) -> Any:
     wild = mant - _TWO_22
     wild = xp.where(xp.isnan(a), xp.zeros_like(wild), wild)  # NaN: mantissa 0x400000 -> 0
     return xp.where(regular, fast, xp.astype(wild, f.dtype))
+
+
+def clamp(x: Any, lo: float | None, hi: float | None) -> Any:
+    """C's ``MAX(lo, MIN(hi, x))`` (either bound may be None).
+
+    NumPy arrays go straight to the ``np.clip`` ufunc (array-api-compat's ``clip`` wrapper
+    adds broadcasting passes that cost more than the clamp itself in the search loops).
+    """
+    if is_numpy(x):
+        return np.clip(x, lo, hi)
+    return namespace(x).clip(x, lo, hi)
+
+
+def round_bounded(f: Any) -> Any:
+    """``nearest_int`` for arguments bounded by construction (|f| <= nmax + 1 << 2**22).
+
+    Then the magic-number trick is plain round-half-even, and the range check can go.
+    Used where the bound is evident: iscale·x with iscale = ±(nmax + δ)/max|x|.
+    """
+    return namespace(f).round(f)
 
 
 def _colsum(t: Any) -> Any:
@@ -233,7 +253,7 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)                # avoid 0/0 in blocks we discard
 
     def codes(iscale):                                            # iscale (B,) -> l (n, B) in -nmax..nmax-1
-        return xp.clip(nearest_int(iscale[None, :] * xc), -nmax, nmax - 1)
+        return clamp(round_bounded(iscale[None, :] * xc), -nmax, nmax - 1)  # |iscale·x| <= nmax + 0.9
 
     iscale = _rdiv(-nmax, mx_safe)                                # (B,) C: -nmax / max
     l = codes(iscale)                                             # (n, B)
@@ -270,45 +290,61 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
     return scale, xp.astype(_uncols(L), xp.int8)
 
 
-def _descend(xp: Any, xc: Any, w: Any, rows: list, sumlx: Any, suml2: Any, lo: int | None, hi: int,
-             need_sl2: bool, store=None) -> tuple[list, Any, Any]:
+def _descend(xp: Any, xc: Any, w: Any, L: Any, sumlx: Any, suml2: Any, lo: int | None, hi: int,
+             need_sl2: bool, store=None) -> tuple[Any, Any, Any]:
     """Up to 5 coordinate-descent passes over the codes (make_q3_quants, make_qp_quants).
 
     Element i in turn: take it out of the sums, give it the code round(x_i·Σwl²/Σwxl)
     (clamped to lo..hi) that the current least-squares scale suggests, and keep the change
-    only if (Σwxl)²/Σwl² grows. Blocks advance in lock step; a pass that changes no block
-    ends the search (an unchanged pass leaves the state, hence the next pass, unchanged).
-    ``rows``: the n code rows (B,) each; ``need_sl2``: make_qp_quants also requires Σwl² > 0
-    before trying (make_q3_quants requires it of the new sum); ``store``: the C type
-    conversion of writing a code back (make_qp_quants' uint8_t).
+    only if (Σwxl)²/Σwl² grows. In C a pass that changes nothing ends the search; since
+    such a pass leaves the state (hence every later pass) unchanged, we may instead drop
+    each block from the work as soon as one of its passes changes nothing — the next pass
+    runs on the blocks still moving only (gathered, then put back).
+    xc, w, L: (n, B); sumlx, suml2: (B,). ``need_sl2``: make_qp_quants also requires
+    Σwl² > 0 before trying (make_q3_quants requires it of the new sum); ``store``: the C
+    type conversion of writing a code back (make_qp_quants' uint8_t).
     """
-    n = len(rows)
+    n, B = L.shape
+    active = xp.ones((B,), dtype=xp.bool)
     for _ in range(5):
-        changed = False
+        idx = xp.nonzero(active)[0]                                       # (A,) blocks still moving
+        if idx.shape[0] == 0:
+            break
+        xa, wa, La = xp.take(xc, idx, axis=1), xp.take(w, idx, axis=1), xp.take(L, idx, axis=1)  # (n, A)
+        sx, s2 = xp.take(sumlx, idx), xp.take(suml2, idx)                 # (A,)
+        rows = [La[i, :] for i in range(n)]
+        moved = xp.zeros(sx.shape, dtype=xp.bool)                         # (A,) did this pass change the block
         for i in range(n):
-            wi, xi, li = w[i, :], xc[i, :], rows[i]               # (B,)
+            wi, xi, li = wa[i, :], xa[i, :], rows[i]                      # (A,)
             wxi = wi * xi
-            slx = sumlx - wxi * li                                # C: sumlx - w*x[i]*L[i]
-            sl2 = suml2 - wi * li * li                            # C: suml2 - w*L[i]*L[i]
+            slx = sx - wxi * li                                           # C: sumlx - w*x[i]*L[i]
+            sl2 = s2 - wi * li * li                                       # C: suml2 - w*L[i]*L[i]
             ok = (slx > 0) & (sl2 > 0) if need_sl2 else slx > 0
             if not bool(xp.any(ok)):
                 continue
             new_l = nearest_int(xi * sl2 / xp.where(ok, slx, xp.ones_like(slx)))
-            new_l = xp.clip(new_l, lo, hi)
-            slx = slx + wxi * new_l
-            sl2 = sl2 + wi * new_l * new_l
-            take = ok & (new_l != li) & (slx * slx * suml2 > sumlx * sumlx * sl2)
-            if need_sl2 is False:
+            new_l = clamp(new_l, lo, hi)
+            slx = slx + wxi * new_l                                       # C: slx += w*x[i]*new_l
+            sl2 = sl2 + wi * new_l * new_l                                # C: sl2 += w*new_l*new_l
+            take = ok & (new_l != li) & (slx * slx * s2 > sx * sx * sl2)
+            if not need_sl2:
                 take = take & (sl2 > 0)
             if not bool(xp.any(take)):
                 continue
             rows[i] = xp.where(take, new_l if store is None else store(new_l), li)
-            sumlx = xp.where(take, slx, sumlx)
-            suml2 = xp.where(take, sl2, suml2)
-            changed = True
-        if not changed:
-            break
-    return rows, sumlx, suml2
+            sx = xp.where(take, slx, sx)
+            s2 = xp.where(take, sl2, s2)
+            moved = moved | take
+        # put the moving blocks back: position b reads slot rank(b) of the compacted
+        # arrays if it was active, else its old value (a gather: the array API has no scatter)
+        rank = xp.cumulative_sum(xp.astype(active, xp.int64)) - 1        # (B,)
+        src = xp.where(active, rank, idx.shape[0] + xp.arange(B, dtype=xp.int64))
+        L = xp.take(xp.concat([xp.stack(rows, axis=0), L], axis=1), src, axis=1)
+        sumlx = xp.take(xp.concat([sx, sumlx]), src)
+        suml2 = xp.take(xp.concat([s2, suml2]), src)
+        still = xp.zeros((B,), dtype=xp.bool)
+        active = xp.take(xp.concat([moved, still]), src)                  # (B,) only blocks that moved go on
+    return L, sumlx, suml2
 
 
 def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
@@ -332,16 +368,14 @@ def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
     zero = amax < GROUP_MAX_EPS
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)
     iscale = _rdiv(-nmax, mx_safe)                                        # (B,)
-    l = xp.clip(nearest_int(iscale[None, :] * xc), -nmax, nmax - 1)       # (n, B)
+    l = clamp(round_bounded(iscale[None, :] * xc), -nmax, nmax - 1)       # (n, B) |iscale·x| <= nmax
     if not do_rmse:
         scale = _rdiv(1, iscale)
     else:
         w = xc * xc                                                       # (n, B)
         sumlx = _colsum(w * xc * l)                                       # (B,)
         suml2 = _colsum(w * l * l)                                        # (B,)
-        rows, sumlx, suml2 = _descend(xp, xc, w, [l[i, :] for i in range(l.shape[0])], sumlx, suml2,
-                                      -nmax, nmax - 1, need_sl2=False)
-        l = xp.stack(rows, axis=0)
+        l, sumlx, suml2 = _descend(xp, xc, w, l, sumlx, suml2, -nmax, nmax - 1, need_sl2=False)
         scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)),
                          xp.zeros_like(suml2))
     scale = xp.where(zero, xp.zeros_like(scale), scale)
@@ -383,7 +417,7 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
     span = xp.where(empty, xp.ones_like(mx), mx - mn)             # (B,) max - min (1 where empty: unused)
     iscale = _rdiv(nmax, span)                                    # (B,)
     scale = _rdiv(1, iscale)
-    L = xp.clip(nearest_int(iscale[None, :] * (xc - mn[None, :])), 0, nmax)  # (n, B)
+    L = clamp(nearest_int(iscale[None, :] * (xc - mn[None, :])), 0, nmax)  # (n, B)
     best = error(scale, mn, L)                                    # (B,)
     if nstep >= 1:
         xm = xc - mn[None, :]                                     # (n, B) x - min, redone when a min changes
@@ -393,7 +427,7 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
             num = _f32(_f32(_f32(rmin) + _f32(_f32(rdelta) * step)) + nmax)  # C: rmin + rdelta*is + nmax (float32)
             span = xp.where(empty, xp.ones_like(mx), mx - mn)
             iscale_is = _rdiv(num, span)                          # (B,)
-            Laux = xp.clip(nearest_int(iscale_is[None, :] * xm), 0, nmax)  # (n, B)
+            Laux = clamp(nearest_int(iscale_is[None, :] * xm), 0, nmax)  # (n, B)
             wl = w * Laux
             sum_l = _colsum(wl)                                   # C: sum_l  += w*l
             sum_l2 = _colsum(wl * Laux)                           # C: sum_l2 += w*l*l
@@ -403,10 +437,10 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
             D_safe = xp.where(ok, D, xp.ones_like(D))
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D_safe
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D_safe
-            clamp = this_min > 0                                  # a positive min is not allowed: refit scale alone
+            refit = this_min > 0                                  # a positive min is not allowed: refit scale alone
             l2_safe = xp.where(sum_l2 != 0, sum_l2, xp.ones_like(sum_l2))
-            this_scale = xp.where(clamp, sum_xl / l2_safe, this_scale)
-            this_min = xp.where(clamp, xp.zeros_like(this_min), this_min)
+            this_scale = xp.where(refit, sum_xl / l2_safe, this_scale)
+            this_min = xp.where(refit, xp.zeros_like(this_min), this_min)
             cur = error(this_scale, this_min, Laux)               # (B,)
             better = ok & (cur < best)
             if not bool(xp.any(better)):
@@ -491,19 +525,17 @@ def make_qp_quants(x: Any, nmax: int, quant_weights: Any) -> tuple[Any, Any]:
             continue
         iscale_is = _rdiv(_f32(_f32(_f32(0.1) * step) + nmax), mx_safe)  # C: (0.1f*is + nmax)/max
         scale_is = _rdiv(1, iscale_is)
-        l = xp.clip(nearest_int(iscale_is[None, :] * xc), None, nmax)     # C: MIN(nmax, l)
+        l = clamp(nearest_int(iscale_is[None, :] * xc), None, nmax)     # C: MIN(nmax, l)
         diff = xc - scale_is[None, :] * l
         mse = _colsum(w * diff * diff)
         better = mse < best_mse
         best_mse = xp.where(better, mse, best_mse)
         iscale = xp.where(better, iscale_is, iscale)
-    l = xp.clip(nearest_int(iscale[None, :] * xc), None, nmax)            # (n, B) int l = MIN(nmax, ...)
+    l = clamp(nearest_int(iscale[None, :] * xc), None, nmax)            # (n, B) int l = MIN(nmax, ...)
     L = _as_uint8(l)                                                      # uint8_t L[i] = l
     sumlx = _colsum(w * xc * L)
     suml2 = _colsum(w * L * L)
-    rows, sumlx, suml2 = _descend(xp, xc, w, [L[i, :] for i in range(L.shape[0])], sumlx, suml2,
-                                  None, nmax, need_sl2=True, store=_as_uint8)
-    L = _as_uint8(xp.stack(rows, axis=0))                                 # the store into uint8_t wraps
+    L, sumlx, suml2 = _descend(xp, xc, w, L, sumlx, suml2, None, nmax, need_sl2=True, store=_as_uint8)
     scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)), xp.zeros_like(suml2))
     scale = xp.where(zero, xp.zeros_like(scale), scale)
     L = xp.where(zero[None, :], xp.zeros_like(L), L)

@@ -52,7 +52,7 @@ from .._backend import from_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float
 from .._packing import pack_nibbles
 from . import _search
-from ._search import GROUP_MAX_EPS, nearest_int, sequential_sum
+from ._search import GROUP_MAX_EPS, clamp, nearest_int, sequential_sum
 from .legacy import float_from_bits, half_at
 
 __all__ = [
@@ -154,7 +154,7 @@ def _requantize(x: Any, d: Any, dm: Any | None, L_search: Any, lo: int, hi: int,
     xp = namespace(x)
     live = d != 0
     num = x if dm is None else x + dm
-    l = xp.clip(nearest_int(num / _where0(live, d)), lo, hi) + offset
+    l = clamp(nearest_int(num / _where0(live, d)), lo, hi) + offset
     return xp.where(live, l, xp.astype(L_search, xp.float32))
 
 
@@ -166,11 +166,16 @@ def _pack_2bit(L: np.ndarray) -> np.ndarray:
 
 
 def _unpack_2bit(qs: Any) -> Any:
-    """Inverse of _pack_2bit in any namespace: (B, 64) uint8 -> (B, 256) int32 codes 0..3."""
+    """Inverse of _pack_2bit in any namespace: (B, 64) uint8 -> (B, 256) uint8 codes 0..3."""
     xp = namespace(qs)
-    q = xp.reshape(xp.astype(qs, xp.int32), (-1, 2, 1, 32))               # (B, half, 1, l)
-    shifts = xp.reshape(xp.asarray([0, 2, 4, 6], dtype=xp.int32), (1, 1, 4, 1))
-    return xp.reshape((q >> shifts) & 3, (-1, QK_K))                      # (B, 256)
+    q = xp.reshape(qs, (-1, 2, 1, 32))                                    # (B, half, 1, l)
+    return xp.reshape((q >> _shifts(xp, 4)) & 3, (-1, QK_K))              # (B, 256)
+
+
+def _shifts(xp: Any, k: int) -> Any:
+    """uint8 shift amounts 0, 2, …, 2(k-1) (k = 4) or 0, 1, …, k-1 (k = 8) on an axis of their own."""
+    step = 2 if k == 4 else 1
+    return xp.reshape(xp.asarray([step * i for i in range(k)], dtype=xp.uint8), (1, 1, k, 1))
 
 
 def _pack_nibble_pairs(L: np.ndarray) -> np.ndarray:
@@ -180,9 +185,9 @@ def _pack_nibble_pairs(L: np.ndarray) -> np.ndarray:
 
 
 def _unpack_nibble_pairs(qs: Any) -> Any:
-    """Inverse of _pack_nibble_pairs: (B, 128) uint8 -> (B, 256) int32 codes 0..15."""
+    """Inverse of _pack_nibble_pairs: (B, 128) uint8 -> (B, 256) uint8 codes 0..15."""
     xp = namespace(qs)
-    q = xp.reshape(xp.astype(qs, xp.int32), (-1, 4, 1, 32))               # (B, chunk, 1, l)
+    q = xp.reshape(qs, (-1, 4, 1, 32))                                    # (B, chunk, 1, l)
     return xp.reshape(xp.concat([q & 0x0F, q >> 4], axis=2), (-1, QK_K))  # (B, 256)
 
 
@@ -302,8 +307,8 @@ def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, floa
         inv_scale = xp.where(max_scale > 0, _rdiv(63.0, _where0(max_scale > 0, max_scale)), zero)
         inv_min = xp.where(max_min > 0, _rdiv(63.0, _where0(max_min > 0, max_min)), zero)
         # C: uint8_t ls = nearest_int(inv_scale*scales[j]); ls = MIN(63, ls)  (the store wraps mod 256)
-        ls = xp.clip(xp.remainder(nearest_int(inv_scale[:, None] * scales), 256.0), None, 63)  # (B, 8)
-        lm = xp.clip(xp.remainder(nearest_int(inv_min[:, None] * mins), 256.0), None, 63)
+        ls = clamp(xp.remainder(nearest_int(inv_scale[:, None] * scales), 256.0), None, 63)  # (B, 8)
+        lm = clamp(xp.remainder(nearest_int(inv_min[:, None] * mins), 256.0), None, 63)
         d = max_scale / 63.0                                              # C: max_scale/63.f
         dmin = max_min / 63.0
     else:                                                                 # quantize_row_q{4,5}_K_impl
@@ -314,8 +319,8 @@ def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, floa
         scales, mins, L = _search.make_qkx3_quants(xs, nmax, weights, -0.9, 0.05, 36, False)
         d, ls = _search.make_qp_quants(xp.reshape(scales, (B, 8)), 63, sw)  # (B,), (B, 8)
         dmin, lm = _search.make_qp_quants(xp.reshape(mins, (B, 8)), 63, sw)
-        ls = xp.clip(xp.astype(ls, xp.float32), None, 63)                 # C (Q5_K): MIN(63, ls), a no-op
-        lm = xp.clip(xp.astype(lm, xp.float32), None, 63)
+        ls = clamp(xp.astype(ls, xp.float32), None, 63)                 # C (Q5_K): MIN(63, ls), a no-op
+        lm = clamp(xp.astype(lm, xp.float32), None, 63)
     # requantize with the stored (fp16) super-block scales
     d_sub = _fp16(d)[:, None] * ls                                        # (B, 8) C: fp16(d) * sc
     m_sub = _fp16(dmin)[:, None] * lm
@@ -410,11 +415,10 @@ def dequantize_q5_k(raw: Any) -> Any:
     xp = namespace(raw)
     d, dmin = _d_dmin(raw)
     sc, m = _unpack_scales_k4(raw[:, 4:16])
-    qh = xp.astype(raw[:, 16:48], xp.int32)                               # (B, 32)
-    bits = xp.reshape(xp.arange(8, dtype=xp.int32), (1, 8, 1))
-    high = (qh[:, None, :] >> bits) & 1                                   # (B, 8, 32) sub-block j uses bit j
+    qh = xp.reshape(raw[:, 16:48], (-1, 1, 1, 32))                        # (B, 1, 1, 32)
+    high = xp.reshape((qh >> _shifts(xp, 8)) & 1, (-1, 8, 32))            # (B, 8, 32) sub-block j: bit j
     low = xp.reshape(_unpack_nibble_pairs(raw[:, 48:176]), (-1, 8, 32))
-    q = xp.astype(low + 16 * high, xp.float32)                            # (B, 8, 32)
+    q = xp.astype(low | (high << 4), xp.float32)                          # (B, 8, 32) 0..31
     d_sub = d * xp.astype(sc, xp.float32)
     m_sub = dmin * xp.astype(m, xp.float32)
     return xp.reshape(d_sub[:, :, None] * q - m_sub[:, :, None], (-1, QK_K))
@@ -461,7 +465,7 @@ def _encode_q6_k(x: Any, qw: Any | None) -> np.ndarray:
     empty = xp.abs(max_scale) < GROUP_MAX_EPS                             # C: the whole block is zeroed
     iscale = _rdiv(-128.0, _where0(~empty, max_scale))                    # (B,)
     d = _rdiv(1.0, iscale)                                                # C: y.d = fp16(1/iscale)
-    sc = xp.clip(nearest_int(iscale[:, None] * scales), None, 127)        # (B, 16) int8 scales
+    sc = clamp(nearest_int(iscale[:, None] * scales), None, 127)        # (B, 16) int8 scales
     d_sub = _fp16(d)[:, None] * sc                                        # (B, 16)
     L = _requantize(xp.reshape(x, (B, 16, 16)), d_sub[:, :, None], None,
                     xp.reshape(L, (B, 16, 16)), -32, 31, 32)              # (B, 16, 16) 0..63
@@ -485,12 +489,11 @@ def dequantize_q6_k(raw: Any) -> Any:
     _check_raw(raw, "Q6_K")
     xp = namespace(raw)
     d = half_at(raw, 208)                                                 # (B, 1)
-    ql = xp.reshape(xp.astype(raw[:, 0:128], xp.int32), (-1, 2, 2, 32))   # (B, half, lo/hi 32, l)
-    qh = xp.reshape(xp.astype(raw[:, 128:192], xp.int32), (-1, 2, 1, 32))  # (B, half, 1, l)
+    ql = xp.reshape(raw[:, 0:128], (-1, 2, 2, 32))                        # (B, half, lo/hi 32, l)
+    qh = xp.reshape(raw[:, 128:192], (-1, 2, 1, 32))                      # (B, half, 1, l)
     low = xp.concat([ql & 0x0F, ql >> 4], axis=2)                         # (B, half, quarter, l)
-    shifts = xp.reshape(xp.asarray([0, 2, 4, 6], dtype=xp.int32), (1, 1, 4, 1))
-    q = low | (((qh >> shifts) & 3) << 4)                                 # (B, half, quarter, l) 0..63
-    q = xp.astype(xp.reshape(q, (-1, 16, 16)) - 32, xp.float32)           # (B, 16, 16)
+    q = low | (((qh >> _shifts(xp, 4)) & 3) << 4)                         # (B, half, quarter, l) 0..63
+    q = xp.astype(xp.reshape(q, (-1, 16, 16)), xp.float32) - 32.0         # (B, 16, 16) exact
     sc = xp.astype(raw[:, 192:208], xp.int32)
     sc = xp.astype(xp.where(sc > 127, sc - 256, sc), xp.float32)          # int8
     d_sub = d * sc                                                        # (B, 16)
@@ -539,7 +542,7 @@ def _encode_q3_k(x: Any, qw: Any | None) -> np.ndarray:
         # C: int8_t l = nearest_int(iscale*scales[j]); l = MAX(-32, MIN(31, l)) + 32
         l = nearest_int(iscale[:, None] * scales)
         l = xp.remainder(l + 128.0, 256.0) - 128.0                        # the int8_t store
-        ls = xp.clip(l, -32, 31) + 32                                     # (B, 16) 0..63
+        ls = clamp(l, -32, 31) + 32                                     # (B, 16) 0..63
         ls = xp.where(has[:, None], ls, xp.zeros_like(ls))                # C: scales bytes stay 0
         d = xp.where(has, _rdiv(1.0, iscale), xp.zeros_like(iscale))
     else:                                                                 # quantize_row_q3_K_impl
@@ -572,10 +575,9 @@ def dequantize_q3_k(raw: Any) -> Any:
     xp = namespace(raw)
     d = half_at(raw, 108)                                                 # (B, 1)
     low = _unpack_2bit(raw[:, 32:96])                                     # (B, 256)
-    hm = xp.astype(raw[:, 0:32], xp.int32)                                # (B, 32)
-    bits = xp.reshape(xp.arange(8, dtype=xp.int32), (1, 8, 1))
-    high = xp.reshape((hm[:, None, :] >> bits) & 1, (-1, QK_K))           # (B, 256) bit e//32 of hmask[e%32]
-    q = xp.astype(low - 4 * (1 - high), xp.float32)                       # (B, 256) in -4..3
+    hm = xp.reshape(raw[:, 0:32], (-1, 1, 1, 32))                         # (B, 1, 1, 32)
+    high = xp.reshape((hm >> _shifts(xp, 8)) & 1, (-1, QK_K))             # (B, 256) bit e//32 of hmask[e%32]
+    q = xp.astype(low | (high << 2), xp.float32) - 4.0                    # (B, 256) in -4..3: C's q - (h ? 0 : 4)
     sc = xp.astype(_unpack_scales_q3(raw[:, 96:108]) - 32, xp.float32)    # (B, 16)
     d_sub = d * sc
     return xp.reshape(d_sub[:, :, None] * xp.reshape(q, (-1, 16, 16)), (-1, QK_K))
@@ -659,7 +661,7 @@ def dequantize_q2_k(raw: Any) -> Any:
     s = xp.astype(raw[:, 0:16], xp.int32)
     d_sub = d * xp.astype(s & 0x0F, xp.float32)                           # (B, 16)
     m_sub = dmin * xp.astype(s >> 4, xp.float32)
-    q = xp.reshape(xp.astype(_unpack_2bit(raw[:, 16:80]), xp.float32), (-1, 16, 16))
+    q = xp.reshape(xp.astype(_unpack_2bit(raw[:, 16:80]), xp.float32), (-1, 16, 16))  # (B, 16, 16)
     return xp.reshape(d_sub[:, :, None] * q - m_sub[:, :, None], (-1, QK_K))
 
 
@@ -694,7 +696,7 @@ def _encode_q8_k(x: Any, qw: Any | None) -> np.ndarray:
     mx = _first_max_abs(x)                                                # (B,)
     has = mx != 0
     iscale = _rdiv(-127.0, _where0(has, mx))                              # (B,)
-    q = xp.clip(nearest_int(iscale[:, None] * x), None, 127)              # (B, 256)
+    q = clamp(nearest_int(iscale[:, None] * x), None, 127)              # (B, 256)
     q = xp.where(has[:, None], q, xp.zeros_like(q))
     d = xp.where(has, _rdiv(1.0, iscale), xp.zeros_like(iscale))
     qn = to_numpy(q).astype(np.int8)
