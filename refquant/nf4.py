@@ -230,8 +230,8 @@ def quantize_4bit(x: Any, blocksize: int = 64, quant_type: str = "nf4",
                   double_quant: bool = False) -> tuple[Any, QuantState]:
     """Blockwise 4-bit quantization to NF4 or FP4, bitsandbytes' layout byte for byte.
 
-        m_b = max_i |x_bi|,   y = clamp(x · (1/max(m_b, 1e-38)), -1, 1),
-        q = bucketize(y, midpoints) (sorted position; FP4 maps it back to a bit pattern)
+        m_b = max_i |x_bi|,   y = x · (1/max(m_b, 1e-38)),
+        q = #{midpoints < y}  (the sorted position; FP4 maps it back to its bit pattern)
 
     x: any shape, float16 / bfloat16 / float32, n values ->
     packed: (ceil(n/2), 1) uint8 (first code in the high nibble),
@@ -249,28 +249,35 @@ def quantize_4bit(x: Any, blocksize: int = 64, quant_type: str = "nf4",
     code = CODES[quant_type]
     midpoints, order = _sorted_bounds(code)
 
-    x32 = xp.reshape(xp.astype(x, xp.float32), (-1,))                         # (n,) exact widening
+    x32 = xp.reshape(xp.astype(x, xp.float32, copy=False), (-1,))             # (n,) exact widening
     n = int(x32.shape[0])
     n_full = n // blocksize
     full = xp.reshape(x32[: n_full * blocksize], (n_full, blocksize))          # (n_full, B)
     absmax_full = xp.max(xp.abs(full), axis=1, keepdims=True)                  # (n_full, 1)
     inv = 1.0 / xp.clip(absmax_full, min=float(_TINY))                         # float32 reciprocal
-    y = xp.reshape(xp.clip(full * inv, -1.0, 1.0), (-1,))                      # (n_full*B,)
+    y = xp.reshape(full * inv, (-1,))                                          # (n_full*B,)
     absmax = xp.reshape(absmax_full, (-1,))                                    # (n_full,)
     if n % blocksize:                                                          # the tail block divides
         tail = x32[n_full * blocksize:]                                        # (n % B,)
         am = xp.clip(xp.max(xp.abs(tail), keepdims=True), min=float(_TINY))    # (1,) stored clamped
-        y = xp.concat([y, xp.clip(tail / am, -1.0, 1.0)])                      # (n,)
+        y = xp.concat([y, tail / am])                                          # (n,)
         absmax = xp.concat([absmax, am])                                       # (n_blocks,)
     if n % 2:
         y = xp.concat([y, xp.zeros((1,), dtype=y.dtype, device=y.device)])     # (n + 1,)
+    # bitsandbytes clamps y to [-1, 1] first; x·(1/m) can exceed 1 by an ulp, but every
+    # midpoint lies inside (-1, 1), so the clamp never changes a code and we skip it.
 
-    bounds = from_numpy(midpoints, like=x)
-    position = xp.searchsorted(bounds, y, side="left")                         # bounds below y
-    q = xp.take(from_numpy(order.astype(np.int64), like=x), xp.astype(position, xp.int64))
+    # nearest code = number of midpoints strictly below y (a tie goes to the lower code),
+    # torch.bucketize(y, midpoints) in bitsandbytes; 15 comparisons, counted in uint8
+    position = xp.zeros(y.shape, dtype=xp.uint8, device=y.device)             # (n_pad,)
+    for bound in midpoints.tolist():
+        position = position + xp.astype(y > bound, xp.uint8)
+    q = to_numpy(position)                                                     # (n_pad,) uint8
+    if quant_type != "nf4":                                                    # sorted position -> bit pattern
+        q = order.astype(np.uint8)[q]
 
-    q_np = to_numpy(q).astype(np.uint8).reshape(-1, 2)                         # (n_pad/2, 2)
-    packed = pack_nibbles(lo=q_np[:, 1], hi=q_np[:, 0])[:, None]               # (n_pad/2, 1)
+    q = q.reshape(-1, 2)                                                       # (n_pad/2, 2)
+    packed = pack_nibbles(lo=q[:, 1], hi=q[:, 0])[:, None]                     # (n_pad/2, 1)
     state = QuantState(absmax=absmax, shape=tuple(x.shape), code=from_numpy(code, like=x),
                        blocksize=blocksize, quant_type=quant_type, dtype=x.dtype)
     if double_quant:
@@ -329,10 +336,13 @@ def dequantize_4bit(packed: Any, state: QuantState) -> Any:
         raise ValueError(f"state: absmax has {absmax.shape[0]} blocks, expected {n_blocks} for "
                          f"{n} values in blocks of {state.blocksize}")
 
-    hi, lo = unpack_nibbles(to_numpy(packed).reshape(-1))[::-1]                 # (n_bytes,) each
-    q = np.stack([hi, lo], axis=1).reshape(-1)[:n].astype(np.int64)            # (n,) first = high
-    code = xp.astype(from_numpy(CODES[state.quant_type], like=packed), xp.float32)
-    values = xp.take(code, from_numpy(q, like=packed))                         # (n,)
+    # each byte decodes to the pair (c[byte >> 4], c[byte & 15]): one lookup per byte in a
+    # 256-row table, and the rows laid end to end are the values in order (high nibble first)
+    lo, hi = unpack_nibbles(np.arange(256, dtype=np.uint8))                    # (256,) each
+    code = CODES[state.quant_type]
+    pairs = from_numpy(np.stack([code[hi], code[lo]], axis=1), like=packed)    # (256, 2) float32
+    byte = xp.astype(xp.reshape(packed, (-1,)), xp.int64)                      # (n_bytes,)
+    values = xp.reshape(xp.take(pairs, byte, axis=0), (-1,))[:n]               # (n,)
     pad = n_blocks * state.blocksize - n
     if pad:
         values = xp.concat([values, xp.zeros((pad,), dtype=values.dtype, device=values.device)])
