@@ -40,8 +40,9 @@ def round_half_away(x: Any) -> Any:
     xp = namespace(x)
     t = xp.trunc(x)
     frac = x - t  # exact in binary floating point, same sign as x
-    step = xp.where(xp.abs(frac) >= 0.5, xp.sign(x), xp.zeros_like(x))
-    return t + step
+    # one step away from zero where the discarded fraction is at least a half; a 0/1 mask
+    # times sign(x) rather than xp.where, which is many times slower on NumPy
+    return t + xp.astype(xp.abs(frac) >= 0.5, x.dtype) * xp.sign(x)
 
 
 def trunc(x: Any) -> Any:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._backend import from_numpy, namespace, to_numpy
+from .._backend import device, from_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float, check_nonempty
 from .types import GGML_TYPES, SUPPORTED, GGMLType, ggml_type, row_bytes
 
@@ -99,7 +99,7 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
     if n % t.block_size:
         raise ValueError(f"x: row length {n} is not a multiple of {t.name}'s block size {t.block_size}")
     xp = namespace(x)
-    x32 = xp.astype(x, xp.float32)
+    x32 = xp.astype(x, xp.float32, copy=False)
     lead = tuple(int(s) for s in x.shape[:-1])
     rows = xp.reshape(x32, (-1, n))                                           # (n_rows, n)
     n_rows = rows.shape[0]
@@ -114,15 +114,29 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
         if t.name in IMATRIX_TYPES:
             imat = from_numpy(np.asarray(to_numpy(imatrix), dtype=np.float32), like=x32)  # (n,) in x's namespace
             qw = xp.reshape(xp.broadcast_to(imat, (n_rows, n)), (-1, t.block_size))  # (n_blocks, QK)
+    sigma2 = None
     if qw is not None and t.name in _ROW_SIGMA2:
         from .legacy import row_mean_square
 
         sigma2 = row_mean_square(rows)                                        # (n_rows, 1)
         sigma2 = xp.reshape(xp.broadcast_to(sigma2, (n_rows, n // t.block_size)), (-1, 1))  # (n_blocks, 1)
-        raw = quantize_blocks(blocks, qw, sigma2=sigma2)
-    else:
-        raw = quantize_blocks(blocks, qw)
+    parts = []
+    for lo, hi in _chunks(blocks.shape[0], t.block_size, xp):
+        extra = {} if sigma2 is None else {"sigma2": sigma2[lo:hi, ...]}
+        parts.append(quantize_blocks(blocks[lo:hi, ...], None if qw is None else qw[lo:hi, ...], **extra))
+    raw = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)           # (n_blocks, type_size)
     return xp.reshape(raw, (*lead, row_bytes(t, n)))
+
+
+CHUNK_WEIGHTS = 1 << 17  # weights per chunk on NumPy: the temporaries of a chunk stay in the CPU cache
+
+
+def _chunks(n_blocks: int, block_size: int, xp: Any) -> list[tuple[int, int]]:
+    """Block ranges processed one after another. Blocks are independent, so the bytes do not
+    depend on the chunking; on NumPy, cache-sized chunks make the many elementwise passes
+    of a quantizer 2-3x faster. Other namespaces (a GPU) get the whole array at once."""
+    step = CHUNK_WEIGHTS // block_size if "numpy" in xp.__name__ and block_size > 1 else n_blocks
+    return [(lo, min(lo + step, n_blocks)) for lo in range(0, n_blocks, step)]
 
 
 def dequantize(raw: Any, qtype: Any) -> Any:
@@ -149,4 +163,10 @@ def dequantize(raw: Any, qtype: Any) -> Any:
     n = int(raw.shape[-1]) // t.type_size * t.block_size
     _, dequantize_blocks = codec(t)
     blocks = xp.reshape(raw, (-1, t.type_size))                                # (n_blocks, type_size)
-    return xp.reshape(dequantize_blocks(blocks), (*lead, n))
+    chunks = _chunks(blocks.shape[0], t.block_size, xp)
+    if len(chunks) == 1:
+        return xp.reshape(dequantize_blocks(blocks), (*lead, n))
+    out = xp.empty((blocks.shape[0], t.block_size), dtype=xp.float32, device=device(raw))  # (n_blocks, QK)
+    for lo, hi in chunks:
+        out[lo:hi, ...] = dequantize_blocks(blocks[lo:hi, ...])
+    return xp.reshape(out, (*lead, n))

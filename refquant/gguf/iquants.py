@@ -91,7 +91,7 @@ def _levels(idx: Any) -> Any:
     """K[idx] as float32, same shape as idx."""
     xp = namespace(idx)
     table = from_numpy(KVALUES.astype(np.float32), like=idx)
-    return xp.reshape(xp.take(table, xp.reshape(idx, (-1,))), idx.shape)
+    return xp.reshape(xp.take(table, xp.reshape(xp.astype(idx, xp.int64), (-1,))), idx.shape)
 
 
 def _fit(x: Any, w: Any, inv_scale: Any) -> tuple[Any, Any]:

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import device, from_numpy, namespace, to_numpy
+from .._backend import device, from_numpy, is_numpy, namespace, to_numpy
 from .._packing import pack_nibbles
 from .._rounding import bf16_bits_to_f32, round_half_away, to_bf16_bits
 
@@ -125,23 +125,34 @@ def float_from_bits(bits: Any, exp_bits: int, mant_bits: int) -> Any:
 
 
 def half_at(raw: Any, offset: int) -> Any:
-    """The float16 field at byte ``offset`` of every block, as float32: (n_blocks, 1)."""
+    """The float16 field at byte ``offset`` of every block, as float32: (n_blocks, 1).
+
+    On NumPy the two bytes are bit-cast (``view``), the byte edge; on any other namespace
+    they are decoded arithmetically by float_from_bits — the tests check the two agree
+    on all 65536 patterns.
+    """
+    if is_numpy(raw):
+        return np.ascontiguousarray(raw[:, offset : offset + 2]).view("<f2").astype(np.float32)
     return float_from_bits(uint_at(raw, offset, 2), 5, 10)
 
 
 def low_high_nibbles(qs: Any) -> Any:
-    """(n, 16) packed bytes -> (n, 32) codes: low nibbles are codes 0..15, high nibbles 16..31."""
+    """(n, 16) packed bytes -> (n, 32) uint8 codes: low nibbles are codes 0..15, high nibbles 16..31."""
     xp = namespace(qs)
-    qs = xp.astype(qs, xp.int32)
     return xp.concat([qs & 0x0F, qs >> 4], axis=-1)  # (n, 32)
 
 
 def _fifth_bits(raw: Any, offset: int) -> Any:
-    """The 32 bits of a little-endian uint32 ``qh`` at ``offset``, as 0/16 per code: (n, 32) int32."""
+    """The 32 bits of the little-endian uint32 ``qh`` at ``offset``, as 0/16 per code: (n, 32) uint8.
+
+    Bit j of qh is bit (j mod 8) of byte j // 8, so the 4 bytes shifted by 0..7 give the
+    32 bits in code order.
+    """
     xp = namespace(raw)
-    qh = uint_at(raw, offset, 4)                                                # (n, 1)
-    j = from_numpy(np.arange(QK, dtype=np.int64), like=raw)                      # (32,)
-    return xp.astype(((qh >> j) & 1) << 4, xp.int32)                            # (n, 32)
+    qh = raw[:, offset : offset + 4]                                             # (n, 4)
+    b = from_numpy(np.arange(8, dtype=np.uint8), like=raw)                       # (8,)
+    bits = (qh[:, :, None] >> b) & 1                                             # (n, 4, 8)
+    return xp.reshape(bits, (raw.shape[0], QK)) << 4                             # (n, 32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,7 +181,7 @@ def _pack_4bit(q: np.ndarray) -> np.ndarray:
 
 def _as_f32(x: Any) -> Any:
     xp = namespace(x)
-    return xp.astype(x, xp.float32)
+    return xp.astype(x, xp.float32, copy=False)
 
 
 def _first_absmax(x: Any) -> tuple[Any, Any]:
@@ -295,7 +306,7 @@ def dequantize_q4_0(raw: Any) -> Any:
     xp = namespace(raw)
     d = half_at(raw, 0)                                      # (n, 1)
     q = low_high_nibbles(raw[:, 2:18])                       # (n, 32)
-    return xp.astype(q - 8, xp.float32) * d
+    return (xp.astype(q, xp.float32) - 8.0) * d
 
 
 # ---------------------------------------------------------------------------------------
@@ -393,7 +404,7 @@ def dequantize_q5_0(raw: Any) -> Any:
     xp = namespace(raw)
     d = half_at(raw, 0)
     q = low_high_nibbles(raw[:, 6:22]) | _fifth_bits(raw, 2)
-    return xp.astype(q - 16, xp.float32) * d
+    return (xp.astype(q, xp.float32) - 16.0) * d
 
 
 # ---------------------------------------------------------------------------------------
@@ -464,17 +475,20 @@ def quantize_q8_0(x: Any, qw: Any | None = None) -> Any:
 
 
 def _int8_codes(raw: Any, start: int) -> Any:
-    """Bytes [start, start + 32) read as int8 two's complement: (n, 32) int32."""
+    """Bytes [start, start + 32) read as int8 two's complement, as float32 values: (n, 32).
+
+    Flipping the sign bit (u ^ 0x80) maps the int8 value v to the unsigned v + 128, so
+    v = (u ^ 0x80) − 128, exactly, without a bit-cast.
+    """
     xp = namespace(raw)
-    u = xp.astype(raw[:, start : start + QK], xp.int32)
-    return xp.where(u >= 128, u - 256, u)
+    return xp.astype(raw[:, start : start + QK] ^ 0x80, xp.float32) - 128.0
 
 
 def dequantize_q8_0(raw: Any) -> Any:
     """(n_blocks, 34) uint8 -> (n_blocks, 32) float32: ŵ = d · q."""
     _check_raw(raw, 34, "Q8_0")
     xp = namespace(raw)
-    return xp.astype(_int8_codes(raw, 2), xp.float32) * half_at(raw, 0)
+    return _int8_codes(raw, 2) * half_at(raw, 0)
 
 
 def quantize_q8_1(x: Any, qw: Any | None = None) -> Any:
@@ -495,7 +509,7 @@ def dequantize_q8_1(raw: Any) -> Any:
     """(n_blocks, 36) uint8 -> (n_blocks, 32) float32: ŵ = d · q (s is not needed to decode)."""
     _check_raw(raw, 36, "Q8_1")
     xp = namespace(raw)
-    return xp.astype(_int8_codes(raw, 4), xp.float32) * half_at(raw, 0)
+    return _int8_codes(raw, 4) * half_at(raw, 0)
 
 
 # ---------------------------------------------------------------------------------------
