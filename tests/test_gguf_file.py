@@ -438,3 +438,61 @@ def test_inspect_has_no_traceback_from_the_command_line(tmp_path):
     assert res.stderr.strip().splitlines() == [
         f"refquant inspect: error: {path}: not a valid GGUF file: metadata key #0 at byte 24: "
         f"string of {2**63} bytes needed but only 17 bytes left"]
+
+
+def test_write_killed_midway_leaves_destination_untouched(tmp_path):
+    """A real interruption: the writing process is SIGKILLed halfway through the tensor data."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "model.gguf"
+    gf.write(path, {"v": 1}, [("w", "F32", (8,), np.ones(8, np.float32))])
+    before = _sha(path)
+    child = f"""
+import time, numpy as np
+from refquant.gguf import file as gf
+real = gf._chunks
+def chunks(*a, **k):
+    gen = real(*a, **k)
+    yield next(gen)
+    yield next(gen)
+    print("midway", flush=True)
+    time.sleep(60)
+    yield from gen
+gf._chunks = chunks
+gf.write({str(path)!r}, {{"v": 2}}, [("w", "F32", (1024,), np.zeros(1024, np.float32)), ("u", "F32", (8,), bytes(32))])
+"""
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "midway"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert _sha(path) == before  # untouched; the temporary file is the only trace
+    leftovers = sorted(os.listdir(tmp_path))
+    assert leftovers[1:] == ["model.gguf"] and leftovers[0].startswith(".model.gguf.") and leftovers[0].endswith(".tmp")
+
+
+def test_write_takes_tensor_bytes_from_any_backend(xp):
+    raw = np.arange(2 * 34, dtype=np.uint8).reshape(2, 34)
+    want = gf.to_bytes({}, [("q", "Q8_0", (2, 32), raw)])
+    assert gf.to_bytes({}, [("q", "Q8_0", (2, 32), xp.asarray(raw))]) == want
+    w = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)  # F32 given as floats: written as their bytes
+    assert gf.to_bytes({}, [("w", "F32", (2, 32), xp.asarray(w))]) == gf.to_bytes({}, [("w", "F32", (2, 32), w.tobytes())])
+
+
+def test_write_rejects_non_bytes_tensor():
+    with pytest.raises(TypeError, match=r"tensors\['w'\]: expected the tensor's bytes"):
+        gf.to_bytes({}, [("w", "F32", (1,), 3.0)])
+
+
+@pytest.mark.gpu
+def test_write_from_cupy_matches_numpy(smollm2_path):
+    cupy = pytest.importorskip("cupy")
+    with gf.read(smollm2_path) as f:
+        tensors = list(f.tensors.values())[:12]
+        on_gpu = [(t.name, t.type, t.shape, cupy.asarray(t.raw)) for t in tensors]
+        on_host = [(t.name, t.type, t.shape, t.raw) for t in tensors]
+        assert gf.to_bytes(f.metadata, on_gpu, metadata_types=f.metadata_types) == \
+            gf.to_bytes(f.metadata, on_host, metadata_types=f.metadata_types)

@@ -661,12 +661,30 @@ def _tensor_entries(tensors) -> list[tuple[str, Any, tuple[int, ...], Any]]:
         if shape[-1] % t.block_size:
             raise ValueError(f"{what}: row length {shape[-1]} is not a multiple of {t.name}'s block size {t.block_size}")
         nbytes = int(np.prod(shape, dtype=object)) // t.block_size * t.type_size
-        data = memoryview(raw).cast("B") if not isinstance(raw, np.ndarray) else \
-            memoryview(np.ascontiguousarray(raw).view(np.uint8).reshape(-1))
+        data = _host_bytes(raw, what)
         if data.nbytes != nbytes:
             raise ValueError(f"{what}: {data.nbytes} bytes given, {t.name} {shape} takes {nbytes}")
         out.append((name, t, shape, data))
     return out
+
+
+def _host_bytes(raw, what: str) -> memoryview:
+    """A tensor's bytes as a flat byte view: bytes-like objects as they are, arrays of any
+    library (NumPy, CuPy, torch, array-api-strict) through host memory, viewed as uint8."""
+    if type(raw).__module__.split(".")[0] == "cupy":
+        raw = raw.get()  # off the GPU
+    elif not isinstance(raw, np.ndarray) and hasattr(raw, "__dlpack__"):
+        try:
+            raw = np.from_dlpack(raw)  # torch (CPU), array-api-strict, ...: no copy
+        except (BufferError, RuntimeError, TypeError) as e:
+            raise TypeError(f"{what}: cannot read the tensor's bytes on the host ({e})") from None
+    if isinstance(raw, np.ndarray):
+        return memoryview(np.ascontiguousarray(raw).view(np.uint8).reshape(-1))
+    try:
+        return memoryview(raw).cast("B")
+    except TypeError:
+        raise TypeError(f"{what}: expected the tensor's bytes (bytes-like or an array), "
+                        f"got {type(raw).__name__}") from None
 
 
 def _chunks(metadata: Mapping[str, Any], tensors, metadata_types=None, alignment=None) -> Iterator[bytes]:
