@@ -44,7 +44,7 @@ importance matrix — there is no separate "reference" path):
 
 "Nearest level" is ggml's best_index_int8: the index of the level closest to x, a tie
 going to the upper level. Equivalently, the number of midpoints (K_i + K_{i+1})/2 that x
-reaches (≥); that is how we compute it (one searchsorted).
+reaches (≥); that is how we compute it.
 
 All arithmetic is float32 in the C order: the running sums Σ w q x and Σ w q² are
 accumulated left to right over the 32 weights, vectorized across blocks.
@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import from_numpy, namespace, to_numpy
+from .._backend import device, from_numpy, namespace, to_numpy
 from .legacy import (_as_f32, _first_absmax, _inverse_or_zero, _pack_4bit, fp16_bytes, half_at, low_high_nibbles,
                      sequential_sum, uint_at)
 
@@ -79,12 +79,14 @@ def best_index(v: Any) -> Any:
     The C code bisects and compares v − K[i] < K[i+1] − v in float32; counting the
     midpoints that v reaches is the same rule, and the float32 differences are exact near a
     midpoint (both are multiples of v's ulp, of magnitude ≈ half a gap), so the two agree.
-    v: any shape float32 -> same shape int64 in 0 … 15.
+    v: any shape float32 -> same shape uint8 in 0 … 15. (15 comparisons, each one fast
+    pass, beat a searchsorted over 16 levels by an order of magnitude.)
     """
     xp = namespace(v)
-    mid = from_numpy(_MIDPOINTS, like=v)
-    flat = xp.reshape(v, (-1,))
-    return xp.reshape(xp.searchsorted(mid, flat, side="right"), v.shape)
+    idx = xp.zeros(v.shape, dtype=xp.uint8, device=device(v))
+    for m in _MIDPOINTS.tolist():  # exact halves: float32 comparisons against Python floats
+        idx = idx + xp.astype(v >= m, xp.uint8)
+    return idx
 
 
 def _levels(idx: Any) -> Any:
