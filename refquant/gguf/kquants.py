@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import from_numpy, namespace, to_numpy
+from .._backend import from_numpy, is_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float
 from .._packing import pack_nibbles
 from . import _search
@@ -260,6 +260,28 @@ def _encode(encode_chunk, x: Any, qw: Any | None) -> Any:
     return _to_backend(np.concatenate(parts, axis=0), x)
 
 
+DECODE_CHUNK = 1024  # blocks per decoding pass: 1 MiB of float32 output, cache-sized
+
+
+def _decode(decode_chunk, raw: Any) -> Any:
+    """Run ``decode_chunk`` over DECODE_CHUNK blocks at a time: (B, type_size) -> (B, 256).
+
+    Decoding is a few passes over the output (bits -> codes -> float32 -> scale, shift);
+    cache-sized pieces keep those passes out of main memory. NumPy fills one output array,
+    other namespaces concatenate.
+    """
+    n = int(raw.shape[0])
+    if n <= DECODE_CHUNK:
+        return decode_chunk(raw)
+    if is_numpy(raw):
+        out = np.empty((n, QK_K), dtype=np.float32)
+        for i in range(0, n, DECODE_CHUNK):
+            out[i:i + DECODE_CHUNK] = decode_chunk(raw[i:i + DECODE_CHUNK])
+        return out
+    xp = namespace(raw)
+    return xp.concat([decode_chunk(raw[i:min(i + DECODE_CHUNK, n), :]) for i in range(0, n, DECODE_CHUNK)], axis=0)
+
+
 def _sum_of_squares(x: Any) -> Any:
     """C's ``sumx2 += x[j]*x[j]`` over the last axis, sequentially: (..., n) -> (...)."""
     return sequential_sum(x * x)
@@ -360,6 +382,10 @@ def dequantize_q4_k(raw: Any) -> Any:
     Ref: dequantize_row_q4_K (the same float32 products, in the same order).
     """
     _check_raw(raw, "Q4_K")
+    return _decode(_decode_q4_k, raw)
+
+
+def _decode_q4_k(raw: Any) -> Any:
     xp = namespace(raw)
     d, dmin = _d_dmin(raw)                                                # (B, 1)
     sc, m = _unpack_scales_k4(raw[:, 4:16])                               # (B, 8)
@@ -412,6 +438,10 @@ def dequantize_q5_k(raw: Any) -> Any:
     Ref: dequantize_row_q5_K.
     """
     _check_raw(raw, "Q5_K")
+    return _decode(_decode_q5_k, raw)
+
+
+def _decode_q5_k(raw: Any) -> Any:
     xp = namespace(raw)
     d, dmin = _d_dmin(raw)
     sc, m = _unpack_scales_k4(raw[:, 4:16])
@@ -487,6 +517,10 @@ def dequantize_q6_k(raw: Any) -> Any:
     Ref: dequantize_row_q6_K.
     """
     _check_raw(raw, "Q6_K")
+    return _decode(_decode_q6_k, raw)
+
+
+def _decode_q6_k(raw: Any) -> Any:
     xp = namespace(raw)
     d = half_at(raw, 208)                                                 # (B, 1)
     ql = xp.reshape(raw[:, 0:128], (-1, 2, 2, 32))                        # (B, half, lo/hi 32, l)
@@ -572,6 +606,10 @@ def dequantize_q3_k(raw: Any) -> Any:
     Ref: dequantize_row_q3_K.
     """
     _check_raw(raw, "Q3_K")
+    return _decode(_decode_q3_k, raw)
+
+
+def _decode_q3_k(raw: Any) -> Any:
     xp = namespace(raw)
     d = half_at(raw, 108)                                                 # (B, 1)
     low = _unpack_2bit(raw[:, 32:96])                                     # (B, 256)
@@ -656,6 +694,10 @@ def dequantize_q2_k(raw: Any) -> Any:
     Ref: dequantize_row_q2_K.
     """
     _check_raw(raw, "Q2_K")
+    return _decode(_decode_q2_k, raw)
+
+
+def _decode_q2_k(raw: Any) -> Any:
     xp = namespace(raw)
     d, dmin = half_at(raw, 80), half_at(raw, 82)                          # (B, 1)
     s = xp.astype(raw[:, 0:16], xp.int32)
@@ -712,6 +754,10 @@ def dequantize_q8_k(raw: Any) -> Any:
     Ref: dequantize_row_q8_K.
     """
     _check_raw(raw, "Q8_K")
+    return _decode(_decode_q8_k, raw)
+
+
+def _decode_q8_k(raw: Any) -> Any:
     xp = namespace(raw)
     bits = xp.zeros((raw.shape[0], 1), dtype=xp.int64)
     for k in range(4):
