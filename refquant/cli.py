@@ -31,6 +31,15 @@ COMMANDS = {
     "verify": ("refquant.verify", "run refquant's parity checks against the oracles installed here"),
 }
 
+# command -> example lines for --help, used when the command's module sets no epilog itself
+EXAMPLES = {
+    "report": ["refquant report --quick", "refquant report --methods INT8,GPTQ-4-G128,Q4_K_M --out results/"],
+    "quantize": ["refquant quantize model-f16.gguf model-Q4_K_M.gguf --type Q4_K_M",
+                 "refquant quantize model-f16.gguf model-IQ4_XS.gguf --type IQ4_XS --imatrix imatrix.gguf"],
+    "inspect": ["refquant inspect model.gguf", "refquant inspect model.gguf --no-metadata"],
+    "verify": ["refquant verify", "refquant verify --formats Q4_K,NF4,GPTQ"],
+}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one line on stderr (no usage dump), exit status 2."""
@@ -53,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
+        if not p.epilog and name in EXAMPLES:
+            p.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
         p.set_defaults(_run=mod.run)
     return parser
 

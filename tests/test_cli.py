@@ -1,0 +1,240 @@
+"""The command line end to end: `refquant report --quick` on SmolLM2-135M, `refquant verify`,
+--help everywhere, and user mistakes answered in one line.
+
+The report runs on the whole model (a model cut to its first blocks predicts garbage:
+its perplexity is in the millions) with only blocks 0 and 1 quantized (--tensors) and one
+window of 512 tokens, so that the comparisons below mean something and CI stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from refquant import cli
+
+N_BLOCKS = 2  # --model test: a GGUF holding the first blocks of SmolLM2-135M
+
+
+def write_first_blocks(src: str, dst: str, n_blocks: int) -> None:
+    """Copy a Llama GGUF keeping only blocks 0..n_blocks-1 (tensors byte for byte, block_count
+    changed), with gguf-py's reader and writer."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(dst, arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue  # header fields; the writer adds the architecture itself
+        value = n_blocks if key == f"{arch}.block_count" else field.contents()
+        sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, field.types[0], sub_type=sub_type)
+    for t in reader.tensors:
+        if t.name.startswith("blk.") and int(t.name.split(".")[1]) >= n_blocks:
+            continue
+        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory, smollm2_path):
+    path = str(tmp_path_factory.mktemp("model") / f"smollm2-{N_BLOCKS}-blocks.gguf")
+    write_first_blocks(smollm2_path, path, N_BLOCKS)
+    return path
+
+
+def refquant(*args: str) -> subprocess.CompletedProcess:
+    """The command as a user runs it, in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "refquant.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+# ---------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------
+
+QUICK_CI = ["baseline", "INT8", "NF4", "Q8_0", "Q4_K_M", "Q2_K"]
+
+
+TENSORS = r"^blk\.[01]\."
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    proc = refquant("report", "--quick", "--tokens", "512", "--tensors", TENSORS,
+                    "--methods", ",".join(QUICK_CI), "--out", str(out))
+    return proc, out
+
+
+def _rows(out) -> dict[str, dict[str, str]]:
+    with open(out / "report.csv", newline="") as f:
+        return {r["method"]: r for r in csv.DictReader(f)}
+
+
+def test_report_quick_writes_table_and_files(quick_report):
+    proc, out = quick_report
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.md", "report.png"]
+    for m in QUICK_CI:
+        assert f"| {m} |" in proc.stdout  # the printed table (Markdown when not a terminal)
+    assert "Protocol: model SmolLM2-135M-Instruct.Q4_1.gguf" in proc.stdout
+    assert "512 tokens" in proc.stdout and "1 non-overlapping windows of 512" in proc.stdout
+    assert f"only those matching /{TENSORS}/" in proc.stdout
+    assert "methods" in proc.stderr  # the progress display
+    with open(out / "report.md") as f:
+        assert f.read() in proc.stdout
+    with open(out / "report.png", "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+
+
+def test_report_quick_values_are_sane(quick_report):
+    proc, out = quick_report
+    rows = _rows(out)
+    assert list(rows) == QUICK_CI
+    num = {m: {k: float(v) for k, v in r.items() if k not in ("method", "description", "status")} for m, r in rows.items()}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert all(math.isfinite(v) for r in num.values() for v in r.values())
+    base = num["baseline"]
+    assert base["bits_per_weight"] == 32 and base["rel_error"] == 0 and base["delta_perplexity"] == 0
+    # Q8_0: 8.5 bits (a float16 scale per 32 int8 codes) and the baseline's perplexity within 0.5 %
+    assert num["Q8_0"]["bits_per_weight"] == pytest.approx(8.5)
+    assert abs(num["Q8_0"]["perplexity"] / base["perplexity"] - 1) < 0.005
+    # fewer bits cost more: error and perplexity grow from Q8_0 to Q4_K_M to Q2_K
+    assert num["Q8_0"]["rel_error"] < num["Q4_K_M"]["rel_error"] < num["Q2_K"]["rel_error"] < 1
+    assert num["Q4_K_M"]["perplexity"] < num["Q2_K"]["perplexity"]
+    assert num["Q2_K"]["bits_per_weight"] < num["Q4_K_M"]["bits_per_weight"] < num["Q8_0"]["bits_per_weight"]
+    # NF4: 4-bit codes + a float32 absmax per 64 = 4.5 bits; INT8: 8 bits + a scale per row
+    assert num["NF4"]["bits_per_weight"] == pytest.approx(4.5)
+    assert 8 < num["INT8"]["bits_per_weight"] < 8.1
+    assert all(num[m]["memory_mb"] < base["memory_mb"] for m in QUICK_CI[1:])
+
+
+def test_report_on_another_gguf(small_gguf, tmp_path):
+    """--model: any Llama GGUF (here SmolLM2 cut to its first blocks; its perplexity is huge)."""
+    proc = refquant("report", "--model", small_gguf, "--methods", "Q4_0", "--tokens", "256", "--window", "128",
+                    "--no-progress", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == ""  # --no-progress
+    assert f"Protocol: model smollm2-{N_BLOCKS}-blocks.gguf" in proc.stdout
+    rows = _rows(tmp_path)
+    assert list(rows) == ["baseline", "Q4_0"] and rows["Q4_0"]["status"] == "ok"
+    # Q4_0 blocks (4.5 bits) for the blocks' matrices; the tied token embedding is the output
+    # projection to llama.cpp: Q6_K, and Q8_0 (8.5 bits) as its 576-wide rows do not fit 256-blocks
+    assert 4.5 < float(rows["Q4_0"]["bits_per_weight"]) < 8.5
+
+
+# ---------------------------------------------------------------------------------------
+# user mistakes: one line, no traceback, exit status 2
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["report", "--methods", "Q4_K_M,Q9_9"], "refquant report: error: --methods: unknown method Q9_9"),
+    (["report", "--model", "/no/such/file.gguf"], "refquant report: error: --model: no such file"),
+    (["report", "--backend", "fortran"], "refquant report: error: argument --backend: invalid choice"),
+    (["report", "--tokens", "0"], "refquant report: error: --tokens: expected a positive number"),
+    (["verify", "--formats", "Q9_9"], "refquant verify: error: --formats: unknown format Q9_9"),
+    (["quantize", "/no/such/in.gguf", "out.gguf", "--type", "Q4_K_M"], "refquant quantize: error: input: no such file"),
+    (["quantize", "in.gguf", "out.gguf"], "refquant quantize: error: the following arguments are required: --type"),
+    (["frobnicate"], "refquant: error: argument COMMAND: invalid choice"),
+])
+def test_user_mistakes_are_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(cli.main(args))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_report_rejects_a_file_that_is_not_gguf(tmp_path, capsys):
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("not a model")
+    assert cli.main(["report", "--model", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refquant report: error: --model:") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_errors_from_a_fresh_process_have_no_traceback():
+    proc = refquant("report", "--model", "missing.gguf")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "refquant report: error: --model: no such file 'missing.gguf'"
+    assert "Traceback" not in proc.stderr
+
+
+def test_quantize_rejects_an_unknown_type_and_a_bad_file_leaving_no_output(small_gguf, tmp_path, capsys):
+    out = tmp_path / "out.gguf"
+    assert cli.main(["quantize", small_gguf, str(out), "--type", "Q9_9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refquant quantize: error:") and "Q9_9" in err and err.count("\n") == 1, err
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + bytes(20))
+    assert cli.main(["quantize", str(bad), str(out), "--type", "Q4_0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refquant quantize: error:") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]  # no output, no temporary file
+
+
+def test_quantize_then_report_on_the_result(small_gguf, tmp_path):
+    """`refquant quantize` writes a file refquant's own runtime loads, with the recipe's types."""
+    from refquant.gguf import file as gguf_file
+    from refquant.gguf import recipes
+
+    out = tmp_path / "small-Q4_0.gguf"
+    proc = refquant("quantize", small_gguf, str(out), "--type", "Q4_0")
+    assert proc.returncode == 0, proc.stderr
+    f = gguf_file.read(str(out))
+    expected = recipes.tensor_types(gguf_file.read(small_gguf), "Q4_0")
+    assert {n: t.type for n, t in f.tensors.items()} == expected
+    assert expected["blk.0.attn_q.weight"] == "Q4_0"
+    report = refquant("report", "--model", str(out), "--methods", "INT8", "--tokens", "128", "--window", "128",
+                      "--no-progress", "--out", str(tmp_path / "r"))
+    assert report.returncode == 0, report.stderr
+    assert "| INT8 |" in report.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# --help and verify
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_has_help_with_an_example(command, capsys):
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    if command not in sub:
+        pytest.skip(f"`refquant {command}` is provided by a module not present in this checkout")
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: refquant {command}" in out and "example" in out.lower() and f"refquant {command}" in out
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "refquant report" in capsys.readouterr().out
+
+
+def test_verify_prints_a_pass_table(capsys):
+    assert cli.main(["verify", "--formats", "Q8_0,Q4_K"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["format", "check", "oracle"]
+    body = [line for line in out[2:-1]]
+    assert body and all(line.rstrip().endswith("pass") for line in body), out
+    assert {line.split()[0] for line in body} == {"Q8_0", "Q4_K"}
+    assert out[-1].startswith(f"{len(body)} passed, 0 failed, 0 errors, 0 skipped")
+
+
+def test_verify_list(capsys):
+    assert cli.main(["verify", "--list", "--formats", "Q6_K"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("Q6_K") for line in lines)
