@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from refquant._backend import from_numpy, to_numpy
 from refquant.gguf import kquants as K
@@ -243,6 +243,7 @@ def test_q8_k_error_within_half_a_step(x):
 
 
 @pytest.mark.parametrize("t,nmax", [("Q4_K", 15), ("Q5_K", 31), ("Q2_K", 3)])
+@settings(max_examples=30)
 @given(x=st_rq.rows(block=K.QK_K, max_rows=2, max_blocks=2))
 def test_unclamped_codes_within_half_a_sub_block_step(t, nmax, x):
     """For every code strictly inside 0..nmax the requantize step rounded (x + m)/d, so
@@ -286,6 +287,7 @@ def _with_codes(raw: np.ndarray, t: str, code: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("t", TYPES)
+@settings(max_examples=15)  # a structural property: a few draws per type suffice
 @given(x=st_rq.rows(block=K.QK_K, max_rows=1, max_blocks=4), seed=st.integers(0, 2**16))
 def test_permuting_blocks_permutes_bytes(t, x, seed):
     blocks = x.reshape(-1, 256)

@@ -402,6 +402,7 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
     xc = _cols(x)                                                 # (n, B)
     w = xc * xc if weights is None else _cols(weights)            # (n, B) qkx3: NULL weights -> x²
     mn = xp.min(xc, axis=0)                                       # (B,)  min/max are exact: no order issue
+    x_min = mn
     mx = xp.max(xc, axis=0)                                       # (B,)
     # C: sum_w = w[0]; sum_x = sum_w*x[0]; then += over i >= 1 (the sum starts at element 0, not at +0)
     sum_w = _colsum_from_first(w)                                 # (B,)
@@ -427,7 +428,13 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
             num = _f32(_f32(_f32(rmin) + _f32(_f32(rdelta) * step)) + nmax)  # C: rmin + rdelta*is + nmax (float32)
             span = xp.where(empty, xp.ones_like(mx), mx - mn)
             iscale_is = _rdiv(num, span)                          # (B,)
-            Laux = clamp(nearest_int(iscale_is[None, :] * xm), 0, nmax)  # (n, B)
+            f = iscale_is[None, :] * xm                           # (n, B)
+            # float rounding is monotonic, so each block's f lies between iscale·(min x - min)
+            # and iscale·(max - min): when those bounds are in nearest_int's exact range,
+            # plain rounding is nearest_int (checked on (B,) vectors, not on f)
+            lo, hi = iscale_is * (x_min - mn), iscale_is * (mx - mn)
+            exact = float(xp.min(lo)) >= -_SAFE and float(xp.max(hi)) <= _SAFE
+            Laux = clamp(round_bounded(f) if exact else nearest_int(f), 0, nmax)  # (n, B)
             wl = w * Laux
             sum_l = _colsum(wl)                                   # C: sum_l  += w*l
             sum_l2 = _colsum(wl * Laux)                           # C: sum_l2 += w*l*l
