@@ -196,6 +196,17 @@ def test_quantize_then_report_on_the_result(small_gguf, tmp_path):
     expected = recipes.tensor_types(gguf_file.read(small_gguf), "Q4_0")
     assert {n: t.type for n, t in f.tensors.items()} == expected
     assert expected["blk.0.attn_q.weight"] == "Q4_0"
+    # llama.cpp loads it, and its logits follow refquant's forward pass on the same weights
+    # (not equal: llama.cpp rounds activations to 8 bits per block of 32 before each product)
+    from refquant.model import load_model
+    from refquant.testing.llama import LlamaCpp
+
+    model = load_model(str(out))
+    tokens = model.tokenize("The quick brown fox jumps over the lazy dog. " * 3)[:32]
+    theirs = LlamaCpp(str(out), n_ctx=64).logits(tokens)
+    ours = np.asarray(model.forward(tokens))
+    assert theirs.shape == ours.shape and np.all(np.isfinite(theirs))
+    assert np.corrcoef(theirs.ravel(), ours.ravel())[0, 1] > 0.999
     report = refquant("report", "--model", str(out), "--methods", "INT8", "--tokens", "128", "--window", "128",
                       "--no-progress", "--out", str(tmp_path / "r"))
     assert report.returncode == 0, report.stderr
