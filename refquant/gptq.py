@@ -53,7 +53,7 @@ import math
 import warnings
 from typing import Any
 
-from ._backend import namespace, to_numpy
+from ._backend import device, namespace, to_numpy
 from ._checks import check_bits, check_divisible, check_float, check_finite, check_nonempty
 from ._rounding import round_half_even
 from .uniform import dequantize_codes, quantize_codes
@@ -61,6 +61,7 @@ from .uniform import dequantize_codes, quantize_codes
 __all__ = [
     "PERCDAMP", "BLOCKSIZE", "Hessian", "GPTQResult", "hessian_factor", "minmax_params",
     "quantize_column", "gptq_quantize", "rtn_quantize", "layer_loss", "tutorial_update",
+    "STAGES", "gptq_quantize_model", "rtn_quantize_model",
 ]
 
 PERCDAMP = 0.01   # λ = 1 % of the mean diagonal of H (reference default)
@@ -85,12 +86,12 @@ class Hessian:
     Example: add([[1, 0]]) then add([[0, 2]]) -> H = (2/2)·[[1, 0], [0, 4]] = [[1, 0], [0, 4]].
     """
 
-    def __init__(self, n_in: int, xp: Any = None, dtype: Any = None) -> None:
+    def __init__(self, n_in: int, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
         if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in <= 0:
             raise ValueError(f"n_in: expected a positive number of input features, got {n_in!r}")
         self.xp = xp if xp is not None else namespace()
         self.dtype = dtype if dtype is not None else self.xp.float32
-        self.H = self.xp.zeros((n_in, n_in), dtype=self.dtype)  # (in, in)
+        self.H = self.xp.zeros((n_in, n_in), dtype=self.dtype, device=device)  # (in, in)
         self.n = 0
 
     def add(self, X: Any) -> None:
@@ -127,7 +128,7 @@ def hessian_factor(H: Any, percdamp: float = PERCDAMP) -> Any:
     """
     xp = namespace(H)
     n = H.shape[0]
-    eye = xp.eye(n, dtype=H.dtype)
+    eye = xp.eye(n, dtype=H.dtype, device=device(H))
     mean_diag = xp.mean(xp.linalg.diagonal(H))
     for attempt in range(MAX_DAMP_TRIES):
         damp = percdamp * (10.0 ** attempt) * mean_diag
@@ -147,7 +148,7 @@ def _upper_factor_of_inverse(H_damped: Any) -> Any:
     xp = namespace(H_damped)
     try:
         L = xp.linalg.cholesky(H_damped)                           # (in, in) lower
-        L_inv = xp.linalg.solve(L, xp.eye(L.shape[0], dtype=L.dtype))
+        L_inv = xp.linalg.solve(L, xp.eye(L.shape[0], dtype=L.dtype, device=device(L)))
         H_inv = L_inv.T @ L_inv                                   # (H + λI)⁻¹ = L⁻ᵀ L⁻¹
         H_inv = (H_inv + H_inv.T) / 2                             # exactly symmetric
         U = xp.linalg.cholesky(H_inv, upper=True)                 # (in, in) upper
@@ -177,7 +178,7 @@ def minmax_params(Wg: Any, bits: int, symmetric: bool) -> tuple[Any, Any]:
     """
     xp = namespace(Wg)
     q_max = 2**bits - 1
-    zero = xp.zeros((Wg.shape[0], 1), dtype=Wg.dtype)
+    zero = xp.zeros((Wg.shape[0], 1), dtype=Wg.dtype, device=device(Wg))
     x_min = xp.minimum(xp.min(Wg, axis=1, keepdims=True), zero)    # (out, 1)
     x_max = xp.maximum(xp.max(Wg, axis=1, keepdims=True), zero)    # (out, 1)
     if symmetric:
@@ -188,7 +189,7 @@ def minmax_params(Wg: Any, bits: int, symmetric: bool) -> tuple[Any, Any]:
     x_max = xp.where(empty, xp.ones_like(x_max), x_max)
     s = (x_max - x_min) / q_max
     if symmetric:
-        z = xp.full(s.shape, (q_max + 1) / 2, dtype=s.dtype)
+        z = xp.full(s.shape, (q_max + 1) / 2, dtype=s.dtype, device=device(s))
     else:
         z = round_half_even(-x_min / s)
     return s, z
@@ -324,7 +325,7 @@ def gptq_quantize(
 
     # dead inputs: no signal ever reached them, their weight cannot matter (fasterquant)
     dead = xp.linalg.diagonal(H) == 0                                    # (in,)
-    eye = xp.eye(n_in, dtype=xp.bool)
+    eye = xp.eye(n_in, dtype=xp.bool, device=device(W))
     H = xp.where(eye & dead[None, :], xp.ones_like(H), H)
     W = xp.where(dead[None, :], xp.zeros_like(W), W)
 
@@ -344,7 +345,7 @@ def gptq_quantize(
         H = xp.take(xp.take(H, perm, axis=0), perm, axis=1)
 
     # group of the k-th processed column: static groups follow the original columns
-    cols = xp.arange(n_in)
+    cols = xp.arange(n_in, device=device(W))
     group_of_pos = (xp.take(cols, perm) if perm is not None else cols) // G if static_groups else cols // G
     group_of_pos = [int(g) for g in to_numpy(group_of_pos)]
 
@@ -357,7 +358,7 @@ def gptq_quantize(
     Q = xp.zeros_like(W)                                                  # (out, in) codes
     s_cols = xp.zeros_like(W)
     z_cols = xp.zeros_like(W)
-    loss = xp.zeros((n_out,), dtype=dtype)
+    loss = xp.zeros((n_out,), dtype=dtype, device=device(W))
     s_dyn, z_dyn = [], []
     s_cur = z_cur = None
     for i1 in range(0, n_in, blocksize):
@@ -394,7 +395,7 @@ def gptq_quantize(
         s = xp.concat(s_dyn, axis=1)                                      # (out, n_groups)
         z = xp.concat(z_dyn, axis=1)
     W_hat = (Q - z_cols) * s_cols                                         # (out, in), processing order
-    g_pos = xp.asarray(group_of_pos, dtype=xp.int64)                      # group of each position
+    g_pos = xp.asarray(group_of_pos, dtype=xp.int64, device=device(W))                      # group of each position
     if perm is not None:  # back to the original column order
         inv = xp.argsort(perm)
         Q, W_hat, g_pos = xp.take(Q, inv, axis=1), xp.take(W_hat, inv, axis=1), xp.take(g_pos, inv)
@@ -447,7 +448,7 @@ def rtn_quantize(W: Any, bits: int = 4, group_size: int | None = 128, symmetric:
         q_g, w_g = quantize_column(Wg, s_g, z_g, 0, 2**bits - 1)
         s, z, q, W_hat = s + [s_g], z + [z_g], q + [q_g], W_hat + [w_g]
     return GPTQResult(q=xp.astype(xp.concat(q, axis=1), xp.int32), s=xp.concat(s, axis=1), z=xp.concat(z, axis=1),
-                      g_idx=xp.arange(n_in) // G, perm=None, W_hat=xp.concat(W_hat, axis=1), loss=0.0)
+                      g_idx=xp.arange(n_in, device=device(W)) // G, perm=None, W_hat=xp.concat(W_hat, axis=1), loss=0.0)
 
 
 def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
@@ -473,7 +474,7 @@ def tutorial_update(W: Any, H: Any, bits: int = 4, group_size: int = 128) -> Any
     """
     xp = namespace(W, H)
     n_out, n_in = W.shape
-    H_inv = xp.linalg.inv(H + 1e-6 * xp.eye(n_in, dtype=W.dtype))         # (in, in)
+    H_inv = xp.linalg.inv(H + 1e-6 * xp.eye(n_in, dtype=W.dtype, device=device(W)))         # (in, in)
     W = xp.asarray(W, copy=True)
     G = min(group_size, n_out)
     Q = xp.zeros_like(W)
@@ -489,3 +490,78 @@ def tutorial_update(W: Any, H: Any, bits: int = 4, group_size: int = 128) -> Any
         if j + 1 < n_in:
             W[:, j + 1:] = W[:, j + 1:] - (w - q)[:, None] * H_inv[j:j + 1, j + 1:]
     return Q
+
+
+# --------------------------------------------------------------------------- model level
+
+# linears quantized together, in the order the block uses them (reference llama.py
+# ``--true-sequential``): each stage sees the inputs produced by the stages before it,
+# already quantized. q, k, v share one input, hence one Hessian; so do gate and up.
+STAGES = (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",))
+
+
+def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size: int | None = 128,
+                        act_order: bool = False, symmetric: bool = False, static_groups: bool = False,
+                        blocksize: int = BLOCKSIZE, percdamp: float = PERCDAMP, window: int = 512,
+                        true_sequential: bool = True, blocks: Any = None, progress: Any = None,
+                        info: dict | None = None) -> dict[str, Any]:
+    """Block-sequential GPTQ of every linear of a ``refquant.model`` Llama.
+
+        h = embed(calibration windows)
+        for each block i:
+            for each stage (q,k,v) (o) (gate,up) (down):
+                run block i with the weights quantized so far, H = Hessian of the stage's input
+                quantize the stage's linears with ``gptq_quantize``
+            h = block_i(h) with all its quantized weights      (the next block's calibration input)
+
+    calib_tokens: token ids, cut into windows of ``window`` tokens (a partial last one dropped).
+    G need not divide a layer's columns: the last group is the remainder (576 = 4·128 + 64).
+    -> {GGUF name: Ŵ (out, in)} for the chosen ``blocks`` (default all), ready for
+    ``model.with_weights``. ``info``, if given, receives {name: GPTQResult} (codes, scales,
+    zeros, g_idx, perm: what a checkpoint stores). ``progress(iterable, desc, total)`` wraps the
+    block loop (e.g. tqdm). true_sequential=False quantizes all seven from one capture.
+    Ref: IST-DASLab/gptq ``llama.py`` (``llama_sequential``).
+    """
+    c = model.config
+    n = (len(calib_tokens) // window) * window
+    if n == 0:
+        raise ValueError(f"calib_tokens: need at least window={window} tokens, got {len(calib_tokens)}")
+    progress = progress or (lambda it, desc="", total=None: it)
+    hs = [model.embed(calib_tokens[k:k + window]) for k in range(0, n, window)]  # (window, d) each
+    blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
+    stages = STAGES if true_sequential else (sum(STAGES, ()),)
+    label = f"GPTQ {bits}-bit{' act-order' if act_order else ''}"
+    result: dict[str, Any] = {}
+    for i in progress(blocks, desc=label, total=len(blocks)):
+        for stage in stages:
+            current = model.with_weights(result) if result else model
+            hessians: dict[str, Hessian] = {}
+
+            def see(name: str, x: Any, stage=stage, hessians=hessians) -> None:
+                kind = name.split(".")[2]
+                if kind in stage:
+                    if kind not in hessians:
+                        hessians[kind] = Hessian(int(x.shape[1]), xp=namespace(x), dtype=x.dtype, device=device(x))
+                    hessians[kind].add(x)
+
+            for h in hs:
+                current.block(i, h, capture=see)
+            for kind in stage:
+                name = f"blk.{i}.{kind}.weight"
+                r = gptq_quantize(model.weights[name], hessians[kind].H, bits, group_size, symmetric,
+                                  act_order=act_order, static_groups=static_groups, blocksize=blocksize,
+                                  percdamp=percdamp, partial_group=True)
+                result[name] = r.W_hat
+                if info is not None:
+                    info[name] = r
+        quantized = model.with_weights(result)
+        hs = [quantized.block(i, h) for h in hs]                           # inputs of block i+1
+    return result
+
+
+def rtn_quantize_model(model: Any, bits: int = 4, group_size: int | None = 128, symmetric: bool = False,
+                       blocks: Any = None) -> dict[str, Any]:
+    """Round-to-nearest of every block linear with GPTQ's quantizer (the baseline GPTQ improves on)."""
+    blocks = list(range(model.config.n_layer)) if blocks is None else list(blocks)
+    names = [f"blk.{i}.{k}.weight" for i in blocks for k in sum(STAGES, ())]
+    return {n: rtn_quantize(model.weights[n], bits, group_size, symmetric, partial_group=True).W_hat for n in names}

@@ -1,0 +1,381 @@
+"""AWQ: activation-aware weight quantization (scale search, folding, clip search).
+
+Not all weights matter alike: an input channel with large activations carries more of the
+output, so its weights' rounding errors cost more. AWQ protects those channels by scaling
+them up before quantization and folding the inverse scale into whatever produces the
+input (the preceding RMSNorm's gain, or the preceding linear's rows), so the float model
+is unchanged:
+
+    y = W x = (W diag(s)) (diag(s)⁻¹ x)        quantize  W diag(s),  fold  diag(s)⁻¹  upstream
+
+The scale is a power of the mean activation magnitude, searched on a grid (paper §3.2):
+
+    s_X = mean_t |x_t|  (per input channel),   s(α) = max(s_X^α, 1e-4),   s ← s / √(max s · min s)
+    α* = argmin_{α ∈ {0, 1/n, ..., (n-1)/n}}  mean ‖ Y - X (Q(W diag(s)) diag(s)⁻¹)ᵀ ‖²    (n_grid = 20)
+
+over the layers that share the input (q/k/v after the attention norm, gate/up after the
+MLP norm, down after up; o after v only when v's outputs and o's inputs match one to one,
+which grouped-query attention as in SmolLM2 breaks — the reference skips it then too).
+α = 0 gives s = 1: plain round-to-nearest, so the search can only do as well or better.
+
+Then a clip search per group (§3.3 in the code, not the paper): shrink each group's range
+to ±(1 - i/n_grid)·max|w|, i = 0..max_shrink·n_grid - 1, keeping the one that minimises the
+group's own output error  mean_t (Σ_{k∈g} x_tk (ŵ_k - w_k))²  (q and k are not clipped).
+
+Finally every weight is quantized with AWQ's group quantizer (asymmetric, INT4/INT3, G=128):
+
+    s_g = max(max w - min w, 1e-5) / (2^b - 1),  z_g = clamp(-round(min w / s_g), 0, 2^b - 1)
+    q = clamp(round(w / s_g) + z_g, 0, 2^b - 1),   ŵ = s_g (q - z_g)
+
+(no widening of [min, max] to contain 0, unlike GPTQ's quantizer).
+
+Symbols: X (T, in) layer input, one token per row; W (out, in); s (in,) per-input-channel
+scale; α exponent; G group size; b bits.
+
+Ref: Lin, Tang, Tang, Yang, Xiao, Dang, Gan, Han, "AWQ: Activation-aware Weight
+Quantization for LLM Compression and Acceleration", MLSys 2024; mit-han-lab/llm-awq
+``awq/quantize/auto_scale.py`` (``get_act_scale``, ``_search_module_scale``,
+``scale_ln_fcs``, ``scale_fc_fc``, ``auto_scale_block``), ``auto_clip.py``
+(``auto_clip_layer``, ``apply_clip``), ``quantizer.py`` (``pseudo_quantize_tensor``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterable
+
+from ._backend import device, namespace
+from ._checks import check_bits, check_divisible, check_float, check_finite, check_nonempty
+from ._rounding import round_half_even
+from .uniform import dequantize_codes, quantize_codes
+
+__all__ = [
+    "N_GRID", "MAX_SHRINK", "N_SAMPLE_TOKEN", "act_scale", "awq_group_quantize", "scales_for",
+    "ScaleSearch", "search_scale", "ClipSearch", "search_clip", "apply_clip",
+    "fold_norm", "fold_linear", "awq_quantize_model",
+]
+
+N_GRID = 20            # grid points for α and for the clip shrink
+MAX_SHRINK = 0.5       # the clip search tries ranges down to (1 - 0.5)·max|w|
+N_SAMPLE_TOKEN = 512   # tokens the clip search looks at (a strided subsample)
+MIN_SCALE = 1e-4       # floor of s_X^α (auto_scale.py)
+MIN_RANGE = 1e-5       # floor of max - min in the group quantizer (pseudo_quantize_tensor)
+
+
+def _check_X(X: Any, n_in: int | None = None, name: str = "X") -> None:
+    check_float(X, name)
+    check_nonempty(X, name)
+    if X.ndim != 2 or (n_in is not None and X.shape[1] != n_in):
+        want = f"(T, {n_in})" if n_in is not None else "(T, in)"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(X.shape)}")
+    check_finite(X, name)
+
+
+def _check_W(W: Any, name: str = "W") -> None:
+    check_float(W, name)
+    check_nonempty(W, name)
+    if W.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
+    check_finite(W, name)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def act_scale(X: Any) -> Any:
+    """s_X = mean_t |x_t|, the activation magnitude of each input channel.
+
+    X: (T, in) -> (in,). Ref: auto_scale.py ``get_act_scale``.
+    """
+    xp = namespace(X)
+    _check_X(X)
+    return xp.mean(xp.abs(X), axis=0)  # (in,)
+
+
+def _segments(n_in: int, group_size: int, partial: bool) -> list[tuple[int, int, int]]:
+    """(lo, hi, G) column ranges cut into whole groups: [0, n_full) in groups of G, then
+    the remainder as one shorter group when ``partial`` (SmolLM2's 576 = 4·128 + 64)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
+    if not partial:
+        check_divisible(n_in, group_size, "group_size", "group size (pass partial_group=True for a shorter last group)")
+    n_full = n_in // group_size * group_size
+    segs = [(0, n_full, group_size)] if n_full else []
+    return segs + ([(n_full, n_in, n_in - n_full)] if n_full < n_in else [])
+
+
+def awq_group_quantize(W: Any, bits: int = 4, group_size: int = 128, partial_group: bool = False) -> tuple[Any, Any, Any, Any]:
+    """AWQ's asymmetric group quantizer: (q, s, z, Ŵ).
+
+        s = max(max_g w - min_g w, 1e-5) / (2^b - 1),   z = clamp(-round(min_g w / s), 0, 2^b - 1)
+        q = clamp(round(w / s) + z, 0, 2^b - 1),         ŵ = s (q - z)
+
+    W: (out, in) -> q (out, in) int32, s, z (out, n_groups), Ŵ (out, in). Bound: |w - ŵ| ≤ s/2.
+    G must divide ``in`` unless partial_group=True (then the last group is the remainder).
+    Example: a group [-1, 0, 2] at 2 bits: s = 3/3 = 1, z = 1, q = [0, 1, 3], ŵ = [-1, 0, 2].
+    Ref: llm-awq quantizer.py ``pseudo_quantize_tensor`` (zero_point=True).
+    """
+    xp = namespace(W)
+    _check_W(W)
+    bits = check_bits(bits)
+    n_out, n_in = W.shape
+    q_max = 2**bits - 1
+    parts = []
+    for lo, hi, G in _segments(n_in, group_size, partial_group):
+        Wg = xp.reshape(W[:, lo:hi], (n_out, (hi - lo) // G, G))          # (out, n_groups, G)
+        w_max = xp.max(Wg, axis=2, keepdims=True)                          # (out, n_groups, 1)
+        w_min = xp.min(Wg, axis=2, keepdims=True)
+        s = xp.clip(w_max - w_min, MIN_RANGE, None) / q_max
+        z = xp.clip(-round_half_even(w_min / s), 0.0, float(q_max))
+        q = quantize_codes(Wg, s, z, 0, q_max)                             # (out, n_groups, G)
+        parts.append((xp.reshape(q, (n_out, hi - lo)), s[..., 0], z[..., 0],
+                      xp.reshape(dequantize_codes(q, s, z), (n_out, hi - lo))))
+    return tuple(xp.concat([p[k] for p in parts], axis=1) for k in range(4))
+
+
+def scales_for(s_X: Any, alpha: float) -> Any:
+    """s(α) = max(s_X^α, 1e-4) / √(max s · min s)   — normalised so that max·min = 1.
+
+    s_X: (in,) -> (in,). α = 0 gives exactly 1 everywhere (no scaling).
+    """
+    xp = namespace(s_X)
+    s = xp.clip(s_X ** alpha, MIN_SCALE, None)                             # (in,)
+    return s / xp.sqrt(xp.max(s) * xp.min(s))
+
+
+def _scaled_quantized(W: Any, s: Any, bits: int, group_size: int, partial_group: bool) -> Any:
+    """Q(W diag(s)) diag(s)⁻¹: the effective weight the unscaled input sees."""
+    return awq_group_quantize(W * s[None, :], bits, group_size, partial_group)[3] / s[None, :]
+
+
+# --------------------------------------------------------------------------- scale search
+
+
+@dataclasses.dataclass
+class ScaleSearch:
+    """Result of ``search_scale``: s (in,), the chosen α, and the loss of every grid point
+    (losses[0] is α = 0, i.e. round-to-nearest)."""
+
+    s: Any
+    alpha: float
+    losses: list[float]
+
+    @property
+    def loss(self) -> float:
+        return min(self.losses)
+
+
+def search_scale(X: Any, Ws: Iterable[Any], bits: int = 4, group_size: int = 128, n_grid: int = N_GRID,
+                 partial_group: bool = False) -> ScaleSearch:
+    """Grid search of α for the layers sharing input X (auto_scale.py ``_search_module_scale``).
+
+        Y = X [W_1; ...; W_k]ᵀ,   loss(α) = mean (Y - X [Ŵ_1(α); ...]ᵀ)²,   Ŵ(α) = Q(W s(α)) / s(α)
+
+    X: (T, in); Ws: weights (out_k, in) -> ``ScaleSearch``. The first strictly smallest
+    loss wins, as in the reference.
+    """
+    xp = namespace(X)
+    _check_X(X)
+    Ws = list(Ws)
+    if not Ws:
+        raise ValueError("Ws: expected at least one weight sharing the input X")
+    for k, W in enumerate(Ws):
+        _check_W(W, f"Ws[{k}]")
+        if W.shape[1] != X.shape[1]:
+            raise ValueError(f"Ws[{k}]: expected {X.shape[1]} input columns to match X, got shape {tuple(W.shape)}")
+    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
+        raise ValueError(f"n_grid: expected a positive integer, got {n_grid!r}")
+    W_all = xp.concat(Ws, axis=0)                                          # (Σ out, in)
+    Y = X @ W_all.T                                                        # (T, Σ out)
+    s_X = act_scale(X)                                                     # (in,)
+    losses, best, best_s, best_alpha = [], math.inf, None, 0.0
+    for i in range(n_grid):
+        alpha = i / n_grid
+        s = scales_for(s_X, alpha)
+        W_hat = xp.concat([_scaled_quantized(W, s, bits, group_size, partial_group) for W in Ws], axis=0)
+        loss = float(xp.mean((Y - X @ W_hat.T) ** 2))
+        losses.append(loss)
+        if loss < best:
+            best, best_s, best_alpha = loss, s, alpha
+    if best_s is None:
+        raise ValueError(f"search_scale: no finite loss on the grid (losses {losses})")
+    return ScaleSearch(s=best_s, alpha=best_alpha, losses=losses)
+
+
+# --------------------------------------------------------------------------- clip search
+
+
+@dataclasses.dataclass
+class ClipSearch:
+    """Result of ``search_clip``: max_val (out, n_groups) the clip bound of each group, and
+    err (out, n_groups) / err_unclipped: each group's output error with and without it."""
+
+    max_val: Any
+    err: Any
+    err_unclipped: Any
+
+
+def search_clip(W: Any, X: Any, bits: int = 4, group_size: int = 128, n_grid: int = N_GRID,
+                max_shrink: float = MAX_SHRINK, n_sample_token: int = N_SAMPLE_TOKEN,
+                partial_group: bool = False) -> ClipSearch:
+    """Per-group clip range search (auto_clip.py ``auto_clip_layer``).
+
+        for i = 0 .. max_shrink·n_grid - 1:   m = (1 - i/n_grid) · max_k |w_gk|
+            err_g(m) = mean_t (Σ_{k∈g} x_tk (Q(clamp(w_g, -m, m))_k - w_gk))²
+        keep, per (row, group), the m of the smallest err (i = 0: no clipping)
+
+    W: (out, in), X: (T, in) (every ⌊T / n_sample_token⌋-th token is used) -> ``ClipSearch``.
+    """
+    xp = namespace(W, X)
+    _check_W(W)
+    _check_X(X, W.shape[1])
+    n_out, n_in = W.shape
+    segs = _segments(n_in, group_size, partial_group)
+    Xs = X[::max(1, X.shape[0] // n_sample_token), :]                      # (T', in)
+    bounds = [(lo + k * G, lo + (k + 1) * G) for lo, hi, G in segs for k in range((hi - lo) // G)]
+    w_absmax = xp.concat([xp.max(xp.abs(xp.reshape(W[:, lo:hi], (n_out, (hi - lo) // G, G))), axis=2)
+                          for lo, hi, G in segs], axis=1)                  # (out, n_groups)
+
+    def group_errors(W_try: Any) -> Any:
+        D = W_try - W                                                      # (out, in)
+        errs = []
+        for g in range(w_absmax.shape[1]):
+            lo, hi = bounds[g]
+            out_g = Xs[:, lo:hi] @ D[:, lo:hi].T                           # (T', out) this group's part of y
+            errs.append(xp.mean(out_g**2, axis=0))                         # (out,)
+        return xp.stack(errs, axis=1)                                      # (out, n_groups)
+
+    best_err = best_max = err0 = None
+    for i in range(int(max_shrink * n_grid)):
+        m = w_absmax * (1 - i / n_grid)                                    # (out, n_groups)
+        err = group_errors(awq_group_quantize(apply_clip(W, m, group_size), bits, group_size, partial_group)[3])
+        if best_err is None:
+            best_err, best_max, err0 = err, m, err
+        else:
+            better = err < best_err
+            best_err = xp.where(better, err, best_err)
+            best_max = xp.where(better, m, best_max)
+    return ClipSearch(max_val=best_max, err=best_err, err_unclipped=err0)
+
+
+def apply_clip(W: Any, max_val: Any, group_size: int) -> Any:
+    """clamp every group of W to ±max_val (auto_clip.py ``apply_clip``).
+
+    W: (out, in), max_val: (out, n_groups) -> (out, in); a shorter last group if G ∤ in.
+    """
+    xp = namespace(W)
+    n_out, n_in = W.shape
+    cols = xp.arange(n_in, device=device(W)) // group_size                                   # group of each column
+    m = xp.take(max_val, cols, axis=1)                                     # (out, in)
+    return xp.clip(W, -m, m)
+
+
+# --------------------------------------------------------------------------- folding
+
+
+def fold_norm(g: Any, Ws: Iterable[Any], s: Any) -> tuple[Any, list[Any]]:
+    """RMSNorm gain g ← g / s and following linears W ← W diag(s) (``scale_ln_fcs``).
+
+    y = W (g ⊙ n(h)) = (W diag(s)) ((g / s) ⊙ n(h)): the float model is unchanged.
+    g: (in,), Ws: (out_k, in), s: (in,) -> (g', [W'_k]).
+    """
+    return g / s, [W * s[None, :] for W in Ws]
+
+
+def fold_linear(W_prev: Any, W_next: Any, s: Any) -> tuple[Any, Any]:
+    """Rows of the producing linear ÷ s, columns of the consuming linear × s (``scale_fc_fc``).
+
+    Exact through anything elementwise-linear in W_prev's output (up in SwiGLU: silu(gate)·up).
+    W_prev: (in_next, in_prev), W_next: (out, in_next), s: (in_next,) -> (W_prev', W_next').
+    """
+    return W_prev / s[:, None], W_next * s[None, :]
+
+
+# --------------------------------------------------------------------------- model level
+
+# (scaled linears, the weight that absorbs 1/s) for one block; "o after v" is added when
+# v's rows and o's columns match (no grouped-query attention)
+_SCALE_GROUPS = (
+    (("attn_q", "attn_k", "attn_v"), "attn_norm"),
+    (("ffn_gate", "ffn_up"), "ffn_norm"),
+    (("ffn_down",), "ffn_up"),
+)
+_NO_CLIP = ("attn_q", "attn_k")  # llm-awq skips q/k: their errors pass through softmax(q·k)
+
+
+def _block_inputs(model: Any, i: int, hs: list[Any], replaced: dict[str, Any]) -> dict[str, Any]:
+    """The input (T_total, in) of each linear of block i ('attn_q', ...) over all windows."""
+    xp = model.xp
+    m = model.with_weights(replaced) if replaced else model
+    feats: dict[str, list[Any]] = {}
+    for h in hs:
+        m.block(i, h, capture=lambda name, x: feats.setdefault(name.split(".")[2], []).append(x))
+    return {k: xp.concat(v, axis=0) for k, v in feats.items()}                # (T_total, in) each
+
+
+def awq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size: int = 128, window: int = 512,
+                       n_grid: int = N_GRID, clip: bool = True, fold: bool = False, blocks: Iterable[int] | None = None,
+                       progress: Callable[..., Iterable] | None = None, info: dict | None = None) -> dict[str, Any]:
+    """AWQ over the blocks of a ``refquant.model`` Llama, block by block.
+
+    For block i, on the hidden states produced by the already-quantized blocks 0..i-1:
+    capture each linear's input; search s for (q,k,v), (gate,up), (down) [and (o) without
+    grouped-query attention] on the block as captured (llm-awq ``auto_scale_block``); fold
+    every s (g/s into the norms, rows/s into up for down); clip-search every linear but q, k
+    on its scaled input; quantize with ``awq_group_quantize``. (llm-awq feeds each block the
+    *float* outputs of the blocks before it; here, as for GPTQ, the quantized ones.)
+
+    calib_tokens: token ids, cut into windows of ``window`` tokens (a partial last one dropped).
+    G need not divide a layer's columns: the last group is the remainder (576 = 4·128 + 64).
+    -> {GGUF name: Ŵ} for every linear of the chosen blocks. fold=False (default): each
+    linear's *effective* weight diag(s_out) Q(W') diag(s_in)⁻¹, what the unchanged model
+    multiplies its inputs by — pass it to ``model.with_weights``. fold=True: the deployable
+    form, the dequantized Q(W') of the folded weights W' plus the folded norm gains (float).
+    ``info``, if given, receives {block: {"attn_q+attn_k+attn_v": α, ...}}.
+    """
+    xp = model.xp
+    c = model.config
+    bits = check_bits(bits)
+    n = (len(calib_tokens) // window) * window
+    if n == 0:
+        raise ValueError(f"calib_tokens: need at least window={window} tokens, got {len(calib_tokens)}")
+    progress = progress or (lambda it, desc="", total=None: it)
+    hs = [model.embed(calib_tokens[k:k + window]) for k in range(0, n, window)]  # (window, d) each
+    blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
+    result: dict[str, Any] = {}
+    for i in progress(blocks, desc=f"AWQ {bits}-bit", total=len(blocks)):
+        X = _block_inputs(model, i, hs, result)
+        W = {k: model.weights[f"blk.{i}.{k}.weight"] for k in X}           # the 7 linears
+        gain = {k: model.weights[f"blk.{i}.{k}.weight"] for k in ("attn_norm", "ffn_norm")}
+        groups = list(_SCALE_GROUPS)
+        if c.n_head == c.n_head_kv and W["attn_v"].shape[0] == W["attn_output"].shape[1]:
+            groups.insert(1, (("attn_output",), "attn_v"))
+        found = [search_scale(X[targets[0]], [W[k] for k in targets], bits, group_size, n_grid, partial_group=True)
+                 for targets, _ in groups]
+
+        s_in = {k: xp.ones((Wk.shape[1],), dtype=Wk.dtype, device=device(Wk)) for k, Wk in W.items()}   # scale on the columns
+        s_out = {k: xp.ones((Wk.shape[0],), dtype=Wk.dtype, device=device(Wk)) for k, Wk in W.items()}  # 1/s folded into the rows
+        for (targets, absorber), res in zip(groups, found):
+            for k in targets:
+                s_in[k] = res.s
+            if absorber in gain:
+                gain[absorber] = gain[absorber] / res.s                    # scale_ln_fcs
+            else:
+                s_out[absorber] = res.s                                    # scale_fc_fc
+        if info is not None:
+            info[i] = {"+".join(t): r.alpha for (t, _), r in zip(groups, found)}
+
+        for k, Wk in W.items():
+            W_folded = Wk * s_in[k][None, :] / s_out[k][:, None]           # W' = diag(1/s_out) W diag(s_in)
+            if clip and k not in _NO_CLIP:
+                X_seen = X[k] / s_in[k][None, :]                           # the input W' sees
+                found_clip = search_clip(W_folded, X_seen, bits, group_size, n_grid, partial_group=True)
+                W_folded = apply_clip(W_folded, found_clip.max_val, group_size)
+            Q = awq_group_quantize(W_folded, bits, group_size, partial_group=True)[3]  # (out, in)
+            result[f"blk.{i}.{k}.weight"] = Q if fold else Q * s_out[k][:, None] / s_in[k][None, :]
+        if fold:
+            result.update({f"blk.{i}.{k}.weight": g for k, g in gain.items()})
+        m = model.with_weights(result)
+        hs = [m.block(i, h) for h in hs]                                   # inputs of block i+1
+    return result

@@ -1,0 +1,211 @@
+"""AWQ: the quantizer, the α search, the clip search, folding, and the model-level driver."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from refquant import awq
+from refquant._backend import to_numpy
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def salient_layer(seed: int, n_out: int, n_in: int, n_tokens: int, n_salient: int = 4):
+    """(W, X): LLM-like inputs — most channels O(1), a few 'salient' ones 10-50x larger
+    (the activation outliers AWQ is about) — and Student-t weights."""
+    rng = np.random.default_rng(seed)
+    scale = np.ones(n_in)
+    scale[rng.choice(n_in, min(n_salient, n_in), replace=False)] = rng.uniform(10, 50, min(n_salient, n_in))
+    X = (rng.standard_normal((n_tokens, n_in)) * scale).astype(np.float32)
+    W = (rng.standard_t(5, (n_out, n_in)) * 0.05).astype(np.float32)
+    return W, X
+
+
+@st.composite
+def layers(draw):
+    G = draw(st.sampled_from([16, 32, 64]))
+    n_in = G * draw(st.integers(1, 4))
+    W, X = salient_layer(draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 24)), n_in,
+                         draw(st.sampled_from([16, 64, 256])), draw(st.integers(0, 8)))
+    return W, X, G, draw(st.sampled_from([3, 4]))
+
+
+def tiny_model(seed: int = 0, n_layer: int = 2, gqa: bool = True):
+    """A random Llama small enough for CI (d=64, 4 heads, 2 or 4 kv heads, n_ff=96, vocab 97),
+    built from bare weights through refquant.model's own forward pass."""
+    from refquant.model import LlamaConfig, LlamaModel
+
+    rng = np.random.default_rng(seed)
+    d, n_ff, vocab, n_head = 64, 96, 97, 4
+    n_kv = 2 if gqa else 4
+    hd = d // n_head
+    c = LlamaConfig(n_layer=n_layer, n_embd=d, n_head=n_head, n_head_kv=n_kv, n_ff=n_ff, n_rot=hd, rope_base=10000.0,
+                    rms_eps=1e-5, vocab_size=vocab, n_ctx_train=256, tied_embeddings=True)
+    f = lambda *shape: (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)  # noqa: E731
+    w = {"token_embd.weight": f(vocab, d), "output_norm.weight": np.ones(d, np.float32)}
+    for i in range(n_layer):
+        w.update({f"blk.{i}.attn_norm.weight": rng.uniform(0.5, 2, d).astype(np.float32),
+                  f"blk.{i}.ffn_norm.weight": rng.uniform(0.5, 2, d).astype(np.float32),
+                  f"blk.{i}.attn_q.weight": f(d, d), f"blk.{i}.attn_k.weight": f(n_kv * hd, d),
+                  f"blk.{i}.attn_v.weight": f(n_kv * hd, d), f"blk.{i}.attn_output.weight": f(d, d),
+                  f"blk.{i}.ffn_gate.weight": f(n_ff, d), f"blk.{i}.ffn_up.weight": f(n_ff, d),
+                  f"blk.{i}.ffn_down.weight": f(d, n_ff)})
+    # one salient input channel, as real models have: a large norm gain
+    for i in range(n_layer):
+        w[f"blk.{i}.attn_norm.weight"][3] = 20.0
+    return LlamaModel(c, w)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_group_quantizer_hand_example():
+    # group [-1, 0, 2] (+ a 4th value 1) at 2 bits: s = 3/3 = 1, z = -round(-1/1) = 1, q = w + 1
+    q, s, z, W_hat = awq.awq_group_quantize(np.array([[-1.0, 0.0, 2.0, 1.0]], np.float32), bits=2, group_size=4)
+    assert s.tolist() == [[1.0]] and z.tolist() == [[1.0]]
+    assert q.tolist() == [[0, 1, 3, 2]] and W_hat.tolist() == [[-1.0, 0.0, 2.0, 1.0]]
+
+
+@given(layers())
+def test_group_quantizer_error_bound(layer):
+    W, _, G, bits = layer
+    q, s, z, W_hat = awq.awq_group_quantize(W, bits, G)
+    s_col = np.repeat(s, G, axis=1)
+    # |w - ŵ| ≤ s/2 (+ one float32 rounding of the division and of the product)
+    assert np.all(np.abs(W - W_hat) <= s_col / 2 * (1 + 1e-5) + 1e-7)
+    assert q.min() >= 0 and q.max() <= 2**bits - 1
+
+
+def test_partial_last_group():
+    # 96 columns, G = 64: groups [0, 64) and [64, 96), as SmolLM2's 576 = 4·128 + 64
+    W, _ = salient_layer(0, 4, 96, 8)
+    q, s, z, W_hat = awq.awq_group_quantize(W, 4, 64, partial_group=True)
+    assert s.shape == (4, 2)
+    assert np.array_equal(W_hat[:, 64:], awq.awq_group_quantize(W[:, 64:], 4, 32)[3])
+
+
+def test_act_scale_hand_example():
+    X = np.array([[1.0, -2.0], [-3.0, 0.0]], np.float32)
+    assert awq.act_scale(X).tolist() == [2.0, 1.0]  # mean |x| per column
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_alpha_zero_is_round_to_nearest(seed):
+    # s_X^0 = 1 everywhere, normalised by √(1·1) = 1: Q(W·1)/1 is RTN bit for bit
+    W, X = salient_layer(seed, 8, 64, 32)
+    s = awq.scales_for(awq.act_scale(X), 0.0)
+    assert np.all(s == 1.0)
+    rtn = awq.awq_group_quantize(W, 4, 32)[3]
+    found = awq.search_scale(X, [W], 4, 32)
+    assert found.losses[0] == float(np.mean((X @ W.T - X @ rtn.T) ** 2))
+
+
+@given(layers())
+def test_searched_loss_not_above_rtn(layer):
+    W, X, G, bits = layer
+    found = awq.search_scale(X, [W, W[::-1] * 0.5], bits, G)
+    assert found.loss <= found.losses[0] and len(found.losses) == awq.N_GRID
+    assert 0.0 <= found.alpha < 1.0 and found.s.shape == (W.shape[1],)
+
+
+def test_search_helps_salient_channels():
+    # the point of AWQ: with strong activation outliers, some α > 0 beats plain rounding
+    W, X = salient_layer(0, 64, 256, 512, n_salient=8)
+    found = awq.search_scale(X, [W], 4, 64)
+    assert found.alpha > 0 and found.loss < 0.9 * found.losses[0]
+
+
+@given(layers())
+def test_clip_search_never_increases_the_loss(layer):
+    W, X, G, bits = layer
+    found = awq.search_clip(W, X, bits, G)
+    assert np.all(found.err <= found.err_unclipped)
+    assert np.all(found.max_val > 0) and np.all(found.max_val <= np.abs(W).reshape(W.shape[0], -1, G).max(-1))
+    clipped = awq.apply_clip(W, found.max_val, G)
+    assert np.all(np.abs(clipped) <= np.repeat(found.max_val, G, axis=1))
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_folding_keeps_the_float_layer(seed):
+    # y = W (g ⊙ n) = (W diag(s)) ((g/s) ⊙ n);  down(silu(gate)·up) unchanged by up/s, down·s
+    rng = np.random.default_rng(seed)
+    n = rng.standard_normal((8, 32)).astype(np.float32)
+    g, W = rng.uniform(0.5, 2, 32).astype(np.float32), rng.standard_normal((16, 32)).astype(np.float32)
+    s = rng.uniform(0.1, 10, 32).astype(np.float32)
+    g2, (W2,) = awq.fold_norm(g, [W], s)
+    np.testing.assert_allclose((g2 * n) @ W2.T, (g * n) @ W.T, rtol=2e-5, atol=2e-5)  # a few float32 roundings
+    up, down, s_mid = W, rng.standard_normal((32, 16)).astype(np.float32), s[:16]
+    up2, down2 = awq.fold_linear(up, down, s_mid)
+    np.testing.assert_allclose((n @ up2.T) @ down2.T, (n @ up.T) @ down.T, rtol=2e-5, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- model level
+
+
+@pytest.mark.parametrize("gqa", [True, False])
+def test_model_folded_and_effective_weights_agree(gqa):
+    # fold=True (norm gains and up/v rows changed) and fold=False (effective weights, norms
+    # untouched) are the same quantized block: same outputs up to float32 rounding. (One
+    # block: later blocks calibrate on inputs that differ in the last bits, which can move
+    # a weight across a rounding boundary — a different, equally valid, quantization.)
+    model = tiny_model(1, gqa=gqa)
+    tokens = np.random.default_rng(1).integers(0, 97, 128)
+    info = {}
+    eff = awq.awq_quantize_model(model, tokens, bits=4, group_size=32, window=64, blocks=[0], info=info)
+    folded = awq.awq_quantize_model(model, tokens, bits=4, group_size=32, window=64, blocks=[0], fold=True)
+    assert set(info) == {0} and ("attn_output" in info[0]) == (not gqa)
+    assert "blk.0.attn_norm.weight" in folded and "blk.0.attn_norm.weight" not in eff
+    a, b = model.with_weights(eff).forward(tokens[:64]), model.with_weights(folded).forward(tokens[:64])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    assert not np.allclose(a, model.forward(tokens[:64]), rtol=1e-3)  # it did quantize
+
+
+def test_model_awq_beats_rtn_on_calibration_outputs():
+    model = tiny_model(2)
+    tokens = np.random.default_rng(2).integers(0, 97, 256)
+    eff = awq.awq_quantize_model(model, tokens, bits=3, group_size=32, window=64)
+    rtn = {n: awq.awq_group_quantize(model.weights[n], 3, 32)[3] for n in eff}
+    ref = model.forward(tokens[:64])
+    err = lambda w: float(np.mean((model.with_weights(w).forward(tokens[:64]) - ref) ** 2))  # noqa: E731
+    assert err(eff) < err(rtn)
+
+
+def test_bad_input():
+    W, X = salient_layer(0, 4, 64, 16)
+    with pytest.raises(ValueError, match="group_size"):
+        awq.awq_group_quantize(W, 4, 48)
+    with pytest.raises(ValueError, match="X: contains NaN"):
+        awq.search_scale(np.where(X > 1, np.nan, X), [W], 4, 32)
+    with pytest.raises(ValueError, match=r"Ws\[0\]: expected 64 input columns"):
+        awq.search_scale(X, [W[:, :32]], 4, 32)
+    with pytest.raises(ValueError, match=r"X: expected shape \(T, 64\)"):
+        awq.search_clip(W, X[:, :32], 4, 32)
+    with pytest.raises(ValueError, match="calib_tokens"):
+        awq.awq_quantize_model(tiny_model(), np.arange(10), window=64)
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def test_backend_parity(xp):
+    W, X = salient_layer(3, 8, 64, 64)
+    ref = awq.search_scale(X, [W], 4, 32)
+    got = awq.search_scale(xp.asarray(X), [xp.asarray(W)], 4, 32)
+    assert got.alpha == ref.alpha
+    np.testing.assert_allclose(got.losses, ref.losses, rtol=1e-4)  # float32 matmul order differs by BLAS
+    clip_ref = awq.search_clip(W, X, 4, 32)
+    clip = awq.search_clip(xp.asarray(W), xp.asarray(X), 4, 32)
+    np.testing.assert_array_equal(to_numpy(clip.max_val), clip_ref.max_val)
+
+
+@pytest.mark.gpu
+def test_gpu_matches_numpy():
+    cupy = pytest.importorskip("cupy")
+    W, X = salient_layer(4, 64, 256, 512, 8)
+    ref = awq.search_scale(X, [W], 4, 64)
+    got = awq.search_scale(cupy.asarray(X), [cupy.asarray(W)], 4, 64)
+    assert got.alpha == ref.alpha
+    np.testing.assert_allclose(got.losses, ref.losses, rtol=1e-4)
