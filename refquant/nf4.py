@@ -38,8 +38,9 @@ Details bitsandbytes fixes and we reproduce:
 * a zero block keeps absmax 0 (its values scale by 1/1e-38 and stay 0), except a zero
   *tail* block, whose stored absmax is 1e-38 (bitsandbytes clamps before storing it);
 * an odd number of values is padded with one 0.0 before packing;
-* the double-quantization offset is the float32 mean of the absmax — see ``absmax_mean``
-  for the one place where we may differ from torch in the last bit.
+* the double-quantization offset is the float32 mean of the absmax, summed in the order
+  torch's CPU kernel adds float32 values (``torch_sum_f32``), so it matches to the last bit
+  whenever torch sums in one thread (always below 32768 blocks, i.e. 2M weights at B = 64).
 
 Ref: Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs" (NF4, double
 quantization); bitsandbytes/functional.py ``quantize_4bit``, ``dequantize_4bit``,
@@ -70,6 +71,7 @@ __all__ = [
     "quantize_nf4",
     "dequantize_nf4",
     "absmax_mean",
+    "torch_sum_f32",
     "bits_per_parameter",
     "max_code_gap",
 ]
@@ -212,18 +214,78 @@ class QuantState:
 # --------------------------------------------------------------------------------------
 
 
-def absmax_mean(absmax: Any) -> Any:
-    """μ = (Σ_b m_b) / n_blocks, the sum rounded once to float32, then divided in float32.
+#: float32 lanes of the vectors torch's CPU ``sum`` kernel accumulates in (its AVX2 build,
+#: which torch also dispatches to on AVX-512 machines for this kernel)
+TORCH_SUM_LANES = 8
 
-    bitsandbytes takes ``absmax.mean()`` in torch, which also divides a float32 sum by n
-    but accumulates the sum in float32 with a cascade whose order depends on the CPU's
-    vector width and thread count; the two sums can differ in the last bit (torch's is the
-    one that is not correctly rounded). Ours is the exactly rounded sum: float64
-    accumulation is exact here up to ~2^29 blocks of similar magnitude.
+
+def _cascade_rows(rows: np.ndarray) -> np.ndarray:
+    """torch's ``multi_row_sum`` (4 columns) and ``row_sum``: (R, lanes) -> (lanes,) float32.
+
+    Rows are read 4 at a time into 4 running accumulators; every 16 rows the level-0
+    accumulators are pushed into level 1 (and every 256 rows level 1 into level 2, ...),
+    so only partial sums of similar size meet. Leftover rows go into accumulator 0, and
+    the 4 accumulators are added last, 0 + 1 + 2 + 3. All in float32, lane by lane.
+    Ref: aten/src/ATen/native/cpu/SumKernel.cpp ``multi_row_sum`` / ``row_sum``.
     """
-    xp = namespace(absmax)
-    total = xp.astype(xp.sum(xp.astype(absmax, xp.float64)), xp.float32)
-    return total / float(absmax.shape[0])
+    n_quads = rows.shape[0] // 4
+    quads = rows[: n_quads * 4].reshape(n_quads, 4, rows.shape[1])              # (R/4, 4, lanes)
+    bits = max(4, max(1, (n_quads - 1).bit_length()) // 4)                       # level_power
+    step = 1 << bits
+    acc = np.zeros((4, 4, rows.shape[1]), np.float32)                            # (level, column, lane)
+    i = 0
+    while i + step <= n_quads:
+        for _ in range(step):
+            acc[0] += quads[i]
+            i += 1
+        for level in range(1, 4):
+            acc[level] += acc[level - 1]
+            acc[level - 1] = 0
+            if i & ((step - 1) << (level * bits)):
+                break
+    for quad in quads[i:]:
+        acc[0] += quad
+    for level in range(1, 4):
+        acc[0] += acc[level]
+    partial = acc[0]                                                             # (4, lanes)
+    for row in rows[n_quads * 4:]:
+        partial[0] += row
+    for column in range(1, 4):
+        partial[0] += partial[column]
+    return partial[0]
+
+
+def torch_sum_f32(values: Any, lanes: int = TORCH_SUM_LANES) -> np.float32:
+    """Σ values in float32, added in the order of torch's CPU ``sum`` (one thread).
+
+    n ≥ lanes: the first ⌊n/lanes⌋·lanes values are summed as vectors of ``lanes`` with
+    the cascade of ``_cascade_rows``; then a scalar starts at 0, adds the leftover values
+    in order, then the vector's lanes in order. n < lanes: the cascade on scalars.
+    (With several threads torch splits n ≥ 32768 values into one chunk per thread.)
+    Ref: aten/src/ATen/native/cpu/SumKernel.cpp ``vectorized_inner_sum``.
+    """
+    v = np.asarray(to_numpy(values), dtype=np.float32).reshape(-1)
+    n = v.size
+    if n < lanes:
+        return np.float32(_cascade_rows(v.reshape(n, 1))[0])
+    n_vec = n // lanes
+    vector_sum = _cascade_rows(v[: n_vec * lanes].reshape(n_vec, lanes))        # (lanes,)
+    total = np.float32(0.0)
+    for value in np.concatenate([v[n_vec * lanes:], vector_sum]):
+        total = np.float32(total + value)
+    return total
+
+
+def absmax_mean(absmax: Any) -> Any:
+    """μ = (Σ_b m_b) / n_blocks in float32, as bitsandbytes' ``absmax.mean()`` computes it.
+
+    torch's mean divides a float32 sum by n in float32, and the sum is accumulated in
+    float32 in a fixed cascade order (``torch_sum_f32``) — not the correctly rounded sum,
+    so we follow its order to get the same last bit. Computed on the host: one scalar.
+    """
+    total = torch_sum_f32(absmax)
+    mean = np.float32(total / np.float32(absmax.shape[0]))
+    return from_numpy(np.asarray(mean, dtype=np.float32), like=absmax)
 
 
 def quantize_4bit(x: Any, blocksize: int = 64, quant_type: str = "nf4",
