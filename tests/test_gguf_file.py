@@ -496,3 +496,14 @@ def test_write_from_cupy_matches_numpy(smollm2_path):
         on_host = [(t.name, t.type, t.shape, t.raw) for t in tensors]
         assert gf.to_bytes(f.metadata, on_gpu, metadata_types=f.metadata_types) == \
             gf.to_bytes(f.metadata, on_host, metadata_types=f.metadata_types)
+
+
+def test_write_replaces_a_symlink_and_leaves_its_target(tmp_path):
+    target = tmp_path / "blob.gguf"
+    gf.write(target, {"v": 1}, ())
+    before = _sha(target)
+    link = tmp_path / "model.gguf"
+    link.symlink_to(target)
+    gf.write(link, {"v": 2}, ())
+    assert not link.is_symlink() and gf.read(link).metadata["v"] == 2
+    assert _sha(target) == before

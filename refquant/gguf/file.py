@@ -67,7 +67,10 @@ directory, flushed and fsync'ed, then ``os.replace``; on any exception the tempo
 file is removed and the destination is untouched. Because the old file is replaced
 (never truncated), rewriting a file that is currently mapped — ``write(p, f.metadata,
 f.tensors.values(), metadata_types=f.metadata_types)`` with ``f = read(p)`` — is safe:
-the mapping keeps the old inode alive until it is closed.
+the mapping keeps the old inode alive until it is closed. (A file truncated in place by
+another program while mapped would fault on access; refquant's writer never does that. On
+Windows a mapped file cannot be replaced: close it first.) A symbolic link at the
+destination is replaced by the new file; the file it pointed to is left as it was.
 
 Ref: ggml docs/gguf.md; ggml/src/gguf.cpp (gguf_init_from_file_impl, gguf_write_to_buf);
 gguf-py gguf/gguf_reader.py and gguf/gguf_writer.py (the oracles in tests).
