@@ -244,6 +244,106 @@ def test_llama_cpp_loads_rewritten_smollm2(smollm2_path, tmp_path):
     assert got[out]["tokens"] == got[smollm2_path]["tokens"]
 
 
+# llama.cpp's own GGUF parser, through ctypes on the libggml-base that llama-cpp-python ships
+# (loaded by path, so independent of any other libggml in this process).
+
+
+class _LlamaGGUF:
+    """gguf_init_from_file and getters (ggml/include/gguf.h) -> the same view as _refquant_view."""
+
+    def __init__(self):
+        import ctypes
+        import importlib.util
+
+        spec = importlib.util.find_spec("llama_cpp")
+        assert spec is not None, "llama-cpp-python (the `llama` extra, installed by .ci/setup) is needed"
+        lib = ctypes.CDLL(os.path.join(spec.submodule_search_locations[0], "lib", "libggml-base.so"))
+
+        class Params(ctypes.Structure):
+            _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+        c, i64, sz, vp, cp = ctypes, ctypes.c_int64, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_char_p
+        for name, res, args in [("gguf_init_from_file", vp, [cp, Params]), ("gguf_free", None, [vp]),
+                                ("gguf_get_version", c.c_uint32, [vp]), ("gguf_get_alignment", sz, [vp]),
+                                ("gguf_get_data_offset", sz, [vp]), ("gguf_get_n_kv", i64, [vp]),
+                                ("gguf_get_key", cp, [vp, i64]), ("gguf_get_kv_type", c.c_int, [vp, i64]),
+                                ("gguf_get_arr_type", c.c_int, [vp, i64]), ("gguf_get_arr_n", sz, [vp, i64]),
+                                ("gguf_get_arr_data", vp, [vp, i64]), ("gguf_get_arr_str", cp, [vp, i64, sz]),
+                                ("gguf_get_val_str", cp, [vp, i64]), ("gguf_get_val_data", vp, [vp, i64]),
+                                ("gguf_get_n_tensors", i64, [vp]), ("gguf_get_tensor_name", cp, [vp, i64]),
+                                ("gguf_get_tensor_offset", sz, [vp, i64]), ("gguf_get_tensor_type", c.c_int, [vp, i64]),
+                                ("gguf_get_tensor_size", sz, [vp, i64])]:
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        self.lib, self.Params, self.ctypes = lib, Params, ctypes
+
+    def view(self, path):
+        lib, string_at = self.lib, self.ctypes.string_at
+        ctx = lib.gguf_init_from_file(os.fsencode(str(path)), self.Params(True, None))
+        assert ctx, "llama.cpp refused a file refquant wrote"
+        try:
+            meta = {}
+            for k in range(lib.gguf_get_n_kv(ctx)):
+                key, vt = lib.gguf_get_key(ctx, k).decode(), VT(lib.gguf_get_kv_type(ctx, k))
+                if vt == VT.ARRAY:
+                    et, n = VT(lib.gguf_get_arr_type(ctx, k)), lib.gguf_get_arr_n(ctx, k)
+                    if et == VT.STRING:
+                        value = [lib.gguf_get_arr_str(ctx, k, j).decode() for j in range(n)]
+                    else:
+                        dt = gf._DTYPES[et]
+                        value = np.frombuffer(string_at(lib.gguf_get_arr_data(ctx, k), n * dt.itemsize), dt) if n \
+                            else np.zeros(0, dt)
+                        value = value.astype(bool).tolist() if et == VT.BOOL else value.tolist()
+                    meta[key] = ([int(vt), int(et)], value)
+                elif vt == VT.STRING:
+                    meta[key] = ([int(vt)], lib.gguf_get_val_str(ctx, k).decode())
+                else:
+                    st_ = gf._STRUCTS[vt]
+                    (value,) = st_.unpack(string_at(lib.gguf_get_val_data(ctx, k), st_.size))
+                    meta[key] = ([int(vt)], bool(value) if vt == VT.BOOL else value)
+            data_offset = lib.gguf_get_data_offset(ctx)
+            tensors = [(lib.gguf_get_tensor_name(ctx, t).decode(), lib.gguf_get_tensor_type(ctx, t),
+                        data_offset + lib.gguf_get_tensor_offset(ctx, t), lib.gguf_get_tensor_size(ctx, t))
+                       for t in range(lib.gguf_get_n_tensors(ctx))]
+            return meta, tensors, lib.gguf_get_alignment(ctx), data_offset, lib.gguf_get_version(ctx)
+        finally:
+            lib.gguf_free(ctx)
+
+
+@pytest.fixture(scope="module")
+def llama_gguf():
+    return _LlamaGGUF()
+
+
+@given(specs())
+def test_written_files_match_llama_cpp_parser(llama_gguf, tmp_path_factory, spec):
+    metadata, types, tensors, alignment = spec
+    path = tmp_path_factory.mktemp("ll") / "f.gguf"
+    gf.write(path, metadata, tensors, metadata_types=types, alignment=alignment)
+    theirs = llama_gguf.view(path)
+    with gf.read(path) as f:
+        meta, _, align, data_offset = _refquant_view(f)
+        ours_tensors = [(t.name, t.type_id, t.offset, t.nbytes) for t in f.tensors.values()]
+    assert theirs[1] == ours_tensors and (theirs[2], theirs[4]) == (align, 3)
+    if tensors:  # with no tensors llama.cpp leaves the data offset unpadded, gguf-py (and refquant) pad it
+        assert theirs[3] == data_offset
+    assert theirs[0].keys() == meta.keys()
+    for key, (vtypes, value) in meta.items():
+        # llama.cpp's C API hands strings out NUL-terminated: one holding a NUL reads shorter there
+        has_nul = any("\x00" in v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+        assert theirs[0][key][0] == vtypes, key
+        if not has_nul:
+            assert theirs[0][key][1] == value, key
+
+
+def test_smollm2_matches_llama_cpp_parser(llama_gguf, smollm2_path):
+    theirs = llama_gguf.view(smollm2_path)
+    with gf.read(smollm2_path) as f:
+        meta, _, align, data_offset = _refquant_view(f)
+        assert theirs[1] == [(t.name, t.type_id, t.offset, t.nbytes) for t in f.tensors.values()]
+    assert theirs[0] == meta and theirs[2:] == (align, data_offset, 3)
+
+
 # --------------------------------------------------------------------------- reader API
 
 
