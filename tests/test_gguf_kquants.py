@@ -103,6 +103,24 @@ def test_real_smollm2_rows_match_libggml(t):
             assert np.array_equal(rq_quantize(x, t, imatrix), ggml_bytes(x, t, imatrix))
 
 
+@pytest.mark.parametrize("t", TYPES)
+@pytest.mark.parametrize("magnitude", [1e-38, 1e-10, 1e7, 1e15, 1e30, 3e38])
+def test_extreme_magnitudes_match_libggml(t, magnitude):
+    """Far outside the float16 range of d: the C arithmetic overflows to inf and NaN
+    (x² = inf, inf/inf = NaN, fp16(d) = inf) and we follow it — NaN never wins C's
+    `if (v > max)`, nearest_int(NaN) = 0, a float→uint8 store wraps."""
+    rng = np.random.default_rng(int(np.log10(magnitude) + 40))
+    with np.errstate(over="ignore"):
+        x = (rng.standard_normal((2, 512)) * magnitude).astype(np.float32)
+    x[1, ::3] *= 1e-6
+    x = np.where(np.isfinite(x), x, np.float32(magnitude))
+    imatrix = rng.gamma(0.5, 2.0, 512).astype(np.float32)
+    with np.errstate(all="ignore"):
+        assert np.array_equal(rq_quantize(x, t), ggml_bytes(x, t))
+        if t in IMATRIX:
+            assert np.array_equal(rq_quantize(x, t, imatrix), ggml_bytes(x, t, imatrix))
+
+
 # ---------------------------------------------------------------------------------------
 # (4) parity: decode, on quantized data and on random bytes
 # ---------------------------------------------------------------------------------------

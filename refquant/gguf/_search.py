@@ -50,7 +50,7 @@ import numpy as np
 from .._backend import is_numpy, namespace
 
 __all__ = [
-    "GROUP_MAX_EPS", "nearest_int", "round_bounded", "clamp", "sequential_sum",
+    "GROUP_MAX_EPS", "nearest_int", "round_bounded", "clamp", "running_max", "sequential_sum",
     "make_qx_quants", "make_q3_quants", "make_qkx2_quants", "make_qkx3_quants", "make_qp_quants",
 ]
 
@@ -122,6 +122,15 @@ def clamp(x: Any, lo: float | None, hi: float | None) -> Any:
     if is_numpy(x):
         return np.clip(x, lo, hi)
     return namespace(x).clip(x, lo, hi)
+
+
+def running_max(v: Any, axis: int) -> Any:
+    """C's ``m = 0; for ...: if (v > m) m = v;`` along ``axis``: max(0, v) where NaN never wins.
+
+    (``xp.max`` would propagate a NaN; the C comparison skips it.)
+    """
+    xp = namespace(v)
+    return xp.max(xp.where(v > 0, v, xp.zeros_like(v)), axis=axis)
 
 
 def round_bounded(f: Any) -> Any:
@@ -199,7 +208,7 @@ def _first_max_abs(xc: Any) -> tuple[Any, Any]:
     """
     xp = namespace(xc)
     ax = xp.abs(xc)                                                       # (n, B)
-    amax = xp.max(ax, axis=0)                                             # (B,)
+    amax = running_max(ax, axis=0)                                        # (B,)
     mx = xp.zeros_like(amax)
     found = xp.zeros(amax.shape, dtype=xp.bool)
     for i in range(xc.shape[0]):                                          # the first i with |x_i| == amax
@@ -518,8 +527,7 @@ def make_qp_quants(x: Any, nmax: int, quant_weights: Any) -> tuple[Any, Any]:
     xp = namespace(x, quant_weights)
     xc = _cols(x)                                                         # (n, B)
     w = _cols(quant_weights)
-    mx = xp.max(xc, axis=0)
-    mx = xp.where(mx > 0, mx, xp.zeros_like(mx))                          # C: max starts at 0
+    mx = running_max(xc, axis=0)                                          # C: max = MAX(max, x[i]) from 0
     zero = mx < GROUP_MAX_EPS                                             # (B,)
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)
     iscale = _rdiv(nmax, mx_safe)                                         # (B,)

@@ -52,7 +52,7 @@ from .._backend import from_numpy, is_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float
 from .._packing import pack_nibbles
 from . import _search
-from ._search import GROUP_MAX_EPS, clamp, nearest_int, sequential_sum
+from ._search import GROUP_MAX_EPS, clamp, nearest_int, running_max, sequential_sum
 from .legacy import float_from_bits, half_at
 
 __all__ = [
@@ -138,7 +138,7 @@ def _first_max_abs(v: Any) -> Any:
     """
     xp = namespace(v)
     av = xp.abs(v)
-    amax = xp.max(av, axis=-1)                                            # (B,)
+    amax = running_max(av, axis=-1)                                       # (B,) NaN never wins, as in C
     first = xp.argmax(xp.astype(av == amax[:, None], xp.int8), axis=-1)   # (B,)
     onehot = xp.arange(v.shape[-1])[None, :] == first[:, None]            # (B, n)
     mx = xp.sum(xp.where(onehot, v, xp.zeros_like(v)), axis=-1)           # (B,) one non-zero term: exact
@@ -324,8 +324,8 @@ def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, floa
         scales = xp.reshape(scales, (B, 8))
         mins = xp.reshape(mins, (B, 8))
         zero = xp.zeros((B,), dtype=xp.float32)
-        max_scale = xp.maximum(xp.max(scales, axis=1), zero)              # C: running max from 0
-        max_min = xp.maximum(xp.max(mins, axis=1), zero)
+        max_scale = running_max(scales, axis=1)                           # C: if (scale > max_scale) from 0
+        max_min = running_max(mins, axis=1)
         inv_scale = xp.where(max_scale > 0, _rdiv(63.0, _where0(max_scale > 0, max_scale)), zero)
         inv_min = xp.where(max_min > 0, _rdiv(63.0, _where0(max_min > 0, max_min)), zero)
         # C: uint8_t ls = nearest_int(inv_scale*scales[j]); ls = MIN(63, ls)  (the store wraps mod 256)
@@ -657,8 +657,8 @@ def _encode_q2_k(x: Any, qw: Any | None) -> np.ndarray:
         scales, mins, L = _search.make_qkx2_quants(xs, 3, xp.abs(xs), -0.5, 0.1, 15, True)
         scales = xp.reshape(scales, (B, 16))
         mins = xp.reshape(mins, (B, 16))
-        max_scale = xp.maximum(xp.max(scales, axis=1), zero)
-        max_min = xp.maximum(xp.max(mins, axis=1), zero)
+        max_scale = running_max(scales, axis=1)                           # C: if (scale > max_scale) from 0
+        max_min = running_max(mins, axis=1)
         has_s, has_m = max_scale > 0, max_min > 0
         ls = nearest_int(_rdiv(15.0, _where0(has_s, max_scale))[:, None] * scales)  # C: q4scale/max_scale
         lm = nearest_int(_rdiv(15.0, _where0(has_m, max_min))[:, None] * mins)
