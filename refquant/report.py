@@ -233,12 +233,17 @@ def _nf4(double_quant: bool) -> Callable[[Any, Context], Quantized]:
     return method
 
 
+def _selected_blocks(model: Any, ctx: Context) -> list[int]:
+    """Indices of the blocks holding a linear weight that --tensors lets through."""
+    return sorted({int(_BLOCK_RE.match(n).group(1)) for n in ctx.select(block_linear_names(model.weights))})
+
+
 def _gptq(model: Any, ctx: Context) -> Quantized:
     """GPTQ 4-bit, asymmetric, groups of 128, Hessians from the calibration text, block by block"""
     from . import gptq
 
     weights = gptq.gptq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, act_order=False,
-                                       progress=ctx.progress)
+                                       blocks=_selected_blocks(model, ctx), progress=ctx.progress)
     weights = {n: weights[n] for n in ctx.select(weights)}
     return Quantized(weights, sum(_group_bytes(W, bits=4, group_size=128) for W in weights.values()))
 
@@ -247,10 +252,8 @@ def _awq(model: Any, ctx: Context) -> Quantized:
     """AWQ 4-bit, asymmetric, groups of 128, activation-aware scales and clipping searched on the calibration text"""
     from . import awq
 
-    blocks = sorted({int(m.group(1)) for n in ctx.select(block_linear_names(model.weights))
-                     if (m := _BLOCK_RE.match(n))})
-    weights = awq.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, blocks=blocks,
-                                     progress=ctx.progress)
+    weights = awq.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128,
+                                     blocks=_selected_blocks(model, ctx), progress=ctx.progress)
     weights = {n: weights[n] for n in ctx.select(weights)}
     return Quantized(weights, sum(_group_bytes(W, bits=4, group_size=128) for W in weights.values()))
 

@@ -212,3 +212,50 @@ def test_every_registered_method_describes_itself():
     assert set(report.QUICK_METHODS) <= set(report.METHODS)
     for name, fn in report.METHODS.items():
         assert report.describe(fn), name
+
+
+def test_real_per_tensor_methods_on_the_tiny_model(rng):
+    """The registry's INT8, INT4-G128, NF4 and NF4-DQ on a synthetic model: byte accounting as
+    each format stores it, and errors in the expected order."""
+    model = tiny_model(rng, blocks=1, d=64, ff=128)
+    names = report.block_linear_names(model.weights)
+    n = sum(model.weights[k].size for k in names)
+    rows_out = sum(model.weights[k].shape[0] for k in names)
+    got = {m: report.METHODS[m](model, Context()) for m in ("INT8", "INT4-G128", "NF4", "NF4-DQ")}
+    assert all(set(q.weights) == set(names) for q in got.values())
+    # INT8: a code byte per weight + a float16 scale per output row
+    assert got["INT8"].nbytes == n + 2 * rows_out
+    # INT4, G=128 over rows of 64 or 128 inputs: one group per row -> 4 bits + (16 + 4) bits per row
+    groups = sum(model.weights[k].shape[0] * -(-model.weights[k].shape[1] // 128) for k in names)
+    assert got["INT4-G128"].nbytes == (4 * n + 20 * groups) // 8
+    # NF4: half a byte per weight + a float32 absmax per 64; double quantization: a byte per 64,
+    # a float32 absmax per 256 blocks (rounded up per tensor) and the float32 mean
+    assert got["NF4"].nbytes == n // 2 + 4 * (n // 64)
+    dq_extra = sum(4 * -(-(model.weights[k].size // 64) // 256) + 4 for k in names)
+    assert got["NF4-DQ"].nbytes == n // 2 + n // 64 + dq_extra
+    err = {m: report.relative_error(model.weights, q.weights) for m, q in got.items()}
+    assert err["INT8"] < 0.01 < err["INT4-G128"] < 0.2 and err["NF4"] < 0.2
+
+
+def test_selected_tensors_only(rng):
+    model = tiny_model(rng, blocks=3)
+    ctx = Context(tensors=__import__("re").compile(r"^blk\.1\.ffn"))
+    q = report.METHODS["INT8"](model, ctx)
+    assert sorted(q.weights) == ["blk.1.ffn_down.weight", "blk.1.ffn_gate.weight", "blk.1.ffn_up.weight"]
+    assert report._selected_blocks(model, ctx) == [1]
+
+
+@pytest.mark.gpu
+def test_methods_on_cupy_match_numpy(rng):
+    cupy = pytest.importorskip("cupy")
+    import array_api_compat.cupy as cp_xp
+
+    model = tiny_model(rng)
+    on_gpu = TinyModel({k: cp_xp.asarray(cupy.asarray(v)) for k, v in model.weights.items()})
+    for m in ("INT8", "INT4-G128", "NF4"):
+        cpu, gpu = report.METHODS[m](model, Context()), report.METHODS[m](on_gpu, Context())
+        assert cpu.nbytes == gpu.nbytes
+        for k, w in cpu.weights.items():
+            np.testing.assert_array_equal(np.asarray(w), cupy.asnumpy(gpu.weights[k]))
+        assert report.relative_error(on_gpu.weights, gpu.weights) == pytest.approx(
+            report.relative_error(model.weights, cpu.weights), rel=1e-12)
