@@ -306,10 +306,11 @@ def int8_vectorwise_quant(A: Any, threshold: float = 0.0) -> tuple[Any, Any, Any
     """Row-wise absmax int8 of a 2-D matrix, with outlier columns held out.
 
         O = {j : ∃i |A_ij| ≥ τ}   (only when τ > 0)
-        s_i = max_{j} |A_ij|  over non-outlier entries,   Q_ij = round(A_ij · (127/s_i))
+        s_i = max_{j} |A_ij|  over non-outlier entries,   Q_ij = round(A_ij · ((1/s_i)·127))
 
-    rounded half to even; outlier *entries* are zeroed before the statistics, and whole
-    outlier *columns* are zeroed in Q when A has more than one row. A zero row (s_i = 0)
+    rounded half to even, with the factor 127/s_i formed as torch forms ``127.0 / s``;
+    outlier *entries* are zeroed before the statistics, and whole outlier *columns* are
+    zeroed in Q when A has more than one row. A zero row (s_i = 0)
     gives Q = 0 — bitsandbytes' 0·inf = NaN there is cast to 0 by torch.
 
     A: (rows, K) float -> Q: (rows, K) int8, s: (rows,) float32, O: (n_outliers,) int64 or None
@@ -332,7 +333,9 @@ def int8_vectorwise_quant(A: Any, threshold: float = 0.0) -> tuple[Any, Any, Any
         outlier_cols = xp.nonzero(col_has)[0]                                  # (n_outliers,)
         A32 = xp.where(is_outlier, xp.zeros_like(A32), A32)
     s = xp.max(xp.abs(A32), axis=1)                                             # (rows,)
-    factor = 127.0 / xp.where(s == 0, xp.ones_like(s), s)                       # float32 127/s
+    # 127/s as torch evaluates ``127.0 / s``: the reciprocal first, then the product (two
+    # roundings; a true division differs in the last bit for ~1 in 4 values of s)
+    factor = (1.0 / xp.where(s == 0, xp.ones_like(s), s)) * 127.0                # float32
     Q = round_half_even(A32 * xp.reshape(factor, (-1, 1)))                      # (rows, K)
     Q = xp.where(xp.reshape(s, (-1, 1)) == 0, xp.zeros_like(Q), Q)
     if outlier_cols is not None and int(A.shape[0]) > 1:
