@@ -52,7 +52,7 @@ from .._backend import from_numpy, is_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float
 from .._packing import pack_nibbles
 from . import _search
-from ._search import GROUP_MAX_EPS, clamp, nearest_int, running_max, sequential_sum
+from ._search import GROUP_MAX_EPS, _rdiv, clamp, nearest_int, running_max, sequential_sum
 from .legacy import float_from_bits, half_at
 
 __all__ = [
@@ -116,12 +116,6 @@ def _fp16_bytes(v: Any) -> np.ndarray:
 def _u8(v: Any) -> np.ndarray:
     """Integer-valued array (any namespace) -> NumPy uint8, wrapping modulo 256 like a C store."""
     return np.remainder(np.asarray(to_numpy(v)), 256).astype(np.uint8)
-
-
-def _rdiv(a: float, y: Any) -> Any:
-    """``a / y`` (Python scalar a) as one float32 division, as C does."""
-    xp = namespace(y)
-    return xp.full_like(y, a) / y
 
 
 def _where0(cond: Any, y: Any) -> Any:
@@ -197,7 +191,7 @@ def _pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
         bytes 0-3:  sc_j  | (high 2 bits of sc_{j+4}) << 6      j = 0..3
         bytes 4-7:  m_j   | (high 2 bits of m_{j+4})  << 6
         bytes 8-11: (sc_{j+4} & 15) | (m_{j+4} & 15) << 4
-    ls, lm: (B, 8) integers 0..63 -> (B, 12) uint8
+    ls, lm: (B, 8) uint8 (0..63; a larger value spills into its neighbours' bits exactly as the C stores do) -> (B, 12) uint8
     """
     ls = ls.astype(np.uint8)
     lm = lm.astype(np.uint8)
@@ -311,7 +305,8 @@ def _sum_of_squares(x: Any) -> Any:
 def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, float, int]) -> tuple[Any, Any, Any, Any, Any]:
     """The shared quantizer of Q4_K and Q5_K (8 sub-blocks of 32, 6-bit scales and mins).
 
-    Returns d, dmin: (B,) float32 (before fp16), ls, lm: (B, 8) codes, L: (B, 256) codes.
+    Returns d, dmin: (B,) float32 (before fp16), the 12 packed scale bytes (B, 12) NumPy,
+    L: (B, 256) codes.
     """
     xp = namespace(x, qw)
     B = x.shape[0]
@@ -341,14 +336,17 @@ def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, floa
         scales, mins, L = _search.make_qkx3_quants(xs, nmax, weights, -0.9, 0.05, 36, False)
         d, ls = _search.make_qp_quants(xp.reshape(scales, (B, 8)), 63, sw)  # (B,), (B, 8)
         dmin, lm = _search.make_qp_quants(xp.reshape(mins, (B, 8)), 63, sw)
-        ls = clamp(xp.astype(ls, xp.float32), None, 63)                 # C (Q5_K): MIN(63, ls), a no-op
-        lm = clamp(xp.astype(lm, xp.float32), None, 63)
-    # requantize with the stored (fp16) super-block scales
-    d_sub = _fp16(d)[:, None] * ls                                        # (B, 8) C: fp16(d) * sc
-    m_sub = _fp16(dmin)[:, None] * lm
+        ls, lm = xp.astype(ls, xp.float32), xp.astype(lm, xp.float32)
+        if nmax == 31:                                                    # C (Q5_K only): MIN(63, ls)
+            ls, lm = clamp(ls, None, 63), clamp(lm, None, 63)
+    # requantize with the scales the decoder will read back (get_scale_min_k4 of the packed bytes)
+    scales_bytes = _pack_scales_k4(_u8(ls), _u8(lm))                      # (B, 12) NumPy
+    sc, m = _unpack_scales_k4(from_numpy(scales_bytes, like=x))           # (B, 8) 6-bit values
+    d_sub = _fp16(d)[:, None] * xp.astype(sc, xp.float32)                 # (B, 8) C: fp16(d) * sc
+    m_sub = _fp16(dmin)[:, None] * xp.astype(m, xp.float32)
     L = _requantize(xp.reshape(x, (B, 8, 32)), d_sub[:, :, None], m_sub[:, :, None],
                     xp.reshape(L, (B, 8, 32)), 0, nmax, 0)               # (B, 8, 32)
-    return d, dmin, ls, lm, xp.reshape(L, (B, QK_K))
+    return d, dmin, scales_bytes, xp.reshape(L, (B, QK_K))
 
 
 def quantize_q4_k(x: Any, qw: Any | None = None) -> Any:
@@ -364,10 +362,9 @@ def quantize_q4_k(x: Any, qw: Any | None = None) -> Any:
 
 
 def _encode_q4_k(x: Any, qw: Any | None) -> np.ndarray:
-    d, dmin, ls, lm, L = _k_with_min(x, qw, 15, (-1.0, 0.1, 20))
+    d, dmin, scales_bytes, L = _k_with_min(x, qw, 15, (-1.0, 0.1, 20))
     Ln = to_numpy(L)
-    block = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), _pack_scales_k4(to_numpy(ls), to_numpy(lm)),
-                            _pack_nibble_pairs(Ln)], axis=1)              # (B, 144)
+    block = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), scales_bytes, _pack_nibble_pairs(Ln)], axis=1)  # (B, 144)
     return block
 
 
@@ -421,14 +418,14 @@ def quantize_q5_k(x: Any, qw: Any | None = None) -> Any:
 
 
 def _encode_q5_k(x: Any, qw: Any | None) -> np.ndarray:
-    d, dmin, ls, lm, L = _k_with_min(x, qw, 31, (-0.5, 0.1, 15))
+    d, dmin, scales_bytes, L = _k_with_min(x, qw, 31, (-0.5, 0.1, 15))
     Ln = to_numpy(L).astype(np.uint8)                                     # (B, 256) 0..31
     high = (Ln >> 4).reshape(-1, 8, 32)                                   # (B, bit 2c / 2c+1, l)
     qh = np.zeros((Ln.shape[0], 32), np.uint8)
     for bit in range(8):                                                  # sub-block j -> bit j of qh[l]
         qh |= high[:, bit] << bit
-    block = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), _pack_scales_k4(to_numpy(ls), to_numpy(lm)),
-                            qh, _pack_nibble_pairs(Ln & 0x0F)], axis=1)  # (B, 176)
+    block = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), scales_bytes, qh,
+                            _pack_nibble_pairs(Ln & 0x0F)], axis=1)       # (B, 176)
     return block
 
 
