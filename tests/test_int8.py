@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st, 
 from refquant import int8
 from refquant.testing import strategies as st_rq
 from refquant.testing.bnb import (bnb_code, bnb_int8_linear_matmul, bnb_int8_mixed_scaled_mm,
-                                  bnb_int8_mm_dequant, bnb_int8_vectorwise_quant, bnb_quantize_blockwise)
+                                  bnb_int8_mm_dequant, bnb_int8_vectorwise_dequant, bnb_int8_vectorwise_quant,
+                                  bnb_quantize_blockwise)
 
 DTYPES = ("float32", "float16", "bfloat16")
 CODE = int8.create_dynamic_map()
@@ -235,6 +236,7 @@ def test_int8_matmul_pieces_match_bitsandbytes(args):
     C = int8.int8_linear_matmul(QX, QW)
     assert C.dtype == np.int32 and np.array_equal(C, bnb_int8_linear_matmul(QX, QW))
     assert np.array_equal(_bits(int8.int8_mm_dequant(C, s, t)), _bits(bnb_int8_mm_dequant(C, s, t)))
+    assert np.array_equal(_bits(int8.int8_vectorwise_dequant(QW, t)), _bits(bnb_int8_vectorwise_dequant(QW, t)))
 
 
 @given(activations(dtype="float16"))

@@ -44,6 +44,7 @@ __all__ = [
     "bnb_quantize_blockwise",
     "bnb_dequantize_blockwise",
     "bnb_int8_vectorwise_quant",
+    "bnb_int8_vectorwise_dequant",
     "bnb_int8_linear_matmul",
     "bnb_int8_mm_dequant",
     "bnb_int8_mixed_scaled_mm",
@@ -212,6 +213,13 @@ def bnb_int8_vectorwise_quant(A: Any, threshold: float = 0.0, dtype: str | None 
     T = _to_torch(A, dtype).clone()  # bitsandbytes writes into A while it works
     Q, s, cols = F.int8_vectorwise_quant(T, threshold=threshold)
     return {"Q": _np(Q), "s": _np(s), "outlier_cols": None if cols is None else _np(cols)}
+
+
+@_oracle_call
+def bnb_int8_vectorwise_dequant(Q: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``int8_vectorwise_dequant``: Q (rows, K) int8, s (rows,) float32 -> float32."""
+    torch, F = _import()
+    return _np(F.int8_vectorwise_dequant(_to_torch(Q), _to_torch(s)))
 
 
 @_oracle_call
