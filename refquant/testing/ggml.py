@@ -49,6 +49,14 @@ def lib() -> ctypes.CDLL:
         import libggml
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise OracleUnavailable("the libggml oracle needs `pip install libggml-python`") from e
+    # llama-cpp-python ships its own, newer libggml-base.so with the same soname. Whichever
+    # is loaded first wins the soname, and libllama.so then fails to load against the older
+    # copy ("undefined symbol"). Loading llama.cpp first lets both live in one process:
+    # libllama binds to its own copy, and we open ours below by full path.
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception:  # noqa: BLE001 - not installed (or broken): the libggml oracle still works
+        pass
     libdir = os.path.join(os.path.dirname(libggml.__file__), "lib64")
     if not os.path.isdir(libdir):
         libdir = os.path.join(os.path.dirname(libggml.__file__), "lib")
