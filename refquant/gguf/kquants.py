@@ -133,9 +133,8 @@ def _first_max_abs(v: Any) -> Any:
     xp = namespace(v)
     av = xp.abs(v)
     amax = running_max(av, axis=-1)                                       # (B,) NaN never wins, as in C
-    first = xp.argmax(xp.astype(av == amax[:, None], xp.int8), axis=-1)   # (B,)
-    onehot = xp.arange(v.shape[-1])[None, :] == first[:, None]            # (B, n)
-    mx = xp.sum(xp.where(onehot, v, xp.zeros_like(v)), axis=-1)           # (B,) one non-zero term: exact
+    first = xp.argmax(xp.astype(av == amax[:, None], xp.int8), axis=-1)   # (B,) the first index reaching it
+    mx = xp.take_along_axis(v, first[:, None], axis=-1)[:, 0]             # (B,)
     return xp.where(amax > 0, mx, xp.zeros_like(mx))
 
 
@@ -493,6 +492,7 @@ def _encode_q6_k(x: Any, qw: Any | None) -> np.ndarray:
     iscale = _rdiv(-128.0, _where0(~empty, max_scale))                    # (B,)
     d = _rdiv(1.0, iscale)                                                # C: y.d = fp16(1/iscale)
     sc = clamp(nearest_int(iscale[:, None] * scales), None, 127)        # (B, 16) int8 scales
+    sc = xp.remainder(sc + 128.0, 256.0) - 128.0                          # the int8_t store (never wraps here)
     d_sub = _fp16(d)[:, None] * sc                                        # (B, 16)
     L = _requantize(xp.reshape(x, (B, 16, 16)), d_sub[:, :, None], None,
                     xp.reshape(L, (B, 16, 16)), -32, 31, 32)              # (B, 16, 16) 0..63
@@ -735,7 +735,8 @@ def _encode_q8_k(x: Any, qw: Any | None) -> np.ndarray:
     mx = _first_max_abs(x)                                                # (B,)
     has = mx != 0
     iscale = _rdiv(-127.0, _where0(has, mx))                              # (B,)
-    q = clamp(nearest_int(iscale[:, None] * x), None, 127)              # (B, 256)
+    q = clamp(nearest_int(iscale[:, None] * x), None, 127)              # (B, 256) (iscale may overflow to inf)
+    q = xp.remainder(q + 128.0, 256.0) - 128.0                            # the int8_t store wraps
     q = xp.where(has[:, None], q, xp.zeros_like(q))
     d = xp.where(has, _rdiv(1.0, iscale), xp.zeros_like(iscale))
     qn = to_numpy(q).astype(np.int8)
