@@ -174,6 +174,16 @@ def test_f32_decoder_on_special_values():
     assert np.array_equal(out.view(np.uint32), x.view(np.uint32).reshape(1, -1))
 
 
+def test_opposite_extremes_the_first_one_wins():
+    """A block holding both −5 and +5: C keeps the first of them as max (d = max/−8 flips sign)."""
+    for first, second in ((-5.0, 5.0), (5.0, -5.0)):
+        x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+        x[0, 3], x[0, 7] = first, second
+        x[1, 30], x[1, 2] = first, second
+        for qtype in ("Q4_0", "Q5_0", "IQ4_NL"):
+            assert np.array_equal(rg.quantize(x, qtype), ggml_quantize(x, qtype)), (qtype, first)
+
+
 # --------------------------------------------------------------------------- hand-built blocks
 
 def half(v: float) -> list[int]:
