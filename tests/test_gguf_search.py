@@ -175,3 +175,108 @@ def test_searches_backend_parity(xp):
         got = fn(*conv)
         for r, g in zip(ref, got):
             assert np.array_equal(to_numpy(g), r), fn.__name__
+
+
+# ---------------------------------------------------------------------------------------
+# slow obvious loops: one block at a time, one float32 operation at a time
+# ---------------------------------------------------------------------------------------
+# The vectorized searches against plain scalar transcriptions of the algorithms, written
+# for reading: every step rounds to float32 (F), sums run left to right, ties keep the
+# earlier candidate. They double the libggml parity above for paths that have no direct
+# libggml block to compare with (make_q3_quants, make_qp_quants, make_qkx2_quants alone).
+
+F = np.float32
+
+
+def _rint(v) -> int:
+    return int(np.rint(F(v)))       # nearest_int inside its exact range: round half to even
+
+
+def loop_make_qx_quants(x, nmax, w):
+    """Symmetric codes, 19 candidate scales, weighted least squares (weights w given)."""
+    n = len(x)
+    big = max(range(n), key=lambda i: (abs(x[i]), -i))          # first element of largest |x|
+    vmax = x[big]
+    if abs(vmax) < F(1e-15):
+        return F(0), [0] * n
+
+    def fit(iscale):
+        ls = [min(max(_rint(F(iscale * x[i])), -nmax), nmax - 1) for i in range(n)]
+        sumlx = sumll = F(0)
+        for i in range(n):
+            sumlx = F(sumlx + F(F(w[i] * x[i]) * F(ls[i])))
+            sumll = F(sumll + F(F(w[i] * F(ls[i])) * F(ls[i])))
+        return ls, sumlx, sumll
+
+    ls, sumlx, sumll = fit(F(F(-nmax) / vmax))
+    scale = F(sumlx / sumll) if sumll != 0 else F(0)
+    best = F(scale * sumlx)
+    for k in [-9, -8, -7, -6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6, 7, 8, 9]:
+        cand, cx, c2 = fit(F(-F(F(nmax) + F(F(0.1) * F(k))) / vmax))
+        if c2 > 0 and F(cx * cx) > F(best * c2):
+            ls, scale = cand, F(cx / c2)
+            best = F(scale * cx)
+    return scale, [l + nmax for l in ls]
+
+
+def loop_make_qkx(x, nmax, w, rmin, rdelta, nstep, use_mad):
+    """Affine codes with a min, candidate scales refit by 2x2 least squares (weights w given)."""
+    n = len(x)
+    lo, hi = min(x), max(x)
+    sum_w, sum_x = w[0], F(w[0] * x[0])
+    for i in range(1, n):
+        sum_w = F(sum_w + w[i])
+        sum_x = F(sum_x + F(w[i] * x[i]))
+    lo = min(lo, F(0))
+    if hi == lo:
+        return F(0), F(-lo), [0] * n
+
+    def codes(iscale, m):
+        return [min(max(_rint(F(iscale * F(x[i] - m))), 0), nmax) for i in range(n)]
+
+    def err(s, m, ls):
+        e = F(0)
+        for i in range(n):
+            d = F(F(F(s * F(ls[i])) + m) - x[i])
+            e = F(e + F(w[i] * (abs(d) if use_mad else F(d * d))))
+        return e
+
+    iscale = F(F(nmax) / F(hi - lo))
+    scale = F(F(1) / iscale)
+    ls = codes(iscale, lo)
+    best = err(scale, lo, ls)
+    for k in range(nstep + 1):
+        cand = codes(F(F(F(F(rmin) + F(F(rdelta) * F(k))) + F(nmax)) / F(hi - lo)), lo)
+        sl = sl2 = sxl = F(0)
+        for i in range(n):
+            wl = F(w[i] * F(cand[i]))
+            sl, sl2, sxl = F(sl + wl), F(sl2 + F(wl * F(cand[i]))), F(sxl + F(wl * x[i]))
+        det = F(F(sum_w * sl2) - F(sl * sl))
+        if not det > 0:
+            continue
+        s = F(F(F(sum_w * sxl) - F(sum_x * sl)) / det)
+        m = F(F(F(sl2 * sum_x) - F(sl * sxl)) / det)
+        if m > 0:
+            s, m = F(sxl / sl2), F(0)
+        e = err(s, m, cand)
+        if e < best:
+            ls, best, scale, lo = cand, e, s, m
+    return scale, F(-lo), ls
+
+
+@given(st_rq.rows(block=32, max_rows=1, max_blocks=2), st.integers(0, 2**16))
+def test_vectorized_searches_match_the_slow_loops(x, seed):
+    blocks = x.reshape(-1, 32)
+    w = (np.random.default_rng(seed).uniform(0.0, 2.0, blocks.shape) * np.abs(blocks) + 0.01).astype(np.float32)
+    with np.errstate(all="ignore"):
+        d, L = make_qx_quants(blocks, 16, 1, w)
+        s2, m2, L2 = make_qkx2_quants(blocks, 31, w, -0.5, 0.1, 15, False)
+        s3, m3, L3 = make_qkx3_quants(blocks, 3, w, -0.9, 0.05, 36, True)
+        for b in range(blocks.shape[0]):
+            xb, wb = [F(v) for v in blocks[b]], [F(v) for v in w[b]]
+            ds, Ls = loop_make_qx_quants(xb, 16, wb)
+            assert d[b].tobytes() == F(ds).tobytes() and L[b].tolist() == Ls
+            for (s, m, LL), args in (((s2, m2, L2), (31, wb, -0.5, 0.1, 15, False)),
+                                     ((s3, m3, L3), (3, wb, -0.9, 0.05, 36, True))):
+                ls_, lm_, LLs = loop_make_qkx(xb, *args)
+                assert (s[b].tobytes(), m[b].tobytes(), LL[b].tolist()) == (F(ls_).tobytes(), F(lm_).tobytes(), LLs)
