@@ -375,6 +375,8 @@ def _d_dmin(raw: Any) -> tuple[Any, Any]:
 def dequantize_q4_k(raw: Any) -> Any:
     """uint8 (n_blocks, 144) -> float32 (n_blocks, 256):  ŵ = (d·sc_j)·q − (dmin·m_j).
 
+    Example: d = 1.0, dmin = 0.5, sub-block 0 with sc = 2, m = 3 (scales bytes 0 and 4) and
+    weight 0's code q = 5 (low nibble of qs[0]) decode to 1·2·5 − 0.5·3 = 8.5.
     Ref: dequantize_row_q4_K (the same float32 products, in the same order).
     """
     _check_raw(raw, "Q4_K")
