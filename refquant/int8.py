@@ -38,7 +38,10 @@ Which bitsandbytes code we mirror (0.50.x, CPU, the path that runs here and in C
   the exact nearest code with ``torch.bucketize`` (ties to the lower code) and writes the
   code of 0.0 for a zero block; we follow the CPU kernel and test that choice.
 * ``int8_vectorwise_quant`` / ``int8_mm_dequant`` / ``int8_mixed_scaled_mm`` are the
-  pure-torch kernels in bitsandbytes/backends/default/ops.py; the int32 product is exact.
+  pure-torch kernels in bitsandbytes/backends/default/ops.py. The int32 product is exact,
+  as bitsandbytes' ``torch._int_mm`` path on AVX-512 CPUs; its fallback elsewhere
+  multiplies in float32 (``A.float() @ B.float().T``), exact only while partial sums stay
+  below 2^24 (K up to ~1040 in the worst case, 127·127 per term).
 """
 
 from __future__ import annotations
