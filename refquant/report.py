@@ -428,21 +428,32 @@ def footer(protocol: dict[str, str]) -> str:
     return "Protocol: " + "; ".join(f"{k} {v}" for k, v in protocol.items()) + "."
 
 
-def plot(rows: list[Row], path: str, title: str = "") -> None:
-    """Perplexity against bits per weight, one labelled point per method, the Pareto front drawn."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
+# label positions tried in turn around a point, in points: (dx, dy, horizontal, vertical alignment)
+_LABEL_SPOTS = ((5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right", "bottom"),
+                (-5, -4, "right", "top"), (5, 14, "left", "bottom"), (5, -14, "left", "top"),
+                (-5, 14, "right", "bottom"), (-5, -14, "right", "top"))
 
-    ok = [r for r in rows if r.status == "ok" and math.isfinite(r.perplexity)]
+
+def plot(rows: list[Row], path: str, title: str = "") -> None:
+    """Perplexity against bits per weight, one labelled point per method, the Pareto front drawn.
+
+    x is log₂-scaled so that 2 … 8 bits spread out next to the 32-bit baseline; each label goes
+    to the first spot around its point that overlaps no label placed before it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.transforms import Bbox
+
+    ok = sorted((r for r in rows if r.status == "ok" and math.isfinite(r.perplexity)),
+                key=lambda r: (r.bits_per_weight, r.perplexity))
     front = pareto_front(ok)
     fig = Figure(figsize=(8, 5), dpi=120)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot([r.bits_per_weight for r in front], [r.perplexity for r in front], "-", color="tab:orange",
             lw=2, alpha=0.6, zorder=1, label="Pareto front")
-    for r in ok:
-        on_front = r in front
-        ax.scatter(r.bits_per_weight, r.perplexity, s=36, zorder=2,
-                   color="tab:orange" if on_front else "tab:blue")
-        ax.annotate(r.method, (r.bits_per_weight, r.perplexity), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.scatter([r.bits_per_weight for r in ok], [r.perplexity for r in ok], s=36, zorder=2,
+               color=["tab:orange" if r in front else "tab:blue" for r in ok])
     base = next((r for r in ok if r.method == "baseline"), None)
     if base is not None:
         ax.axhline(base.perplexity, color="gray", ls="--", lw=1, label=f"baseline ppl {base.perplexity:.2f}")
@@ -453,8 +464,26 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(title or "perplexity against bits per weight")
     ax.grid(True, alpha=0.3)
+    ax.margins(x=0.08, y=0.1)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
+    ax.set_xlim(ax.get_xlim())  # freeze the limits so label extents are final
+    ax.set_ylim(ax.get_ylim())
+    renderer = canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    marker = 4 * fig.dpi / 72  # the markers' half width in pixels (s=36 -> 6 points wide)
+    placed = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker)
+              for px, py in ax.transData.transform([(r.bits_per_weight, r.perplexity) for r in ok])]
+    for r in ok:
+        for k, (dx, dy, ha, va) in enumerate(_LABEL_SPOTS):
+            label = ax.annotate(r.method, (r.bits_per_weight, r.perplexity), xytext=(dx, dy),
+                                textcoords="offset points", ha=ha, va=va, fontsize=8)
+            box = label.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if (inside and not any(box.overlaps(b) for b in placed)) or k == len(_LABEL_SPOTS) - 1:
+                placed.append(box)
+                break
+            label.remove()
     fig.savefig(path)
 
 
@@ -489,7 +518,7 @@ def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> di
             f.write(text)
         os.replace(tmp, paths[ext])
     tmp = paths["png"] + ".part.png"
-    plot(rows, tmp, title=protocol.get("model", ""))
+    plot(rows, tmp, title=f"perplexity against bits per weight — {protocol.get('model', '')}")
     os.replace(tmp, paths["png"])
     return paths
 
