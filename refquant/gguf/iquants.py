@@ -33,11 +33,13 @@ importance matrix — there is no separate "reference" path):
 
 1. Importance of each weight: w_j = x_j² without an imatrix, else
    w_j = imatrix_j · sqrt(σ² + x_j²), σ² = 2 Σ x² / (super-block size).
-2. For each block of 32: start from d = max/127 (max the signed largest-magnitude
-   value, so it lands on the level −127), give every weight its nearest level K[q] to x/d
-   and refit the scale by weighted least squares, d = Σ w q x / Σ w q².
-3. Try 15 more starting points, 1/d = (t − 127)/max for t = −7 … 7, and keep the one whose
-   least-squares fit is best (largest (Σ w q x)² / Σ w q², i.e. smallest weighted error).
+2. For each block of 32 (max = its signed largest-magnitude value): start from
+   d = max/127, which sends max to +127, past the top level 113; give every weight the
+   level K[q] nearest to x/d and refit the scale by weighted least squares,
+   d = Σ w q x / Σ w q².
+3. Try 15 more starting points, 1/d = (t − 127)/max for t = −7 … 7, which send max near
+   the bottom level −127, and keep the fit that is best (largest (Σ w q x)² / Σ w q²,
+   i.e. smallest weighted squared error).
 4. IQ4_NL stores that d; IQ4_XS stores one super-block scale d = −max_b(d_b)/32 and
    rounds each block's d_b to a 6-bit multiple of it, ls_b − 32 = round(d_b/d).
 5. Finally each weight gets the level nearest to x / (stored block scale in float32).
@@ -153,10 +155,8 @@ def _check(x: Any, qw: Any | None, qk: int, name: str) -> Any:
 def quantize_iq4_nl(x: Any, qw: Any | None = None) -> Any:
     """x: (n_blocks, 32) float32 -> (n_blocks, 18) uint8 IQ4_NL blocks (quantize_iq4_nl).
 
-    Example: the block [−127, 113, 0, 0, ...] · 0.5 -> d = 0.5 is an exact fit
-    (q = 0 and 15 for the first two, q = 8 (level 1 nearest 0) elsewhere... but the
-    zeros' level 1 costs nothing since their weight x² is 0), so it decodes to
-    −63.5, 56.5, 0.5, 0.5, ...
+    Example: x = 0.5·[K, K] (each level twice). The trial t = 0 has 1/d = −127/max = 2,
+    where every x/d is exactly a level: a perfect fit, d = 0.5, and the block decodes to x.
     """
     x = _check(x, qw, SUB, "IQ4_NL")
     qw = None if qw is None else _as_f32(qw)
