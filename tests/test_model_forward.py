@@ -20,6 +20,7 @@ from refquant._backend import from_numpy, to_numpy
 from refquant.model import LlamaConfig, LlamaModel, load_model
 from refquant.model.llama import attention, rms_norm, rope, rope_angles, swiglu
 from refquant.model.loader import LINEAR_NAMES
+from refquant.testing.llama import tiny_llama
 
 F32_TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -148,20 +149,8 @@ def test_swiglu_hand_worked():
 
 # --- a tiny random model: the whole forward pass on every backend ---------------------------------
 
-def tiny_model(seed=0, n_layer=2, d=16, n_head=4, n_kv=2, n_ff=24, vocab=50):
-    rng = np.random.default_rng(seed)
-    cfg = LlamaConfig(n_layer=n_layer, n_embd=d, n_head=n_head, n_head_kv=n_kv, n_ff=n_ff, n_rot=d // n_head,
-                      rope_base=1e4, rms_eps=1e-5, vocab_size=vocab, n_ctx_train=64, tied_embeddings=True)
-    D = d // n_head
-    shapes = {"attn_q": (d, d), "attn_k": (n_kv * D, d), "attn_v": (n_kv * D, d), "attn_output": (d, d),
-              "ffn_gate": (n_ff, d), "ffn_up": (n_ff, d), "ffn_down": (d, n_ff)}
-    w = {"token_embd.weight": rng.standard_normal((vocab, d)), "output_norm.weight": rng.uniform(0.5, 1.5, d)}
-    for i in range(n_layer):
-        w[f"blk.{i}.attn_norm.weight"] = rng.uniform(0.5, 1.5, d)
-        w[f"blk.{i}.ffn_norm.weight"] = rng.uniform(0.5, 1.5, d)
-        for n, shape in shapes.items():
-            w[f"blk.{i}.{n}.weight"] = rng.standard_normal(shape) / math.sqrt(shape[1])
-    return LlamaModel(cfg, {k: v.astype(np.float32) for k, v in w.items()})
+def tiny_model(seed=0):
+    return tiny_llama(seed)
 
 
 def test_backend_parity_tiny_model(xp):
@@ -304,3 +293,18 @@ def test_missing_tensor(tmp_path):
     _write_gguf(tmp_path / "partial.gguf", "llama")
     with pytest.raises(ValueError, match="lacks tensor.*output_norm.weight"):
         load_model(tmp_path / "partial.gguf")
+
+
+def test_weights_equal_gguf_py_decoding(smollm2_path):
+    """refquant's reader and codecs give the same float32 weights as gguf-py (the oracle)."""
+    gguf = pytest.importorskip("gguf")
+    model = load_model(smollm2_path)
+    reader = gguf.GGUFReader(smollm2_path)
+    picked = {"token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight", "blk.29.ffn_down.weight"}
+    types = set()
+    for t in reader.tensors:
+        if t.name in picked:
+            expected = gguf.quants.dequantize(t.data, t.tensor_type).reshape(model.weights[t.name].shape)
+            np.testing.assert_array_equal(model.weights[t.name], expected)
+            types.add(t.tensor_type.name)
+    assert types == {"Q8_0", "F32", "Q4_1"}

@@ -9,8 +9,9 @@ so in NumPy order it is ``(ne1, ne0)``. For a linear layer ``y = x Wᵀ`` ggml s
 ``ne0 = in_features``: NumPy order gives ``W`` as ``(out_features, in_features)``, the
 same layout as ``torch.nn.Linear.weight``. The token embedding is ``(vocab, d)``.
 
-The two file-level steps live in ``_read_file`` and ``_dequantize``; everything else
-(checks, configuration, caching) is independent of which GGUF reader does the work.
+The bytes are read by refquant's own GGUF reader (``refquant.gguf.file.read``) and
+decoded by its codecs (``refquant.gguf.dequantize``); gguf-py and llama.cpp serve only as
+oracles in the tests.
 Ref: ggml/docs/gguf.md (file layout); llama.cpp src/llama-model.cpp (LLM_ARCH_LLAMA
 hyper-parameter keys and tensor names).
 """
@@ -70,41 +71,24 @@ class LlamaConfig:
 
 
 def _read_file(path: str) -> tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]:
-    """The GGUF reader: metadata {key: python value} and tensors {name: (type name, raw)}.
+    """refquant's GGUF reader: metadata {key: python value}, tensors {name: (type name, raw)}.
 
-    ``raw`` is the tensor's bytes as uint8 ``(..., row_bytes)`` for quantized types or the
-    float array itself for F32/F16. Uses refquant's own reader when it is available.
+    ``raw`` is a read-only uint8 view ``(..., row_bytes)`` of the tensor's bytes in the
+    mapped file (refquant.gguf.file.TensorInfo.raw).
     """
-    try:
-        from ..gguf import file as gguf_file  # refquant's GGUF reader
-    except ImportError:
-        gguf_file = None
-    if gguf_file is not None and hasattr(gguf_file, "read"):
-        f = gguf_file.read(path)
-        tensors = {name: (str(info.type), np.asarray(info.raw)) for name, info in f.tensors.items()}
-        return dict(f.metadata), tensors
-    import gguf  # gguf-py
+    from ..gguf import file as gguf_file
 
-    reader = gguf.GGUFReader(path)
-    metadata = {key: field.contents() for key, field in reader.fields.items()}
-    tensors = {t.name: (t.tensor_type.name, t.data) for t in reader.tensors}
-    return metadata, tensors
+    f = gguf_file.read(path)
+    tensors = {name: (str(info.type), info.raw) for name, info in f.tensors.items()}
+    return dict(f.metadata), tensors
 
 
 def _dequantize(raw: np.ndarray, qtype: str) -> np.ndarray:
-    """Decode one tensor to float32 (..., n_per_row), with refquant's own GGUF codecs when present."""
-    if qtype == "F32":
-        raw = np.asarray(raw)
-        return np.ascontiguousarray(raw).view(np.float32) if raw.dtype == np.uint8 else raw.astype(np.float32)
-    try:
-        from ..gguf import dequantize as rq_dequantize
-    except ImportError:
-        rq_dequantize = None
-    if rq_dequantize is not None:
-        return np.asarray(rq_dequantize(raw, qtype), dtype=np.float32)
-    import gguf  # gguf-py
+    """One tensor decoded to float32 (..., n_per_row) by refquant's GGUF codecs (a new array)."""
+    from ..gguf import dequantize
 
-    return np.asarray(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype]), dtype=np.float32)
+    w = np.asarray(dequantize(raw, qtype), dtype=np.float32)
+    return w.copy() if np.shares_memory(w, raw) else w  # F32 bytes may come back as a view of the file
 
 
 def _check_gguf(path: str) -> None:

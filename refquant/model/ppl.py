@@ -103,6 +103,9 @@ def perplexity(model: Any, tokens: Any, window: int = 512, protocol: str = "all"
         raise TypeError(f"model: expected a LlamaModel or a callable tokens -> logits, got {type(model).__name__}")
     chunks = windows(tokens, window, max_windows)  # (n_windows, W)
     first = 0 if protocol == "all" else window // 2  # first scored logit position
+    if window - first - 1 < 1:
+        raise ValueError(f"window: the llama.cpp protocol scores window - window//2 - 1 tokens; "
+                         f"window={window} scores none (use window >= 3)")
     bos = _bos_to_insert(model) if protocol == "llama.cpp" else None
     per_window = []
     for chunk in chunks:
