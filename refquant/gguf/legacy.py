@@ -184,6 +184,15 @@ def _as_f32(x: Any) -> Any:
     return xp.astype(x, xp.float32, copy=False)
 
 
+def _halving(v: Any, pairwise: Any, reduce: Any) -> Any:
+    if v.shape[-1] & (v.shape[-1] - 1):
+        return reduce(v, axis=-1, keepdims=True)
+    while v.shape[-1] > 1:
+        half = v.shape[-1] // 2
+        v = pairwise(v[:, :half], v[:, half:])
+    return v
+
+
 def block_max(v: Any) -> Any:
     """max over the last axis, (n, m) -> (n, 1), by halving: max(v[:, :m/2], v[:, m/2:]) ...
 
@@ -191,17 +200,13 @@ def block_max(v: Any) -> Any:
     32 elements per row; m not a power of two falls back to xp.max.
     """
     xp = namespace(v)
-    if v.shape[-1] & (v.shape[-1] - 1):
-        return xp.max(v, axis=-1, keepdims=True)
-    while v.shape[-1] > 1:
-        half = v.shape[-1] // 2
-        v = xp.maximum(v[:, :half], v[:, half:])
-    return v
+    return _halving(v, xp.maximum, xp.max)
 
 
 def block_min(v: Any) -> Any:
-    """min over the last axis, (n, m) -> (n, 1): −block_max(−v), exact."""
-    return -block_max(-v)
+    """min over the last axis, (n, m) -> (n, 1), by halving (see block_max)."""
+    xp = namespace(v)
+    return _halving(v, xp.minimum, xp.min)
 
 
 def _first_absmax(x: Any) -> tuple[Any, Any]:
