@@ -86,21 +86,26 @@ def attention(q: Any, k: Any, v: Any) -> Any:
     q: (T, H, D), k, v: (T, H_kv, D) -> (T, H, D). Query head h uses key/value head
     h // (H / H_kv) (ggml's broadcast in ``ggml_mul_mat``). M is 0 on and below the
     diagonal and −∞ above: token t attends to tokens 0..t.
+
+    The ``group`` query heads sharing a key/value head are stacked as extra rows, so each
+    key/value head costs one (group·T, D) × (D, T) GEMM (a broadcast batch dimension
+    instead makes NumPy's matmul several times slower).
     """
     xp = namespace(q)
     T, H, D = q.shape
     H_kv = k.shape[1]
     group = H // H_kv
-    q = xp.reshape(xp.permute_dims(q, (1, 0, 2)), (H_kv, group, T, D))  # (H_kv, group, T, D)
-    k = xp.permute_dims(k, (1, 0, 2))[:, None, :, :]  # (H_kv, 1, T, D)
-    v = xp.permute_dims(v, (1, 0, 2))[:, None, :, :]  # (H_kv, 1, T, D)
-    scores = xp.matmul(q, xp.matrix_transpose(k)) * (1.0 / math.sqrt(D))  # (H_kv, group, T, T)
+    q = xp.reshape(xp.permute_dims(q, (1, 0, 2)), (H_kv, group * T, D))  # (H_kv, group·T, D)
+    k = xp.asarray(xp.permute_dims(k, (1, 0, 2)), copy=True)  # (H_kv, T, D), contiguous for the GEMM
+    v = xp.asarray(xp.permute_dims(v, (1, 0, 2)), copy=True)  # (H_kv, T, D)
+    scores = xp.matmul(q, xp.matrix_transpose(k)) * (1.0 / math.sqrt(D))  # (H_kv, group·T, T)
+    scores = xp.reshape(scores, (H_kv, group, T, T))  # (H_kv, group, T, T)
     future = xp.triu(xp.ones((T, T), dtype=xp.bool, device=_device(q)), k=1)  # (T, T): key after query
     scores = xp.where(future, -xp.inf, scores)
     scores = scores - xp.max(scores, axis=-1, keepdims=True)
     p = xp.exp(scores)
     p = p / xp.sum(p, axis=-1, keepdims=True)  # (H_kv, group, T, T), rows sum to 1
-    out = xp.matmul(p, v)  # (H_kv, group, T, D)
+    out = xp.matmul(xp.reshape(p, (H_kv, group * T, T)), v)  # (H_kv, group·T, D)
     return xp.permute_dims(xp.reshape(out, (H, T, D)), (1, 0, 2))  # (T, H, D)
 
 
