@@ -35,6 +35,8 @@ Options, as the reference code and its descendants have them:
   the original W, and ``s``/``z`` may be given (as llm-compressor's observers do);
 * act-order (``desc_act``): columns in order of decreasing H_jj. The result is returned in
   the original column order with ``g_idx`` (group of every input column) and ``perm``.
+  (Dead columns are sorted with H_jj = 1, as the reference does; llm-compressor sorts
+  them with H_jj = 0, i.e. last.)
 
 Symbols: W (out, in) weights; H (in, in) Hessian; U upper Cholesky factor of H⁻¹; B block
 size; G group size; b bits; q_max = 2**b - 1; s, z per (row, group) scale and zero-point.
