@@ -528,7 +528,7 @@ def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> di
 # ---------------------------------------------------------------------------------------
 
 # (evaluation tokens, window, calibration tokens): --quick, and the default
-PROTOCOLS = {"quick": (1024, 512, 512), "default": (4096, 512, 1024)}
+PROTOCOLS = {"quick": (1024, 512, 512), "default": (2048, 512, 1024)}
 BACKENDS = ("numpy", "torch", "cupy")
 
 
@@ -546,7 +546,7 @@ def add_arguments(parser) -> None:
                         help="array library for the forward pass and the quantizers (default: numpy)")
     parser.add_argument("--out", metavar="DIR", default="refquant-report",
                         help="folder for report.md, report.csv and report.png (default: ./refquant-report)")
-    parser.add_argument("--tokens", type=int, metavar="N", help="evaluation tokens (default 4096; 1024 with --quick)")
+    parser.add_argument("--tokens", type=int, metavar="N", help="evaluation tokens (default 2048; 1024 with --quick)")
     parser.add_argument("--window", type=int, metavar="N", help="perplexity window in tokens (default 512)")
     parser.add_argument("--calib-tokens", type=int, metavar="N",
                         help="calibration tokens for GPTQ/AWQ, in windows of 512 (default 1024; 512 with --quick)")
@@ -636,6 +636,7 @@ def run(args) -> int:
         raise UserError(str(e)) from None
     except ValueError as e:  # not a GGUF file, or not a Llama-architecture one
         raise UserError(f"--model: {e}") from None
+    _check_writable(args.out)
 
     eval_tokens = list(model.tokenize(data.evaluation_text()))[:n_eval]
     calib_tokens = list(model.tokenize(data.calibration_text()))[:n_calib]
@@ -677,6 +678,19 @@ def run(args) -> int:
     print(f"wrote {', '.join(paths.values())}")
     failed = [r for r in rows if r.status.startswith("failed")]
     return 1 if failed else 0
+
+
+def _check_writable(folder: str) -> None:
+    """Fail before the long run, not after it, when the outputs cannot be written: create the
+    folder now and write a probe file into it."""
+    probe = os.path.join(folder, ".refquant-write-probe")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"--out: cannot write into {folder!r} ({e.strerror or e})") from None
 
 
 def _default_model_path() -> str:

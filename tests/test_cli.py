@@ -142,6 +142,8 @@ def test_report_on_another_gguf(small_gguf, tmp_path):
     (["report", "--model", "/no/such/file.gguf"], "refquant report: error: --model: no such file"),
     (["report", "--backend", "fortran"], "refquant report: error: argument --backend: invalid choice"),
     (["report", "--tokens", "0"], "refquant report: error: --tokens: expected a positive number"),
+    (["report", "--tensors", "blk.(", "--methods", "INT8"], "refquant report: error: --tensors: not a regular expression"),
+    (["report", "--methods", "INT8", "--out", "/dev/null/report"], "refquant report: error: --out: cannot write into"),
     (["verify", "--formats", "Q9_9"], "refquant verify: error: --formats: unknown format Q9_9"),
     (["quantize", "/no/such/in.gguf", "out.gguf", "--type", "Q4_K_M"], "refquant quantize: error: input: no such file"),
     (["quantize", "in.gguf", "out.gguf"], "refquant quantize: error: the following arguments are required: --type"),
