@@ -70,9 +70,12 @@ def to_bf16_bits(x32: Any) -> Any:
     import numpy as np
 
     u = np.ascontiguousarray(x32, dtype=np.float32).view(np.uint32)
+    # uint32 arithmetic: u + 0x7fff + 1 wraps only for NaN patterns (u > 0xffff7fff), replaced below
+    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
     is_nan = (u & 0x7FFFFFFF) > 0x7F800000
-    rounded = ((u.astype(np.uint64) + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(is_nan, ((u >> 16) | 64).astype(np.uint16), rounded)
+    if is_nan.any():  # np.where is slow; most tensors hold no NaN
+        rounded = np.where(is_nan, ((u >> 16) | 64).astype(np.uint16), rounded)
+    return rounded
 
 
 def bf16_bits_to_f32(b: Any) -> Any:
