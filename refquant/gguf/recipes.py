@@ -362,7 +362,8 @@ def load_imatrix(path: str) -> dict[str, np.ndarray]:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     out[name] = np.where(c > 0, s / np.where(c > 0, c, 1), np.float32(1)).astype(np.float32).ravel()
         return out
-    data = open(path, "rb").read()
+    with open(path, "rb") as fh:
+        data = fh.read()
     try:
         pos = 0
         (n_entries,) = struct.unpack_from("<i", data, pos); pos += 4
