@@ -176,12 +176,13 @@ def _grid_index(y: Any, xp: Any) -> Any:
     """Grid point of a normalised value y: trunc(((clamp(y, -1, 1) + 1)·0.5)·65535 + 0.5).
 
     float32 throughout, as in C: the sum y+1 and the product ·65535 round; halving and
-    adding 0.5 are exact (the product is below 2^16, where float32's step is 2^-8), so a
-    fused multiply-add would give the same index. Ref: csrc/cpu_ops.cpp ``norm_to_lut_index``.
+    adding 0.5 are exact (the product is below 2^16, where float32's step is 2^-8), so
+    (y+1)·32767.5 is the same single rounding and a fused multiply-add would give the same
+    index. Ref: csrc/cpu_ops.cpp ``norm_to_lut_index``.
     """
     y = xp.clip(y, -1.0, 1.0)
-    scaled = (y + 1.0) * 0.5 * float(LUT_SIZE - 1) + 0.5                     # float32
-    return xp.astype(scaled, xp.int64)                                        # C cast truncates
+    scaled = (y + 1.0) * (0.5 * (LUT_SIZE - 1)) + 0.5                          # float32
+    return xp.astype(scaled, xp.int32)                                        # C cast truncates
 
 
 @dataclasses.dataclass
@@ -251,16 +252,16 @@ def quantize_blockwise(x: Any, code: Any = None, blocksize: int = 4096) -> tuple
     code_np = create_dynamic_map() if code is None else np.asarray(to_numpy(code), dtype=np.float32)
     if code_np.shape != (256,) or np.any(np.diff(code_np) < 0):
         raise ValueError(f"code: expected 256 sorted float32 values, got shape {code_np.shape}")
-    table = from_numpy(_grid_lookup_table(code_np).astype(np.int64), like=x)  # (65536,)
+    table = from_numpy(_grid_lookup_table(code_np), like=x)                   # (65536,) uint8
 
-    x32 = xp.reshape(xp.astype(x, xp.float32), (-1,))                         # (n,) exact widening
+    x32 = xp.reshape(xp.astype(x, xp.float32, copy=False), (-1,))             # (n,) exact widening
     blocks, n = _blocks(x32, blocksize, xp)                                    # (n_blocks, B)
     absmax = xp.max(xp.abs(blocks), axis=1, keepdims=True)                     # (n_blocks, 1)
     inv = 1.0 / xp.where(absmax == 0, xp.ones_like(absmax), absmax)            # float32 reciprocal
-    idx = xp.take(table, xp.reshape(_grid_index(blocks * inv, xp), (-1,)))    # (n_blocks*B,)
+    idx = xp.take(table, xp.reshape(_grid_index(blocks * inv, xp), (-1,)))    # (n_blocks*B,) uint8
     idx = xp.reshape(idx, blocks.shape)                                        # (n_blocks, B)
     idx = xp.where(absmax == 0, xp.zeros_like(idx), idx)                       # zero block -> code 0
-    q = xp.reshape(xp.astype(idx, xp.uint8), (-1,))[:n]                        # (n,)
+    q = xp.reshape(idx, (-1,))[:n]                                             # (n,)
     state = BlockwiseState(absmax=xp.reshape(absmax, (-1,)), code=from_numpy(code_np, like=x),
                            blocksize=blocksize, dtype=x.dtype, shape=tuple(x.shape))
     return xp.reshape(q, tuple(x.shape)), state
