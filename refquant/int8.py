@@ -295,7 +295,7 @@ def dequantize_blockwise(q: Any, state: BlockwiseState) -> Any:
         raise ValueError(f"state: absmax has {absmax.shape[0]} blocks, but {n} codes in blocks of "
                          f"{state.blocksize} need {n_blocks}")
     code = xp.astype(from_numpy(to_numpy(state.code), like=q), xp.float32)
-    values = xp.take(code, xp.astype(xp.reshape(q, (-1,)), xp.int64))          # (n,)
+    values = xp.take(code, xp.astype(xp.reshape(q, (-1,)), xp.int32))          # (n,)
     blocks, _ = _blocks(values, state.blocksize, xp)                            # (n_blocks, B)
     y = xp.reshape(blocks * xp.reshape(absmax, (-1, 1)), (-1,))[:n]             # (n,) float32
     return xp.reshape(_cast_out(y, state.dtype, xp), tuple(q.shape))

@@ -403,7 +403,7 @@ def dequantize_4bit(packed: Any, state: QuantState) -> Any:
     lo, hi = unpack_nibbles(np.arange(256, dtype=np.uint8))                    # (256,) each
     code = CODES[state.quant_type]
     pairs = from_numpy(np.stack([code[hi], code[lo]], axis=1), like=packed)    # (256, 2) float32
-    byte = xp.astype(xp.reshape(packed, (-1,)), xp.int64)                      # (n_bytes,)
+    byte = xp.astype(xp.reshape(packed, (-1,)), xp.int32)                      # (n_bytes,)
     values = xp.reshape(xp.take(pairs, byte, axis=0), (-1,))[:n]               # (n,)
     pad = n_blocks * state.blocksize - n
     if pad:
