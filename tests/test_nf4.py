@@ -151,6 +151,21 @@ def test_double_quant_matches_bitsandbytes(args):
     _compare_dequantized(nf4.dequantize_4bit(packed, state), ref, blocksize, quant_type, x.shape)
 
 
+@pytest.mark.parametrize("shape, blocksize, quant_type", [((96, 3200), 32, "nf4"), ((512, 1000), 64, "fp4"),
+                                                       ((1, 1_000_003), 128, "nf4")])
+def test_double_quant_many_blocks(shape, blocksize, quant_type):
+    # thousands of blocks: the offset's cascade summation pushes through its upper levels,
+    # and the nested 8-bit quantization spans many blocks of 256
+    x = (np.random.default_rng(blocksize).standard_t(3, shape) * 0.02).astype(np.float32)
+    ref = bnb_quantize_4bit(x, blocksize, quant_type, double_quant=True)
+    packed, state = nf4.quantize_4bit(x, blocksize, quant_type, double_quant=True)
+    assert packed.tobytes() == ref["packed"].tobytes()
+    assert _bits(np.float32(state.offset)) == _bits(ref["offset"])
+    assert np.array_equal(state.absmax, ref["absmax"])
+    assert np.array_equal(_bits(state.state2.absmax), _bits(ref["nested_absmax"]))
+    _compare_dequantized(nf4.dequantize_4bit(packed, state), ref, blocksize, quant_type, shape)
+
+
 @given(st.integers(1, 5000).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, 2**32 - 1))))
 @settings(max_examples=80)
 def test_torch_sum_order(args):
