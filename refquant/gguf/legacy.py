@@ -213,19 +213,15 @@ def _first_absmax(x: Any) -> tuple[Any, Any]:
     """(amax, max): the largest |x| of each block and that element *with its sign*.
 
     The C loop ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`` keeps the first
-    element that reaches the maximum, and leaves max = +0.0 when the block is all zeros
-    (even for −0.0 entries). The largest and smallest elements decide the sign unless a
-    block holds both +amax and −amax; only then does the position matter (argmax finds
-    the first). x: (n, m) -> (n, 1), (n, 1).
+    element that reaches the maximum (argmax's rule: it matters when a block holds both
+    +amax and −amax), and leaves max = +0.0 when the block is all zeros (even for −0.0
+    entries). x: (n, m) -> (n, 1), (n, 1).
     """
     xp = namespace(x)
-    hi, lo = block_max(x), block_min(x)                                 # (n, 1) each
-    amax = xp.maximum(hi, -lo)
-    signed = xp.where(hi >= -lo, hi, lo)
-    both = (hi == -lo) & (hi > 0)
-    if bool(xp.any(both)):
-        first = xp.argmax(xp.abs(x), axis=-1, keepdims=True)             # (n, 1)
-        signed = xp.where(both, xp.take_along_axis(x, first, axis=-1), signed)
+    ax = xp.abs(x)
+    first = xp.argmax(ax, axis=-1, keepdims=True)                     # (n, 1)
+    amax = xp.take_along_axis(ax, first, axis=-1)                      # (n, 1)
+    signed = xp.take_along_axis(x, first, axis=-1)                     # (n, 1)
     return amax, xp.where(amax == 0, xp.zeros_like(signed), signed)
 
 
