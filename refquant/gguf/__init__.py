@@ -94,7 +94,6 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
     t = _supported(qtype)
     check_float(x, "x")
     check_nonempty(x, "x")
-    check_finite(x, "x")
     n = int(x.shape[-1])
     if n % t.block_size:
         raise ValueError(f"x: row length {n} is not a multiple of {t.name}'s block size {t.block_size}")
@@ -121,7 +120,8 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
         sigma2 = row_mean_square(rows)                                        # (n_rows, 1)
         sigma2 = xp.reshape(xp.broadcast_to(sigma2, (n_rows, n // t.block_size)), (-1, 1))  # (n_blocks, 1)
     parts = []
-    for lo, hi in _chunks(blocks.shape[0], t.block_size, xp):
+    for lo, hi in _chunks(blocks.shape[0], t.block_size, xp, t.name):
+        check_finite(blocks[lo:hi, ...], "x")  # chunk by chunk, while it is in the cache
         extra = {} if sigma2 is None else {"sigma2": sigma2[lo:hi, ...]}
         parts.append(quantize_blocks(blocks[lo:hi, ...], None if qw is None else qw[lo:hi, ...], **extra))
     raw = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)           # (n_blocks, type_size)
@@ -131,11 +131,14 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
 CHUNK_WEIGHTS = 1 << 17  # weights per chunk on NumPy: the temporaries of a chunk stay in the CPU cache
 
 
-def _chunks(n_blocks: int, block_size: int, xp: Any) -> list[tuple[int, int]]:
+_ONE_PASS = ("F32", "F16")  # a single cast: nothing to gain from chunks
+
+
+def _chunks(n_blocks: int, block_size: int, xp: Any, qtype: str) -> list[tuple[int, int]]:
     """Block ranges processed one after another. Blocks are independent, so the bytes do not
     depend on the chunking; on NumPy, cache-sized chunks make the many elementwise passes
     of a quantizer 2-3x faster. Other namespaces (a GPU) get the whole array at once."""
-    step = CHUNK_WEIGHTS // block_size if "numpy" in xp.__name__ and block_size > 1 else n_blocks
+    step = CHUNK_WEIGHTS // block_size if "numpy" in xp.__name__ and qtype not in _ONE_PASS else n_blocks
     return [(lo, min(lo + step, n_blocks)) for lo in range(0, n_blocks, step)]
 
 
@@ -163,7 +166,7 @@ def dequantize(raw: Any, qtype: Any) -> Any:
     n = int(raw.shape[-1]) // t.type_size * t.block_size
     _, dequantize_blocks = codec(t)
     blocks = xp.reshape(raw, (-1, t.type_size))                                # (n_blocks, type_size)
-    chunks = _chunks(blocks.shape[0], t.block_size, xp)
+    chunks = _chunks(blocks.shape[0], t.block_size, xp, t.name)
     if len(chunks) == 1:
         return xp.reshape(dequantize_blocks(blocks), (*lead, n))
     out = xp.empty((blocks.shape[0], t.block_size), dtype=xp.float32, device=device(raw))  # (n_blocks, QK)
