@@ -6,8 +6,9 @@
   decoded extremes are exactly ``m`` (code 0) and ``15·d + m`` (Q4_1) or ``±127·d``
   (Q8_0), so the new scale rounds to the same float16 and each weight lands within
   float32 rounding of its old level;
-* the whole file quantized to Q4_0 by refquant is byte-identical to llama-quantize's, loads
-  in llama.cpp, and reads back identically through gguf-py.
+* the whole file quantized to Q4_K_M by refquant (k-quants, fallbacks to Q5_0 / Q8_0 for the
+  576-wide rows, the tied embedding kept as Q8_0) is byte-identical to llama-quantize's,
+  loads in llama.cpp, and reads back identically through gguf-py.
 """
 
 from __future__ import annotations
@@ -60,17 +61,19 @@ def test_requantizing_reproduces_every_block(smollm2, qtype, n_blocks):
     assert (same, total) == (n_blocks, n_blocks)
 
 
-def test_whole_file_q4_0_matches_llama_quantize_and_loads(smollm2_path, tmp_path):
+def test_whole_file_q4_k_m_matches_llama_quantize_and_loads(smollm2_path, tmp_path):
     pytest.importorskip("llama_cpp")
     from test_gguf_recipes import llama_quantize
 
     ours, theirs = tmp_path / "ours.gguf", tmp_path / "llama.gguf"
-    llama_quantize([(smollm2_path, str(theirs), recipes.FTYPES["Q4_0"][0])])
-    summary = recipes.quantize_file(smollm2_path, str(ours), "Q4_0")
+    llama_quantize([(smollm2_path, str(theirs), recipes.FTYPES["Q4_K_M"][0])])
+    summary = recipes.quantize_file(smollm2_path, str(ours), "Q4_K_M")
     assert ours.read_bytes() == theirs.read_bytes()
-    # 210 Q4_0 matrices, the tied embedding as Q8_0 (Q6_K does not fit 576-wide rows), norms F32
-    assert sorted(set(summary.types.values())) == ["F32", "Q4_0", "Q8_0"] and summary.n_fallback == 1
-    assert 5.3 < summary.bpw_out < 5.4
+    counts = {t: list(summary.types.values()).count(t) for t in set(summary.types.values())}
+    # 576-wide rows: Q4_K -> Q5_0 (166), Q6_K -> Q8_0 (14 attn_v + the tied embedding, copied);
+    # the 1536-wide ffn_down rows keep Q4_K (16) and Q6_K (14)
+    assert counts == {"Q5_0": 166, "F32": 61, "Q4_K": 16, "Q8_0": 15, "Q6_K": 14} and summary.n_fallback == 180
+    assert 6.1 < summary.bpw_out < 6.2
 
     # gguf-py reads back the same tensors and metadata
     from gguf import GGUFReader
@@ -80,7 +83,7 @@ def test_whole_file_q4_0_matches_llama_quantize_and_loads(smollm2_path, tmp_path
         assert [t.name for t in reader.tensors] == list(f.tensors)
         for t in reader.tensors:
             assert np.array_equal(np.asarray(t.data).reshape(-1).view(np.uint8), np.asarray(f.tensors[t.name].raw).reshape(-1))
-        assert f.metadata["general.file_type"] == 2
+        assert f.metadata["general.file_type"] == 15
 
     # llama.cpp loads it and evaluates a few tokens (in a child process: llama.cpp aborts on errors)
     code = ("import sys, llama_cpp\n"
