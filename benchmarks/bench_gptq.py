@@ -6,8 +6,8 @@
 Speed: one 4096 x 4096 layer, 4-bit, G = 128, asymmetric, blocksize 128: refquant's NumPy
 ``gptq_quantize`` against llm-compressor's torch ``quantize_weight`` on the CPU, both given
 the same H and the same up-front scales (llm-compressor's only mode), plus refquant's
-default mode (each group's scale computed when the loop reaches it). H comes from 8192
-synthetic correlated tokens: the GPTQ step costs the same whatever number of tokens built
+default mode (each group's scale computed when the loop reaches it). H comes from 2N
+synthetic correlated tokens (REFQUANT_BENCH_GPTQ_N=2048 sets N for a quick run): the GPTQ step costs the same whatever number of tokens built
 H; accumulating H over 128 x 2048 tokens is a separate case (one 2048-token batch timed).
 
 Results: SmolLM2-135M-Instruct (the shipped Q4_1 GGUF decoded to float32 is the baseline),
@@ -29,7 +29,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-N, G, BITS, TOKENS_FOR_H, BATCH = 4096, 128, 4, 8192, 2048
+N = int(os.environ.get("REFQUANT_BENCH_GPTQ_N", 4096))  # layer size (N x N); smaller for a quick look
+G, BITS, TOKENS_FOR_H, BATCH = 128, 4, 2 * N, 2048
 
 
 def _layer(seed: int = 0):
