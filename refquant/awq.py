@@ -326,7 +326,8 @@ def awq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size:
     on its scaled input; quantize with ``awq_group_quantize``. (llm-awq feeds each block the
     *float* outputs of the blocks before it; here, as for GPTQ, the quantized ones.)
 
-    calib_tokens: token ids, cut into windows of ``window`` tokens (a partial last one dropped).
+    calib_tokens: token ids, cut into windows of ``window`` tokens (a partial last one dropped;
+    fewer tokens than a window make one window of them all).
     G need not divide a layer's columns: the last group is the remainder (576 = 4·128 + 64).
     -> {GGUF name: Ŵ} for every linear of the chosen blocks. fold=False (default): each
     linear's *effective* weight diag(s_out) Q(W') diag(s_in)⁻¹, what the unchanged model
@@ -337,9 +338,10 @@ def awq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size:
     xp = model.xp
     c = model.config
     bits = check_bits(bits)
+    if len(calib_tokens) < 2:
+        raise ValueError(f"calib_tokens: need at least 2 calibration tokens, got {len(calib_tokens)}")
+    window = min(window, len(calib_tokens))  # fewer tokens than a window: one shorter window
     n = (len(calib_tokens) // window) * window
-    if n == 0:
-        raise ValueError(f"calib_tokens: need at least window={window} tokens, got {len(calib_tokens)}")
     progress = progress or (lambda it, desc="", total=None: it)
     hs = [model.embed(calib_tokens[k:k + window]) for k in range(0, n, window)]  # (window, d) each
     blocks = list(range(c.n_layer)) if blocks is None else list(blocks)

@@ -516,7 +516,8 @@ def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size
                 quantize the stage's linears with ``gptq_quantize``
             h = block_i(h) with all its quantized weights      (the next block's calibration input)
 
-    calib_tokens: token ids, cut into windows of ``window`` tokens (a partial last one dropped).
+    calib_tokens: token ids, cut into windows of ``window`` tokens (a partial last one dropped;
+    fewer tokens than a window make one window of them all).
     G need not divide a layer's columns: the last group is the remainder (576 = 4·128 + 64).
     -> {GGUF name: Ŵ (out, in)} for the chosen ``blocks`` (default all), ready for
     ``model.with_weights``. ``info``, if given, receives {name: GPTQResult} (codes, scales,
@@ -525,9 +526,10 @@ def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size
     Ref: IST-DASLab/gptq ``llama.py`` (``llama_sequential``).
     """
     c = model.config
+    if len(calib_tokens) < 2:
+        raise ValueError(f"calib_tokens: need at least 2 calibration tokens, got {len(calib_tokens)}")
+    window = min(window, len(calib_tokens))  # fewer tokens than a window: one shorter window
     n = (len(calib_tokens) // window) * window
-    if n == 0:
-        raise ValueError(f"calib_tokens: need at least window={window} tokens, got {len(calib_tokens)}")
     progress = progress or (lambda it, desc="", total=None: it)
     hs = [model.embed(calib_tokens[k:k + window]) for k in range(0, n, window)]  # (window, d) each
     blocks = list(range(c.n_layer)) if blocks is None else list(blocks)

@@ -54,4 +54,11 @@ def test_true_sequential_sees_quantized_inputs():
 
 def test_bad_input():
     with pytest.raises(ValueError, match="calib_tokens"):
-        gptq.gptq_quantize_model(tiny_model(), np.arange(10), window=64)
+        gptq.gptq_quantize_model(tiny_model(), np.arange(1), window=64)
+
+
+def test_fewer_tokens_than_a_window():
+    # the report's quick protocol calibrates on 256 tokens with window 512: one window of 256
+    model = tiny_model(6)
+    W_hat = gptq.gptq_quantize_model(model, np.arange(40) % 97, bits=4, group_size=32, window=512, blocks=[0])
+    assert len(W_hat) == 7
