@@ -358,8 +358,7 @@ def gptq_quantize(
     else:
         U = xp.astype(U, dtype)
     Q = xp.zeros_like(W)                                                  # (out, in) codes
-    s_cols = xp.zeros_like(W)
-    z_cols = xp.zeros_like(W)
+    W_hat = xp.zeros_like(W)                                              # (out, in) dequantized
     loss = xp.zeros((n_out,), dtype=dtype, device=device(W))
     s_dyn, z_dyn = [], []
     s_cur = z_cur = None
@@ -367,6 +366,8 @@ def gptq_quantize(
         i2 = min(i1 + blocksize, n_in)
         W1 = xp.asarray(W[:, i1:i2], copy=True)                           # (out, B)
         E1 = xp.zeros_like(W1)                                            # (out, B) errors e_j
+        Q1 = xp.zeros_like(W1)                                            # (out, B) codes
+        Wh1 = xp.zeros_like(W1)                                           # (out, B) dequantized
         for i in range(i2 - i1):
             j = i1 + i
             if static_groups:
@@ -383,20 +384,19 @@ def gptq_quantize(
             q, w_hat = quantize_column(w, s_cur, z_cur, q_min, q_max, zero_before_round)
             d = U[j, j]
             e = (w - w_hat) / d                                           # (out, 1)  Alg. 1 l. 8
-            Q[:, j:j + 1] = q
-            s_cols[:, j:j + 1] = s_cur
-            z_cols[:, j:j + 1] = z_cur
+            Q1[:, i:i + 1] = q                                            # block buffers: a column of
+            Wh1[:, i:i + 1] = w_hat                                       # (out, B) is cheaper to write
             E1[:, i:i + 1] = e
             loss = loss + e[:, 0] ** 2 / 2
             W1[:, i:] = W1[:, i:] - e * U[j:j + 1, j:i2]                  # (out, B-i)  Alg. 1 l. 9
-        W[:, i1:i2] = W1
+        Q[:, i1:i2] = Q1
+        W_hat[:, i1:i2] = Wh1
         if i2 < n_in:
             W[:, i2:] = W[:, i2:] - E1 @ U[i1:i2, i2:]                    # (out, in-i2) Alg. 1 l. 12
 
     if not static_groups:
         s = xp.concat(s_dyn, axis=1)                                      # (out, n_groups)
         z = xp.concat(z_dyn, axis=1)
-    W_hat = (Q - z_cols) * s_cols                                         # (out, in), processing order
     g_pos = xp.asarray(group_of_pos, dtype=xp.int64, device=device(W))                      # group of each position
     if perm is not None:  # back to the original column order
         inv = xp.argsort(perm)
