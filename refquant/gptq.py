@@ -526,12 +526,10 @@ def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size
     Ref: IST-DASLab/gptq ``llama.py`` (``llama_sequential``).
     """
     c = model.config
-    if len(calib_tokens) < 2:
-        raise ValueError(f"calib_tokens: need at least 2 calibration tokens, got {len(calib_tokens)}")
-    window = min(window, len(calib_tokens))  # fewer tokens than a window: one shorter window
-    n = (len(calib_tokens) // window) * window
+    from .model.calibration import embedded_windows  # the model level only: layer-level code needs no model
+
+    hs = embedded_windows(model, calib_tokens, window)  # (window, d) each
     progress = progress or (lambda it, desc="", total=None: it)
-    hs = [model.embed(calib_tokens[k:k + window]) for k in range(0, n, window)]  # (window, d) each
     blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
     stages = STAGES if true_sequential else (sum(STAGES, ()),)
     label = f"GPTQ {bits}-bit{' act-order' if act_order else ''}"

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .._backend import namespace
 from .loader import LINEAR_NAMES
 
-__all__ = ["LinearStats", "CalibrationResult", "calibrate", "SHARED_INPUTS"]
+__all__ = ["LinearStats", "CalibrationResult", "calibrate", "embedded_windows", "SHARED_INPUTS"]
 
 # linears reading the same input array inside a block
 SHARED_INPUTS = {"attn_q": "attn_q", "attn_k": "attn_q", "attn_v": "attn_q", "attn_output": "attn_output",
@@ -117,3 +117,15 @@ def calibrate(model: Any, windows: Iterable[Any],
             kept.update(stats_i)
     return CalibrationResult(model=model, stats=kept)
 
+
+def embedded_windows(model: Any, calib_tokens: Any, window: int) -> list[Any]:
+    """Calibration tokens cut into non-overlapping windows and embedded: [(window, d), ...].
+
+    Fewer tokens than a window make one shorter window of them all; a remainder shorter
+    than a window is dropped (as GPTQ's and AWQ's reference loaders do).
+    """
+    if len(calib_tokens) < 2:
+        raise ValueError(f"calib_tokens: need at least 2 calibration tokens, got {len(calib_tokens)}")
+    window = min(window, len(calib_tokens))
+    n = (len(calib_tokens) // window) * window
+    return [model.embed(calib_tokens[k:k + window]) for k in range(0, n, window)]
