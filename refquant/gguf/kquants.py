@@ -51,9 +51,10 @@ import numpy as np
 from .._backend import from_numpy, is_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float
 from .._packing import pack_nibbles
+from .._rounding import to_fp16
 from . import _search
 from ._search import GROUP_MAX_EPS, _rdiv, clamp, nearest_int, running_max, sequential_sum
-from .legacy import float_from_bits, half_at
+from .legacy import float_from_bits, fp16_bytes, half_at
 
 __all__ = [
     "QK_K", "BLOCK_BYTES",
@@ -94,23 +95,6 @@ def _check_raw(raw: Any, qtype: str) -> None:
         raise TypeError(f"raw: expected a uint8 array of {qtype} blocks, got dtype {getattr(raw, 'dtype', type(raw).__name__)}")
     if raw.ndim != 2 or int(raw.shape[-1]) != nbytes:
         raise ValueError(f"raw: expected {qtype} blocks of shape (n_blocks, {nbytes}), got {tuple(raw.shape)}")
-
-
-def _fp16(v: Any) -> Any:
-    """GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(v)): the value a stored ggml_half decodes to.
-
-    Namespaces without a float16 dtype (array-api-strict) round through NumPy.
-    """
-    xp = namespace(v)
-    if hasattr(xp, "float16"):
-        return xp.astype(xp.astype(v, xp.float16), xp.float32)
-    return from_numpy(np.asarray(to_numpy(v), np.float32).astype(np.float16).astype(np.float32), like=v)
-
-
-def _fp16_bytes(v: Any) -> np.ndarray:
-    """float32 (n,) -> (n, 2) little-endian float16 bytes (round to nearest even, ±inf on overflow)."""
-    h = np.ascontiguousarray(to_numpy(v), dtype=np.float32).astype(np.float16)
-    return h.view(np.uint8).reshape(-1, 2)
 
 
 def _u8(v: Any) -> np.ndarray:
@@ -341,8 +325,8 @@ def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, floa
     # requantize with the scales the decoder will read back (get_scale_min_k4 of the packed bytes)
     scales_bytes = _pack_scales_k4(_u8(ls), _u8(lm))                      # (B, 12) NumPy
     sc, m = _unpack_scales_k4(from_numpy(scales_bytes, like=x))           # (B, 8) 6-bit values
-    d_sub = _fp16(d)[:, None] * xp.astype(sc, xp.float32)                 # (B, 8) C: fp16(d) * sc
-    m_sub = _fp16(dmin)[:, None] * xp.astype(m, xp.float32)
+    d_sub = to_fp16(d)[:, None] * xp.astype(sc, xp.float32)                 # (B, 8) C: fp16(d) * sc
+    m_sub = to_fp16(dmin)[:, None] * xp.astype(m, xp.float32)
     L = _requantize(xp.reshape(x, (B, 8, 32)), d_sub[:, :, None], m_sub[:, :, None],
                     xp.reshape(L, (B, 8, 32)), 0, nmax, 0)               # (B, 8, 32)
     return d, dmin, scales_bytes, xp.reshape(L, (B, QK_K))
@@ -363,7 +347,7 @@ def quantize_q4_k(x: Any, qw: Any | None = None) -> Any:
 def _encode_q4_k(x: Any, qw: Any | None) -> np.ndarray:
     d, dmin, scales_bytes, L = _k_with_min(x, qw, 15, (-1.0, 0.1, 20))
     Ln = to_numpy(L)
-    block = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), scales_bytes, _pack_nibble_pairs(Ln)], axis=1)  # (B, 144)
+    block = np.concatenate([fp16_bytes(d), fp16_bytes(dmin), scales_bytes, _pack_nibble_pairs(Ln)], axis=1)  # (B, 144)
     return block
 
 
@@ -425,7 +409,7 @@ def _encode_q5_k(x: Any, qw: Any | None) -> np.ndarray:
     qh = np.zeros((Ln.shape[0], 32), np.uint8)
     for bit in range(8):                                                  # sub-block j -> bit j of qh[l]
         qh |= high[:, bit] << bit
-    block = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), scales_bytes, qh,
+    block = np.concatenate([fp16_bytes(d), fp16_bytes(dmin), scales_bytes, qh,
                             _pack_nibble_pairs(Ln & 0x0F)], axis=1)       # (B, 176)
     return block
 
@@ -495,7 +479,7 @@ def _encode_q6_k(x: Any, qw: Any | None) -> np.ndarray:
     d = _rdiv(1.0, iscale)                                                # C: y.d = fp16(1/iscale)
     sc = clamp(nearest_int(iscale[:, None] * scales), None, 127)        # (B, 16) int8 scales
     sc = xp.remainder(sc + 128.0, 256.0) - 128.0                          # the int8_t store (never wraps here)
-    d_sub = _fp16(d)[:, None] * sc                                        # (B, 16)
+    d_sub = to_fp16(d)[:, None] * sc                                        # (B, 16)
     L = _requantize(xp.reshape(x, (B, 16, 16)), d_sub[:, :, None], None,
                     xp.reshape(L, (B, 16, 16)), -32, 31, 32)              # (B, 16, 16) 0..63
     L = xp.where(empty[:, None, None], xp.zeros_like(L), L)
@@ -506,7 +490,7 @@ def _encode_q6_k(x: Any, qw: Any | None) -> np.ndarray:
                          pack_nibbles(Ln[:, :, 1], Ln[:, :, 3])], axis=2)  # ql[64h + 32 + l]
     top = Ln >> 4
     qh = top[:, :, 0] | (top[:, :, 1] << 2) | (top[:, :, 2] << 4) | (top[:, :, 3] << 6)  # (B, 2, 32)
-    block = np.concatenate([ql.reshape(B, 128), qh.reshape(B, 64), _u8(sc), _fp16_bytes(d)], axis=1)
+    block = np.concatenate([ql.reshape(B, 128), qh.reshape(B, 64), _u8(sc), fp16_bytes(d)], axis=1)
     return block
 
 
@@ -587,7 +571,7 @@ def _encode_q3_k(x: Any, qw: Any | None) -> np.ndarray:
         d, ls = _search.make_qx_quants(xp.reshape(scales, (B, 16)), 32, 1, sw)  # ls: 0..63
         ls = xp.astype(ls, xp.float32)
     sc = ls - 32                                                          # (B, 16) signed scale codes
-    d_sub = _fp16(d)[:, None] * sc                                        # (B, 16)
+    d_sub = to_fp16(d)[:, None] * sc                                        # (B, 16)
     L = _requantize(xp.reshape(x, (B, 16, 16)), d_sub[:, :, None], None,
                     xp.reshape(L, (B, 16, 16)), -4, 3, 4)                 # (B, 16, 16) 0..7
     Ln = to_numpy(xp.reshape(L, (B, QK_K))).astype(np.uint8)              # (B, 256)
@@ -595,7 +579,7 @@ def _encode_q3_k(x: Any, qw: Any | None) -> np.ndarray:
     hmask = np.zeros((B, 32), np.uint8)
     for bit in range(8):
         hmask |= high[:, bit] << bit
-    block = np.concatenate([hmask, _pack_2bit(Ln & 3), _pack_scales_q3(to_numpy(ls)), _fp16_bytes(d)], axis=1)
+    block = np.concatenate([hmask, _pack_2bit(Ln & 3), _pack_scales_q3(to_numpy(ls)), fp16_bytes(d)], axis=1)
     return block
 
 
@@ -678,12 +662,12 @@ def _encode_q2_k(x: Any, qw: Any | None) -> np.ndarray:
     # the decoder reads the stored byte back: sc = byte & 15, m = byte >> 4
     sc = from_numpy((byte & 0x0F).astype(np.float32), like=x)
     m = from_numpy((byte >> 4).astype(np.float32), like=x)
-    d_sub = _fp16(d)[:, None] * sc                                        # (B, 16)
-    m_sub = _fp16(dmin)[:, None] * m
+    d_sub = to_fp16(d)[:, None] * sc                                        # (B, 16)
+    m_sub = to_fp16(dmin)[:, None] * m
     L = _requantize(xp.reshape(x, (B, 16, 16)), d_sub[:, :, None], m_sub[:, :, None],
                     xp.reshape(L, (B, 16, 16)), 0, 3, 0)
     Ln = to_numpy(xp.reshape(L, (B, QK_K))).astype(np.uint8)
-    block = np.concatenate([byte, _pack_2bit(Ln), _fp16_bytes(d), _fp16_bytes(dmin)], axis=1)
+    block = np.concatenate([byte, _pack_2bit(Ln), fp16_bytes(d), fp16_bytes(dmin)], axis=1)
     return block
 
 
