@@ -58,19 +58,38 @@ refquant hands out has data.
 
 Reading maps the file (``mmap``) and parses only the header, metadata and tensor table;
 ``TensorInfo.raw`` is a NumPy view on the mapping, so tensor bytes are paged in on use.
-``read`` also accepts ``bytes`` or any buffer (parsed in place, nothing copied).
+``read`` also accepts ``bytes`` or any buffer (parsed in place, nothing copied). A path
+must name a regular file (or a symlink to one): a directory, FIFO, device or socket is
+refused with ``NotAFileError`` *before* it is opened — open() on a FIFO blocks until a
+writer appears, and /dev/zero would map as an endless run of zeros — and the kind is
+checked again on the opened descriptor (O_NONBLOCK, so a FIFO swapped in meanwhile
+cannot block either).
 
 Writing (``write``) streams a file that llama.cpp and gguf-py read back identically:
 header, metadata in the given order with the given value types, tensor table, each
-tensor padded to the alignment. It writes atomically: a temporary file in the same
-directory, flushed and fsync'ed, then ``os.replace``; on any exception the temporary
-file is removed and the destination is untouched. Because the old file is replaced
-(never truncated), rewriting a file that is currently mapped — ``write(p, f.metadata,
-f.tensors.values(), metadata_types=f.metadata_types)`` with ``f = read(p)`` — is safe:
-the mapping keeps the old inode alive until it is closed. (A file truncated in place by
-another program while mapped would fault on access; refquant's writer never does that. On
-Windows a mapped file cannot be replaced: close it first.) A symbolic link at the
-destination is replaced by the new file; the file it pointed to is left as it was.
+tensor padded to the alignment. It writes atomically (``atomic_write``):
+
+    Linux:    open(folder, O_TMPFILE)   an inode with no name: a crash leaves nothing behind
+              write, fsync, fchmod
+              linkat(/proc/self/fd/N -> .NAME.<random>.tmp)   a name, for os.replace
+              os.replace(.NAME.<random>.tmp -> NAME), fsync(folder)
+    elsewhere, or where the file system has no O_TMPFILE:
+              a named .NAME.<random>.tmp beside NAME, then the same fsync / replace
+
+The temporary file is ``flock``'ed by its writer for its whole life; after each
+successful write, temporaries of the same NAME that nobody holds locked (left by a writer
+that was SIGKILLed, or lost power) are removed. On any exception nothing is left beside
+``NAME`` and ``NAME`` is untouched; an OSError names the path. An existing destination
+that is not a regular file (a device, a FIFO, a directory) is refused, never replaced:
+as root, ``os.replace`` would otherwise swap /dev/null for a regular file.
+
+Because the old file is replaced (never truncated), rewriting a file that is currently
+mapped — ``write(p, f.metadata, f.tensors.values(), metadata_types=f.metadata_types)``
+with ``f = read(p)`` — is safe: the mapping keeps the old inode alive until it is closed.
+(A file truncated in place by another program while mapped would fault on access;
+refquant's writer never does that. On Windows a mapped file cannot be replaced: close it
+first.) A symbolic link at the destination is replaced by the new file; the file it
+pointed to is left as it was.
 
 Ref: ggml docs/gguf.md; ggml/src/gguf.cpp (gguf_init_from_file_impl, gguf_write_to_buf);
 gguf-py gguf/gguf_reader.py and gguf/gguf_writer.py (the oracles in tests).
@@ -79,10 +98,13 @@ gguf-py gguf/gguf_reader.py and gguf/gguf_writer.py (the oracles in tests).
 from __future__ import annotations
 
 import enum
+import errno
 import mmap
 import os
+import re
+import secrets
+import stat
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -91,7 +113,8 @@ import numpy as np
 from .types import BY_ID, ggml_type
 
 __all__ = [
-    "GGUFFormatError", "GGUFFile", "TensorInfo", "ValueType", "read", "write", "to_bytes",
+    "GGUFFormatError", "NotAFileError", "GGUFFile", "TensorInfo", "ValueType", "read", "write", "to_bytes",
+    "atomic_write", "file_kind", "open_regular", "check_destination",
     "GGUF_MAGIC", "DEFAULT_ALIGNMENT", "MAX_DIMS", "MAX_NAME_BYTES", "MAX_KEY_BYTES",
 ]
 
@@ -117,6 +140,53 @@ class GGUFFormatError(ValueError):
     def __init__(self, field: str, offset: int, message: str):
         self.field, self.offset = field, offset
         super().__init__(f"{field} at byte {offset}: {message}")
+
+
+class NotAFileError(ValueError):
+    """A path names something that is not a regular file (a directory, FIFO, device, socket).
+
+    str(e) reads ``"'<path>' is a FIFO (named pipe), not a regular file"``; ``path`` and
+    ``kind`` hold the two parts.
+    """
+
+    def __init__(self, path: str, kind: str, action: str = ""):
+        self.path, self.kind = path, kind
+        super().__init__(f"{path!r} is {kind}, not a regular file{action}")
+
+
+def file_kind(mode: int) -> str:
+    """What ``st_mode`` describes, in words: "a regular file", "a directory", "a FIFO (named pipe)" ..."""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_regular(path) -> int:
+    """A read-only descriptor on ``path`` after checking it is a regular file (symlinks followed).
+
+    The kind is checked with stat() before open() — so a FIFO is never opened, which would
+    block — and again with fstat() on the descriptor, opened O_NONBLOCK | O_NOCTTY so that a
+    FIFO or terminal swapped in between cannot block or become the controlling terminal.
+    Raises FileNotFoundError (or another OSError naming the path) and NotAFileError.
+    """
+    path = os.fspath(path)
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFileError(path, file_kind(st.st_mode))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFileError(path, file_kind(st.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class ValueType(enum.IntEnum):
@@ -504,11 +574,14 @@ def read(source) -> GGUFFile:
         ('tiny', (1, 2), (1, 8))
     """
     if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        fd = open_regular(source)  # refuses a FIFO / device / folder before opening it
+        try:
+            size = os.fstat(fd).st_size
             if size == 0:  # an empty file cannot be mapped
                 return _parse(memoryview(b""))
-            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
         view = memoryview(mm)
         try:
             gf = _parse(view)
@@ -761,31 +834,201 @@ def write(path, metadata: Mapping[str, Any], tensors=(), *, metadata_types=None,
     alignment: data alignment; default ``metadata["general.alignment"]`` or 32. A value
         other than that is stored in ``general.alignment``.
 
-    Bad arguments raise ValueError/TypeError before anything is written. The file goes to
-    a temporary file next to ``path`` (flushed, fsync'ed) that then replaces ``path``; on
-    any exception the temporary file is removed and ``path`` is untouched.
+    Bad arguments raise ValueError/TypeError before anything is written, and so does a
+    destination that exists and is not a regular file (NotAFileError). The file is written
+    by ``atomic_write``: on any exception ``path`` is untouched and nothing is left beside it.
     """
     path = os.fspath(path)
     chunks = _chunks(metadata, tensors, metadata_types, alignment)
     first = next(chunks)  # validates every argument before a file is created
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    atomic_write(path, _prepend(first, chunks))
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+# O_TMPFILE (Linux >= 3.11) needs /proc to give the anonymous inode a name with linkat
+_USE_O_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+# errors meaning "this kernel or file system has no O_TMPFILE": use a named temporary instead
+_NO_TMPFILE_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS})
+_TEMP_TOKEN_BYTES = 8  # .NAME.<16 hex digits>.tmp
+
+
+def _temp_pattern(base: str) -> re.Pattern:
+    """Names of temporaries of target ``base``: .BASE.<token>.tmp, the token without dots so
+    that target "m.gguf" never claims the temporaries of "m.gguf.x" (tempfile's 8-character
+    tokens of earlier refquant versions included)."""
+    return re.compile(rf"\.{re.escape(base)}\.[0-9a-z_]{{8,32}}\.tmp\Z")
+
+
+def check_destination(path) -> None:
+    """Refuse a destination that exists and is not a regular file (or a symlink to one).
+
+    Replacing it would swap a device (/dev/null, as root), a FIFO or a folder for a
+    regular file. A missing path, or a dangling symlink, is fine: it will be created.
+    """
+    path = os.fspath(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(first)
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
-    except BaseException:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFileError(path, file_kind(st.st_mode), "; refusing to replace it")
+
+
+def atomic_write(path, chunks: Iterable[bytes]) -> None:
+    """Write the byte chunks to ``path`` so that readers see the old file or the whole new one.
+
+    Linux: an anonymous O_TMPFILE inode in the target's folder, named with linkat only once
+    it is complete and fsync'ed, then renamed over ``path`` (os.replace) and the folder
+    fsync'ed; elsewhere a named, locked temporary does the same. A SIGKILL mid-write leaves
+    nothing beside ``path`` (O_TMPFILE) or a stale temporary that the next write of ``path``
+    removes. An existing file's permissions are kept; a new one gets 0o666 minus the umask.
+    Raises NotAFileError for a destination that is not a regular file, OSError (naming the
+    path) when the folder is missing or unwritable or the disk is full.
+    """
+    path = os.fspath(path)
+    check_destination(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise _naming(e, folder) from None
+    try:
+        mode = _mode_for(path)
+        fd, name = _anonymous_temp(folder) if _USE_O_TMPFILE else (None, None)
+        if fd is None:
+            fd, name = _named_temp(dir_fd, base)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+            for chunk in chunks:
+                _write_all(fd, chunk)
+            os.fsync(fd)
+            os.fchmod(fd, mode)
+            if name is None:
+                name = _link_anonymous(fd, dir_fd, base)
+            os.replace(name, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            name = None
+        except BaseException as e:
+            if name is not None:
+                try:
+                    os.unlink(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
+            if isinstance(e, OSError):
+                raise _naming(e, path) from None
+            raise
+        finally:
+            os.close(fd)  # releases the lock; an unnamed O_TMPFILE inode is freed here
+        _fsync(dir_fd)
+        _remove_stale_temps(dir_fd, base)
+    finally:
+        os.close(dir_fd)
+
+
+def _naming(e: OSError, path: str) -> OSError:
+    """The same error, naming ``path`` when the system call gave no file name (write, fsync)."""
+    if e.filename is not None or e.errno is None:
+        return e
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), path)
+
+
+def _write_all(fd: int, chunk) -> None:
+    """os.write until every byte is written (a write may be short: a signal, a nearly full disk)."""
+    view = memoryview(chunk).cast("B")
+    while view.nbytes:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _lock(fd: int) -> None:
+    """Hold an exclusive flock for the temporary's whole life: the sign that its writer is alive."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; stale temporaries are then never removed
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _anonymous_temp(folder: str) -> tuple[int | None, None]:
+    """An O_TMPFILE descriptor in ``folder`` (no name yet), or (None, None) where unsupported."""
+    try:
+        fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as e:
+        if e.errno in _NO_TMPFILE_ERRNOS:
+            return None, None
         raise
-    _fsync_dir(folder)
+    _lock(fd)
+    return fd, None
+
+
+def _link_anonymous(fd: int, dir_fd: int, base: str) -> str:
+    """Give the complete O_TMPFILE inode a unique hidden name beside the target.
+
+    linkat(AT_FDCWD, "/proc/self/fd/N", dir_fd, name, AT_SYMLINK_FOLLOW) as open(2)
+    describes. Python's os.link calls plain link() unless a dir_fd is given — and link()
+    on the /proc symlink itself fails with EXDEV — hence dst_dir_fd.
+    """
+    while True:
+        name = f".{base}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            return name
+        except FileExistsError:
+            continue
+
+
+def _named_temp(dir_fd: int, base: str) -> tuple[int, str]:
+    """A new, locked .BASE.<token>.tmp beside the target (the fallback without O_TMPFILE).
+
+    Between O_CREAT and flock another writer's clean-up may see the file unlocked and
+    remove it; st_nlink == 0 after locking says so, and a new one is made.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        name = f".{base}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        _lock(fd)
+        if os.fstat(fd).st_nlink > 0:
+            return fd, name
+        os.close(fd)
+
+
+def _remove_stale_temps(dir_fd: int, base: str) -> None:
+    """Remove temporaries of target ``base`` whose writer is gone (their flock is free)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    pattern = _temp_pattern(base)
+    try:
+        names = [n for n in os.listdir(dir_fd) if pattern.match(n)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                         dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its writer is alive
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == st.st_ino:
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _mode_for(path: str) -> int:
@@ -798,15 +1041,9 @@ def _mode_for(path: str) -> int:
         return 0o666 & ~umask
 
 
-def _fsync_dir(folder: str) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+def _fsync(fd: int) -> None:
+    """Make the rename itself durable (POSIX); some file systems cannot fsync a directory."""
     try:
         os.fsync(fd)
     except OSError:
         pass
-    finally:
-        os.close(fd)
