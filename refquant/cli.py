@@ -7,20 +7,90 @@
 
 Each command lives in its own module, which defines ``add_arguments(parser)`` and
 ``run(args) -> int``. A user mistake (missing file, unknown type) raises ``UserError``
-and is printed as one line, with exit status 2 — no traceback.
+and is printed as one line, with exit status 2 — no traceback. So is any OSError that
+escapes a command (a full disk, a read-only folder): ``PATH: strerror``, exit status 2.
+
+Path arguments are checked before any work with ``input_file``, ``output_file`` and
+``output_folder``: an input must be a regular file (a FIFO would block open(), a device
+would read forever), an output file's folder must exist, and an existing output that is
+not a regular file (a device, a FIFO, a folder) is refused rather than replaced.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import stat
 import sys
 
-__all__ = ["main", "UserError", "COMMANDS"]
+__all__ = ["main", "UserError", "COMMANDS", "input_file", "output_file", "output_folder"]
 
 
 class UserError(Exception):
     """A mistake in the command line or its inputs: printed as one line, exit status 2."""
+
+
+def _kind(mode: int) -> str:
+    from .gguf.file import file_kind
+
+    return file_kind(mode)
+
+
+def input_file(path: str, arg: str) -> str:
+    """``path`` (argument ``arg``) must be an existing regular file, or a symlink to one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{arg}: no such file {path!r}") from None
+    except OSError as e:
+        raise UserError(f"{arg}: cannot read {path!r}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{arg}: {path!r} is {_kind(st.st_mode)}, expected a regular file")
+    return path
+
+
+def output_file(path: str, arg: str) -> str:
+    """``path`` may be written (atomically): its folder exists, and it is absent or a regular file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        raise UserError(f"{arg}: no such folder {folder!r} (for {path!r})") from None
+    except OSError as e:
+        raise UserError(f"{arg}: cannot write {path!r}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{arg}: cannot write {path!r}: {folder!r} is {_kind(st.st_mode)}, not a folder")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise UserError(f"{arg}: cannot write {path!r}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{arg}: {path!r} is {_kind(st.st_mode)}; refusing to replace it with a file")
+    return path
+
+
+def output_folder(path: str, arg: str) -> str:
+    """``path`` is a folder, or absent (it will be created); anything else is refused."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise UserError(f"{arg}: cannot write into {path!r} ({e.strerror or e})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{arg}: {path!r} is {_kind(st.st_mode)}, expected a folder")
+    return path
+
+
+def _os_error(e: OSError) -> str:
+    """One line for an OSError: 'PATH: strerror' (both paths of a rename)."""
+    what = e.strerror or str(e)
+    if e.filename is not None and e.filename2 is not None:
+        return f"{e.filename!r} -> {e.filename2!r}: {what}"
+    return f"{e.filename!r}: {what}" if e.filename is not None else what
 
 
 # command -> (module, one-line help)
@@ -78,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except UserError as e:
         print(f"refquant {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system said no (disk full, read-only, ...): one line, as promised
+        print(f"refquant {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"refquant {args.command}: interrupted", file=sys.stderr)

@@ -12,7 +12,6 @@ Sizes are bytes of tensor data; bpw = 8 * bytes / weights.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import numpy as np
@@ -31,19 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..cli import UserError, input_file
 
     path = args.path
     if args.items < 0:
         raise UserError(f"--items: expected a count >= 0, got {args.items}")
-    if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, expected a .gguf file")
+    input_file(path, "FILE.gguf")  # a FIFO or a device is named as such, never opened
     try:
         f = gguf_file.read(path)
     except gguf_file.GGUFFormatError as e:
         raise UserError(f"{path}: not a valid GGUF file: {e}") from None
+    except gguf_file.NotAFileError as e:  # swapped for a FIFO or device since the check
+        raise UserError(f"FILE.gguf: {e}") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
     with f:

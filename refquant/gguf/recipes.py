@@ -429,7 +429,10 @@ def quantize_file(src: str, dst: str, ftype: str, imatrix: Mapping[str, np.ndarr
     ftype = _ftype_name(ftype)
     if isinstance(imatrix, (str, os.PathLike)):
         imatrix = load_imatrix(os.fspath(imatrix))
+    file.check_destination(dst)  # a device or FIFO at dst: refused before the work, not after
     with file.read(src) as f:
+        if not f.tensors:  # nothing to quantize, and bits per weight would be 0 / 0
+            raise ValueError(f"src: {os.fspath(src)!r} holds no tensors; nothing to quantize")
         info = ModelInfo.from_metadata(f.metadata)
         types, n_fallback = _assign(f, ftype, info, imatrix is not None)
         metadata = {k: v for k, v in f.metadata.items() if not k.startswith("split.")}
@@ -484,27 +487,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..cli import UserError, input_file, output_file
     from .file import GGUFFormatError
 
     try:
         ftype = _ftype_name(args.type)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if not os.path.isfile(args.input):
-        raise UserError(f"input: no such file: {args.input}")
-    if os.path.abspath(args.input) == os.path.abspath(args.output):
+    # every path checked before any work: a FIFO is never opened, a device never replaced
+    input_file(args.input, "input")
+    output_file(args.output, "output")
+    if args.imatrix:
+        input_file(args.imatrix, "--imatrix")
+    if os.path.abspath(args.input) == os.path.abspath(args.output) or (
+            os.path.exists(args.output) and os.path.samefile(args.input, args.output)):
         raise UserError("output: must differ from the input file")
     imatrix = None
-    try:
-        if args.imatrix:
-            if not os.path.isfile(args.imatrix):
-                raise UserError(f"imatrix: no such file: {args.imatrix}")
+    if args.imatrix:
+        try:
             imatrix = load_imatrix(args.imatrix)
+        except GGUFFormatError as e:
+            raise UserError(f"--imatrix: {args.imatrix!r}: not a valid GGUF file: {e}") from None
+        except (ValueError, TypeError) as e:
+            raise UserError(f"--imatrix: {e}") from None
+        except OSError as e:
+            raise UserError(f"--imatrix: cannot read {args.imatrix!r}: {e.strerror or e}") from None
+    try:
         summary = quantize_file(args.input, args.output, ftype, imatrix)
     except GGUFFormatError as e:
-        raise UserError(f"not a valid GGUF file: {e}") from None
+        raise UserError(f"input: {args.input!r}: not a valid GGUF file: {e}") from None
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
+    except OSError as e:  # reading the input; a failed write (disk full) names the output itself
+        if e.filename is not None and os.path.abspath(e.filename) == os.path.abspath(args.input):
+            raise UserError(f"input: cannot read {args.input!r}: {e.strerror or e}") from None
+        raise
     print(f"{args.output}: {ftype}: {summary.table()}")
     return 0
