@@ -1,43 +1,26 @@
 """Checker for the group-quantization exercise, with refquant.uniform as the oracle.
 
-    python -m pytest exercises/group_quant -q                     # checks solution.py
-    EXERCISE=starter python -m pytest exercises/group_quant -q    # checks your starter.py
+    python -m pytest exercises/group_quant -q                        # checks solution.py
+    EXERCISE=starter python -m pytest exercises/group_quant -q       # checks your starter.py
+    EXERCISE=my_attempt python -m pytest exercises/group_quant -q    # checks my_attempt.py
+    refquant exercises check group_quant --file my_attempt           # the same, with a summary
 """
 
 from __future__ import annotations
-
-import importlib.util
-import os
-import pathlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from refquant import uniform as U
+from refquant.exercises import attempt, load_attempt
 from refquant.testing import strategies as st_rq
 
-TARGET = os.environ.get("EXERCISE", "solution")
-if TARGET not in ("solution", "starter"):
-    raise ValueError(f"EXERCISE: expected 'solution' or 'starter', got {TARGET!r}")
-
-
-def _load(name: str):
-    path = pathlib.Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"group_quant_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ex = _load(TARGET)
+ex = load_attempt(__file__)  # EXERCISE=solution (default) | starter | any file of this folder
 
 
 def _call(fn, *args):
-    try:
-        return fn(*args)
-    except NotImplementedError as e:
-        pytest.fail(f"{fn.__name__} is not implemented yet: {e}")
+    return attempt(fn, *args)
 
 
 weights = st.integers(0, 2).flatmap(lambda i: st_rq.rows(block=(16, 32, 64)[i], max_rows=4, max_blocks=3))
