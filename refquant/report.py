@@ -43,7 +43,7 @@ import numpy as np
 
 from ._backend import from_numpy, namespace, to_numpy
 from ._rounding import to_fp16
-from .cli import UserError
+from .cli import UserError, input_file, output_folder
 
 __all__ = [
     "METHODS", "QUICK_METHODS", "DEFAULT_METHODS", "Quantized", "Context", "Row",
@@ -484,7 +484,7 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
                 placed.append(box)
                 break
             label.remove()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # a file name or a binary file object
 
 
 def print_table(rows: list[Row], protocol: dict[str, str], file=None) -> None:
@@ -509,17 +509,17 @@ def print_table(rows: list[Row], protocol: dict[str, str], file=None) -> None:
 
 
 def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> dict[str, str]:
-    """report.md, report.csv, report.png in ``out_dir`` (written to a temporary name, then renamed)."""
+    """report.md, report.csv, report.png in ``out_dir``, each written atomically
+    (``refquant.gguf.file.atomic_write``: a killed run leaves the old file or the new one, no part file)."""
+    from .gguf.file import atomic_write
+
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"report.{ext}") for ext in ("md", "csv", "png")}
-    for ext, text in (("md", to_markdown(rows, protocol)), ("csv", to_csv(rows))):
-        tmp = paths[ext] + ".part"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, paths[ext])
-    tmp = paths["png"] + ".part.png"
-    plot(rows, tmp, title=f"perplexity against bits per weight — {protocol.get('model', '')}")
-    os.replace(tmp, paths["png"])
+    png = io.BytesIO()
+    plot(rows, png, title=f"perplexity against bits per weight — {protocol.get('model', '')}")
+    for ext, data in (("md", to_markdown(rows, protocol).encode("utf-8")), ("csv", to_csv(rows).encode("utf-8")),
+                      ("png", png.getvalue())):
+        atomic_write(paths[ext], [data])
     return paths
 
 
@@ -617,10 +617,9 @@ def run(args) -> int:
     if window < 2:
         raise UserError(f"--window: expected at least 2 tokens, got {window}")
     n_calib = _positive(args.calib_tokens, n_calib, "--calib-tokens")
-    if args.model is not None and not os.path.isfile(args.model):
-        raise UserError(f"--model: no such file {args.model!r}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out: {args.out!r} exists and is not a folder")
+    if args.model is not None:
+        input_file(args.model, "--model")  # a FIFO or device is named, never opened
+    output_folder(args.out, "--out")
     try:
         tensors = re.compile(args.tensors) if args.tensors else None
     except re.error as e:
@@ -630,12 +629,22 @@ def run(args) -> int:
     from . import model as model_mod
     from .model import data, ppl
 
+    from .gguf.file import GGUFFormatError
+
     try:
         model = model_mod.load_model(args.model, xp=xp)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
-    except ValueError as e:  # not a GGUF file, or not a Llama-architecture one
+    except GGUFFormatError as e:  # truncated, or a count that does not fit the file
+        raise UserError(f"--model: {args.model!r}: not a valid GGUF file: {e}") from None
+    except ValueError as e:  # not a GGUF file, not a Llama, a header that disagrees with its tensors
         raise UserError(f"--model: {e}") from None
+    except OSError as e:
+        raise UserError(f"--model: cannot read {args.model!r}: {e.strerror or e}") from None
+    if tensors is not None and not any(tensors.search(n) for n, w in model.weights.items() if w.ndim == 2):
+        example = next(iter(block_linear_names(model.weights)), "blk.0.attn_q.weight")
+        raise UserError(f"--tensors: /{args.tensors}/ matches no weight matrix of the model "
+                        f"(names look like {example!r})")
     _check_writable(args.out)
 
     eval_tokens = list(model.tokenize(data.evaluation_text()))[:n_eval]
@@ -686,8 +695,7 @@ def _check_writable(folder: str) -> None:
     probe = os.path.join(folder, ".refquant-write-probe")
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(probe, "w"):
-            pass
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         os.remove(probe)
     except OSError as e:
         raise UserError(f"--out: cannot write into {folder!r} ({e.strerror or e})") from None

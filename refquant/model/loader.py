@@ -9,6 +9,13 @@ so in NumPy order it is ``(ne1, ne0)``. For a linear layer ``y = x Wᵀ`` ggml s
 ``ne0 = in_features``: NumPy order gives ``W`` as ``(out_features, in_features)``, the
 same layout as ``torch.nn.Linear.weight``. The token embedding is ``(vocab, d)``.
 
+The header is checked against the tensor table before anything is sized from it (a
+2**31-1 ``block_count`` in a small file would otherwise build billions of tensor names):
+every count is an integer >= 1, ``block_count`` is at most the number of blocks whose
+tensors the file holds, ``head_count`` divides ``embedding_length`` into heads of even
+width, ``head_count_kv`` divides ``head_count``, and every required tensor has the shape
+the header implies. A violation is a ValueError naming the key or the tensor.
+
 The bytes are read by refquant's own GGUF reader (``refquant.gguf.file.read``) and
 decoded by its codecs (``refquant.gguf.dequantize``); gguf-py and llama.cpp serve only as
 oracles in the tests.
@@ -20,13 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
-from typing import Any
+import re
+from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["LlamaConfig", "read_gguf", "config_from_metadata", "load_weights", "block_tensor_names",
-           "SUPPORTED_ARCHITECTURES"]
+__all__ = ["LlamaConfig", "read_gguf", "config_from_metadata", "check_against_tensors", "load_weights",
+           "block_tensor_names", "SUPPORTED_ARCHITECTURES"]
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 GGUF_MAGIC = b"GGUF"
@@ -70,17 +79,16 @@ class LlamaConfig:
         return self.n_embd // self.n_head
 
 
-def _read_file(path: str) -> tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]:
-    """refquant's GGUF reader: metadata {key: python value}, tensors {name: (type name, raw)}.
+def _read_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """refquant's GGUF reader: metadata {key: python value}, tensors {name: TensorInfo}.
 
-    ``raw`` is a read-only uint8 view ``(..., row_bytes)`` of the tensor's bytes in the
-    mapped file (refquant.gguf.file.TensorInfo.raw).
+    ``TensorInfo.raw`` is a read-only uint8 view ``(..., row_bytes)`` of the tensor's bytes
+    in the mapped file; ``TensorInfo.shape`` its NumPy-order shape.
     """
     from ..gguf import file as gguf_file
 
     f = gguf_file.read(path)
-    tensors = {name: (str(info.type), info.raw) for name, info in f.tensors.items()}
-    return dict(f.metadata), tensors
+    return dict(f.metadata), dict(f.tensors)
 
 
 def _dequantize(raw: np.ndarray, qtype: str) -> np.ndarray:
@@ -92,21 +100,26 @@ def _dequantize(raw: np.ndarray, qtype: str) -> np.ndarray:
 
 
 def _check_gguf(path: str) -> None:
+    from ..gguf.file import open_regular
+
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"path: no such file: {path}")
-    with open(path, "rb") as fh:
+    try:
+        fd = open_regular(path)  # a FIFO or a device is refused (NotAFileError), never opened
+    except FileNotFoundError:
+        raise FileNotFoundError(f"path: no such file: {path}") from None
+    with os.fdopen(fd, "rb") as fh:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
         raise ValueError(f"path: {path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
 
 
 def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]:
-    """Metadata and raw tensors of a GGUF file, after checking its magic number."""
+    """Metadata and raw tensors {name: (type name, raw bytes)} of a GGUF file, after checking its magic number."""
     path = os.fspath(path)
     _check_gguf(path)
-    return _read_file(path)
+    metadata, infos = _read_file(path)
+    return metadata, {name: (str(t.type), t.raw) for name, t in infos.items()}
 
 
 def _meta(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -122,28 +135,113 @@ def block_tensor_names(i: int) -> list[str]:
     return [f"blk.{i}.{n}.weight" for n in NORM_NAMES + LINEAR_NAMES]
 
 
+def _int_key(metadata: Mapping[str, Any], key: str, default: int | None = None, lo: int = 1) -> int:
+    """An integer hyper-parameter, checked: present (or defaulted), an integer, >= lo."""
+    if key not in metadata:
+        if default is None:
+            raise ValueError(f"path: GGUF metadata lacks the required key {key!r}")
+        return default
+    v = metadata[key]
+    if isinstance(v, (list, tuple, np.ndarray)) and len(v) > 0 and all(x == v[0] for x in v):
+        v = v[0]  # a per-layer array with one value throughout (as some converters write head counts)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"path: {key} must be an integer, got {v!r}")
+    if int(v) < lo:
+        raise ValueError(f"path: {key} = {int(v)}; expected an integer >= {lo}")
+    return int(v)
+
+
+def _float_key(metadata: Mapping[str, Any], key: str, default: float | None = None) -> float:
+    """A positive, finite float hyper-parameter."""
+    if key not in metadata and default is not None:
+        return default
+    v = _meta(metadata, key)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(v)) or float(v) <= 0:
+        raise ValueError(f"path: {key} must be a positive finite number, got {v!r}")
+    return float(v)
+
+
 def config_from_metadata(metadata: dict[str, Any], tensor_names: set[str] | None = None) -> LlamaConfig:
-    """A ``LlamaConfig`` from GGUF metadata; ValueError for another architecture."""
+    """A ``LlamaConfig`` from GGUF metadata, its counts checked; ValueError for another
+    architecture or a count that cannot describe a model (0 heads, heads not dividing d)."""
     arch = metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"path: unsupported architecture {arch!r}; supported: {list(SUPPORTED_ARCHITECTURES)}")
-    n_embd = int(_meta(metadata, "llama.embedding_length"))
-    n_head = int(_meta(metadata, "llama.attention.head_count"))
+    n_embd = _int_key(metadata, "llama.embedding_length")
+    n_head = _int_key(metadata, "llama.attention.head_count")
+    if n_embd % n_head or (n_embd // n_head) % 2:
+        raise ValueError(f"path: llama.attention.head_count = {n_head} must divide llama.embedding_length = "
+                         f"{n_embd} into heads of even width (RoPE rotates pairs)")
+    head_dim = n_embd // n_head
+    n_head_kv = _int_key(metadata, "llama.attention.head_count_kv", n_head)
+    if n_head % n_head_kv:
+        raise ValueError(f"path: llama.attention.head_count_kv = {n_head_kv} must divide "
+                         f"llama.attention.head_count = {n_head}")
+    n_rot = _int_key(metadata, "llama.rope.dimension_count", head_dim)
+    if n_rot != head_dim:
+        raise ValueError(f"path: llama.rope.dimension_count = {n_rot}; this runtime rotates whole heads "
+                         f"of {head_dim} dimensions")
     tokens = metadata.get("tokenizer.ggml.tokens")
-    vocab = int(metadata.get("llama.vocab_size", len(tokens) if tokens is not None else 0))
+    vocab = _int_key(metadata, "llama.vocab_size", len(tokens) if tokens is not None else 0, lo=0)
     return LlamaConfig(
-        n_layer=int(_meta(metadata, "llama.block_count")),
+        n_layer=_int_key(metadata, "llama.block_count"),
         n_embd=n_embd,
         n_head=n_head,
-        n_head_kv=int(metadata.get("llama.attention.head_count_kv", n_head)),
-        n_ff=int(_meta(metadata, "llama.feed_forward_length")),
-        n_rot=int(metadata.get("llama.rope.dimension_count", n_embd // n_head)),
-        rope_base=float(metadata.get("llama.rope.freq_base", 10000.0)),
-        rms_eps=float(_meta(metadata, "llama.attention.layer_norm_rms_epsilon")),
+        n_head_kv=n_head_kv,
+        n_ff=_int_key(metadata, "llama.feed_forward_length"),
+        n_rot=n_rot,
+        rope_base=_float_key(metadata, "llama.rope.freq_base", 10000.0),
+        rms_eps=_float_key(metadata, "llama.attention.layer_norm_rms_epsilon"),
         vocab_size=vocab,
-        n_ctx_train=int(metadata.get("llama.context_length", 0)),
+        n_ctx_train=_int_key(metadata, "llama.context_length", 0, lo=0),
         tied_embeddings=tensor_names is not None and "output.weight" not in tensor_names,
     )
+
+
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.")
+
+
+def check_against_tensors(config: LlamaConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """The header must describe the tensor table: ValueError naming the first disagreement.
+
+    block_count is bounded by the blocks present *before* any per-block list is made, so a
+    hostile count costs nothing; then every required tensor must exist with its shape.
+    """
+    outside = [n for n in ("token_embd.weight", "output_norm.weight") if n not in shapes]
+    if outside:
+        raise ValueError(f"path: the file lacks tensor(s) {outside} required by the llama architecture")
+    n_blocks = len({int(m.group(1)) for n in shapes if (m := _BLOCK_RE.match(n))})
+    if config.n_layer > n_blocks:
+        raise ValueError(f"path: llama.block_count = {config.n_layer}, but the file holds tensors of "
+                         f"{n_blocks} block(s)")
+    d, D = config.n_embd, config.head_dim
+    embd = shapes["token_embd.weight"]
+    if len(embd) != 2 or embd[1] != d:
+        raise ValueError(f"path: tensor 'token_embd.weight' has shape {tuple(embd)}; llama.embedding_length = {d} "
+                         f"needs (vocab, {d})")
+    vocab = embd[0]
+    expected = {"output_norm.weight": (d,)}
+    if not config.tied_embeddings:
+        expected["output.weight"] = (vocab, d)
+    linear = {"attn_q": (config.n_head * D, d), "attn_k": (config.n_head_kv * D, d),
+              "attn_v": (config.n_head_kv * D, d), "attn_output": (d, config.n_head * D),
+              "ffn_gate": (config.n_ff, d), "ffn_up": (config.n_ff, d), "ffn_down": (d, config.n_ff)}
+    for i in range(config.n_layer):  # n_layer <= the blocks present: bounded by the file's size
+        expected.update({f"blk.{i}.{n}.weight": (d,) for n in NORM_NAMES})
+        expected.update({f"blk.{i}.{n}.weight": s for n, s in linear.items()})
+    missing = [n for n in expected if n not in shapes]
+    if missing:
+        raise ValueError(f"path: the file lacks tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                         f"required by the {config.n_layer}-block llama architecture")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise ValueError(f"path: tensor {name!r} has shape {tuple(shapes[name])}; the header "
+                             f"(embedding_length {d}, head_count {config.n_head}, head_count_kv "
+                             f"{config.n_head_kv}, feed_forward_length {config.n_ff}) implies {shape}")
+    if config.vocab_size > vocab:
+        raise ValueError(f"path: the tokenizer has {config.vocab_size} tokens but token_embd.weight only "
+                         f"{vocab} rows")
 
 
 def _required_names(config: LlamaConfig) -> list[str]:
@@ -157,16 +255,12 @@ def _required_names(config: LlamaConfig) -> list[str]:
 
 @functools.lru_cache(maxsize=2)
 def _load_numpy(path: str, mtime: float) -> tuple[dict[str, Any], LlamaConfig, dict[str, np.ndarray]]:
-    metadata, tensors = read_gguf(path)
-    config = config_from_metadata(metadata, set(tensors))
-    missing = [n for n in _required_names(config) if n not in tensors]
-    if missing:
-        raise ValueError(f"path: {path} lacks tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
-                         f"required by the {config.n_layer}-block llama architecture")
+    metadata, infos = _read_file(path)
+    config = config_from_metadata(metadata, set(infos))
+    check_against_tensors(config, {n: t.shape for n, t in infos.items()})  # before sizing anything from it
     weights = {}
     for name in _required_names(config):
-        qtype, raw = tensors[name]
-        w = _dequantize(raw, qtype)  # (out_features, in_features) or (n,) for a norm
+        w = _dequantize(infos[name].raw, infos[name].type)  # (out_features, in_features) or (n,) for a norm
         w.flags.writeable = False  # shared by every model loaded from this file
         weights[name] = w
     if config.vocab_size != weights["token_embd.weight"].shape[0]:
