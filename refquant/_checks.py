@@ -8,11 +8,13 @@ message names the argument and states what was expected, e.g.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 from ._backend import namespace
 
-__all__ = ["check_float", "check_finite", "check_bits", "check_divisible", "check_nonempty"]
+__all__ = ["check_float", "check_finite", "check_bits", "check_divisible", "check_nonempty", "check_number"]
 
 
 def check_float(x: Any, name: str = "x") -> None:
@@ -52,3 +54,26 @@ def check_float_input(x: Any, name: str = "x") -> None:
     check_float(x, name)
     check_nonempty(x, name)
     check_finite(x, name)
+
+
+def check_number(value: Any, name: str, lo: float | None = None, hi: float | None = None, *,
+                 integer: bool = False, lo_open: bool = False) -> Any:
+    """A scalar argument (a grid size, a damping fraction): a finite int/float in [lo, hi].
+
+    ``lo_open``: lo itself is excluded, (lo, hi]. ``integer``: an integral number (not a bool;
+    NumPy scalars count). Returns the value; raises ValueError naming the argument, e.g.
+    ``percdamp: expected a finite number > 0, got inf``.
+    """
+    kind = "an integer" if integer else "a finite number"
+    if lo is not None and hi is not None:
+        want = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    elif lo is not None:
+        want = f"{kind} {'>' if lo_open else '>='} {lo:g}"
+    else:
+        want = kind if hi is None else f"{kind} <= {hi:g}"
+    types = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, types) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (lo is None or (value > lo if lo_open else value >= lo)) and (hi is None or value <= hi)
+    if not ok:
+        raise ValueError(f"{name}: expected {want}, got {value!r}")
+    return value

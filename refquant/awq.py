@@ -24,10 +24,16 @@ group's own output error  mean_t (Σ_{k∈g} x_tk (ŵ_k - w_k))²  (q and k are 
 
 Finally every weight is quantized with AWQ's group quantizer (asymmetric, INT4/INT3, G=128):
 
-    s_g = max(max w - min w, 1e-5) / (2^b - 1),  z_g = clamp(-round(min w / s_g), 0, 2^b - 1)
+    w_max = max(max w, 0),  w_min = min(min w, 0)        (the range widened to contain 0)
+    s_g = max(w_max - w_min, 1e-5) / (2^b - 1),  z_g = clamp(-round(w_min / s_g), 0, 2^b - 1)
     q = clamp(round(w / s_g) + z_g, 0, 2^b - 1),   ŵ = s_g (q - z_g)
 
-(no widening of [min, max] to contain 0, unlike GPTQ's quantizer).
+The widening is ours, not llm-awq's: its ``pseudo_quantize_tensor`` takes [min w, max w] as
+it is and clamps z to the 4-bit codes, so the grid s(q - z) always contains 0 but spans only
+max - min. A group on one side of 0 then falls off it: a constant group 0.37 has s = 1e-5/15,
+z = clamp(-554 999) = 0 and decodes to 15 s = 1e-5; a group in [1, 2] decodes into [0, 1].
+With the range widened the clamp never acts and |w - ŵ| <= s/2 holds for every group; on a
+group that contains 0 (nearly every real group of 128 weights) nothing changes, bit for bit.
 
 Symbols: X (T, in) layer input, one token per row; W (out, in); s (in,) per-input-channel
 scale; α exponent; G group size; b bits.
@@ -46,8 +52,9 @@ import math
 from typing import Any, Callable, Iterable
 
 from ._backend import device, namespace
-from ._checks import check_bits, check_divisible, check_float, check_finite, check_nonempty
+from ._checks import check_bits, check_float, check_finite, check_nonempty, check_number
 from ._rounding import round_half_even
+from .gptq import range_scale
 from .uniform import dequantize_codes, quantize_codes
 
 __all__ = [
@@ -80,6 +87,18 @@ def _check_W(W: Any, name: str = "W") -> None:
     check_finite(W, name)
 
 
+def _check_scale(s: Any, n: int, name: str = "s") -> None:
+    """A per-channel scale that is folded (divided by): (n,), finite, positive — a zero or a
+    negative one would turn the folded gain or weight into inf, or flip signs."""
+    check_float(s, name)
+    if tuple(s.shape) != (n,):
+        raise ValueError(f"{name}: expected shape ({n},) (one scale per channel), got {tuple(s.shape)}")
+    xp = namespace(s)
+    if not bool(xp.all(xp.isfinite(s) & (s > 0))):
+        raise ValueError(f"{name}: expected finite positive scales, got values in "
+                         f"[{float(xp.min(s)):g}, {float(xp.max(s)):g}]")
+
+
 # --------------------------------------------------------------------------- pieces
 
 
@@ -98,8 +117,9 @@ def _segments(n_in: int, group_size: int, partial: bool) -> list[tuple[int, int,
     the remainder as one shorter group when ``partial`` (SmolLM2's 576 = 4·128 + 64)."""
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
         raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
-    if not partial:
-        check_divisible(n_in, group_size, "group_size", "group size (pass partial_group=True for a shorter last group)")
+    if not partial and n_in % group_size:
+        raise ValueError(f"group_size: W's {n_in} input columns are not a multiple of group_size={group_size} "
+                         "(pass partial_group=True for a shorter last group)")
     n_full = n_in // group_size * group_size
     segs = [(0, n_full, group_size)] if n_full else []
     return segs + ([(n_full, n_in, n_in - n_full)] if n_full < n_in else [])
@@ -113,8 +133,10 @@ def awq_group_quantize(W: Any, bits: int = 4, group_size: int = 128, partial_gro
 
     W: (out, in) -> q (out, in) int32, s, z (out, n_groups), Ŵ (out, in). Bound: |w - ŵ| ≤ s/2.
     G must divide ``in`` unless partial_group=True (then the last group is the remainder).
-    Example: a group [-1, 0, 2] at 2 bits: s = 3/3 = 1, z = 1, q = [0, 1, 3], ŵ = [-1, 0, 2].
-    Ref: llm-awq quantizer.py ``pseudo_quantize_tensor`` (zero_point=True).
+    Example: a group [-1, 0, 2] at 2 bits: s = 3/3 = 1, z = 1, q = [0, 1, 3], ŵ = [-1, 0, 2];
+    a constant group [0.37, 0.37] at 4 bits: range [0, 0.37], z = 0, q = 15, ŵ = 15 s = 0.37.
+    Ref: llm-awq quantizer.py ``pseudo_quantize_tensor`` (zero_point=True), with the range
+    widened to contain 0 (module docstring: why).
     """
     xp = namespace(W)
     _check_W(W)
@@ -124,10 +146,12 @@ def awq_group_quantize(W: Any, bits: int = 4, group_size: int = 128, partial_gro
     parts = []
     for lo, hi, G in _segments(n_in, group_size, partial_group):
         Wg = xp.reshape(W[:, lo:hi], (n_out, (hi - lo) // G, G))          # (out, n_groups, G)
-        w_max = xp.max(Wg, axis=2, keepdims=True)                          # (out, n_groups, 1)
-        w_min = xp.min(Wg, axis=2, keepdims=True)
-        s = xp.clip(w_max - w_min, MIN_RANGE, None) / q_max
-        z = xp.clip(-round_half_even(w_min / s), 0.0, float(q_max))
+        zero = xp.zeros((n_out, (hi - lo) // G, 1), dtype=W.dtype, device=device(W))
+        w_max = xp.maximum(xp.max(Wg, axis=2, keepdims=True), zero)       # (out, n_groups, 1)
+        w_min = xp.minimum(xp.min(Wg, axis=2, keepdims=True), zero)       # widened to contain 0
+        # max(w_max - w_min, 1e-5) / q_max; the range is taken without overflow (±2e38 weights)
+        s = range_scale(w_min, w_max, q_max, MIN_RANGE)
+        z = xp.clip(-round_half_even(w_min / s), 0.0, float(q_max))       # in 0..q_max already
         q = quantize_codes(Wg, s, z, 0, q_max)                             # (out, n_groups, G)
         parts.append((xp.reshape(q, (n_out, hi - lo)), s[..., 0], z[..., 0],
                       xp.reshape(dequantize_codes(q, s, z), (n_out, hi - lo))))
@@ -137,9 +161,18 @@ def awq_group_quantize(W: Any, bits: int = 4, group_size: int = 128, partial_gro
 def scales_for(s_X: Any, alpha: float) -> Any:
     """s(α) = max(s_X^α, 1e-4) / √(max s · min s)   — normalised so that max·min = 1.
 
-    s_X: (in,) -> (in,). α = 0 gives exactly 1 everywhere (no scaling).
+    s_X: (in,) mean |x| >= 0, α in [0, 1] -> (in,). α = 0 gives exactly 1 everywhere (no
+    scaling). (A negative s_X has no real power s_X^α; a negative α sends s_X = 0 to inf.)
     """
     xp = namespace(s_X)
+    check_float(s_X, "s_X")
+    check_nonempty(s_X, "s_X")
+    if s_X.ndim != 1:
+        raise ValueError(f"s_X: expected one activation magnitude per input channel, shape (in,), got {tuple(s_X.shape)}")
+    if not bool(xp.all(xp.isfinite(s_X) & (s_X >= 0))):
+        raise ValueError(f"s_X: expected finite non-negative activation magnitudes (mean |x|), got values in "
+                         f"[{float(xp.min(s_X)):g}, {float(xp.max(s_X)):g}]")
+    check_number(alpha, "alpha", 0, 1)
     s = xp.clip(s_X ** alpha, MIN_SCALE, None)                             # (in,)
     return s / xp.sqrt(xp.max(s) * xp.min(s))
 
@@ -184,8 +217,9 @@ def search_scale(X: Any, Ws: Iterable[Any], bits: int = 4, group_size: int = 128
         _check_W(W, f"Ws[{k}]")
         if W.shape[1] != X.shape[1]:
             raise ValueError(f"Ws[{k}]: expected {X.shape[1]} input columns to match X, got shape {tuple(W.shape)}")
-    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
-        raise ValueError(f"n_grid: expected a positive integer, got {n_grid!r}")
+    check_number(n_grid, "n_grid", 1, integer=True)
+    bits = check_bits(bits)
+    _segments(X.shape[1], group_size, partial_group)                     # G checked before the search
     W_all = xp.concat(Ws, axis=0)                                          # (Σ out, in)
     Y = X @ W_all.T                                                        # (T, Σ out)
     s_X = act_scale(X)                                                     # (in,)
@@ -199,7 +233,8 @@ def search_scale(X: Any, Ws: Iterable[Any], bits: int = 4, group_size: int = 128
         if loss < best:
             best, best_s, best_alpha = loss, s, alpha
     if best_s is None:
-        raise ValueError(f"search_scale: no finite loss on the grid (losses {losses})")
+        raise ValueError(f"X, Ws: no finite loss on the α grid (losses {losses}): X Wᵀ overflows {X.dtype} "
+                         "(max |X| = {:.3g}); the range is too large — rescale X".format(float(xp.max(xp.abs(X)))))
     return ScaleSearch(s=best_s, alpha=best_alpha, losses=losses)
 
 
@@ -226,10 +261,20 @@ def search_clip(W: Any, X: Any, bits: int = 4, group_size: int = 128, n_grid: in
         keep, per (row, group), the m of the smallest err (i = 0: no clipping)
 
     W: (out, in), X: (T, in) (every ⌊T / n_sample_token⌋-th token is used) -> ``ClipSearch``.
+    n_grid >= 1, 0 < max_shrink <= 1 (a larger shrink would clip to a negative bound), and
+    their product must leave at least the point i = 0.
     """
     xp = namespace(W, X)
     _check_W(W)
     _check_X(X, W.shape[1])
+    bits = check_bits(bits)
+    check_number(n_grid, "n_grid", 1, integer=True)
+    check_number(max_shrink, "max_shrink", 0, 1, lo_open=True)
+    check_number(n_sample_token, "n_sample_token", 1, integer=True)
+    n_points = int(max_shrink * n_grid)
+    if n_points < 1:
+        raise ValueError(f"n_grid, max_shrink: int(max_shrink · n_grid) = int({max_shrink:g} · {n_grid}) = 0 leaves "
+                         f"no grid point; need max_shrink · n_grid >= 1 (e.g. n_grid >= {math.ceil(1 / max_shrink)})")
     n_out, n_in = W.shape
     segs = _segments(n_in, group_size, partial_group)
     Xs = X[::max(1, X.shape[0] // n_sample_token), :]                      # (T', in)
@@ -247,7 +292,7 @@ def search_clip(W: Any, X: Any, bits: int = 4, group_size: int = 128, n_grid: in
         return xp.stack(errs, axis=1)                                      # (out, n_groups)
 
     best_err = best_max = err0 = None
-    for i in range(int(max_shrink * n_grid)):
+    for i in range(n_points):
         m = w_absmax * (1 - i / n_grid)                                    # (out, n_groups)
         err = group_errors(awq_group_quantize(apply_clip(W, m, group_size), bits, group_size, partial_group)[3])
         if best_err is None:
@@ -262,10 +307,19 @@ def search_clip(W: Any, X: Any, bits: int = 4, group_size: int = 128, n_grid: in
 def apply_clip(W: Any, max_val: Any, group_size: int) -> Any:
     """clamp every group of W to ±max_val (auto_clip.py ``apply_clip``).
 
-    W: (out, in), max_val: (out, n_groups) -> (out, in); a shorter last group if G ∤ in.
+    W: (out, in), max_val: (out, n_groups) >= 0 -> (out, in); a shorter last group if G ∤ in.
     """
     xp = namespace(W)
+    _check_W(W)
     n_out, n_in = W.shape
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
+    n_groups = -(-n_in // group_size)
+    check_float(max_val, "max_val")
+    if tuple(max_val.shape) != (n_out, n_groups):
+        raise ValueError(f"max_val: expected shape ({n_out}, {n_groups}) (rows, groups of {group_size}), got {tuple(max_val.shape)}")
+    if not bool(xp.all(xp.isfinite(max_val) & (max_val >= 0))):
+        raise ValueError("max_val: expected finite non-negative clip bounds")
     cols = xp.arange(n_in, device=device(W)) // group_size                                   # group of each column
     m = xp.take(max_val, cols, axis=1)                                     # (out, in)
     return xp.clip(W, -m, m)
@@ -278,8 +332,17 @@ def fold_norm(g: Any, Ws: Iterable[Any], s: Any) -> tuple[Any, list[Any]]:
     """RMSNorm gain g ← g / s and following linears W ← W diag(s) (``scale_ln_fcs``).
 
     y = W (g ⊙ n(h)) = (W diag(s)) ((g / s) ⊙ n(h)): the float model is unchanged.
-    g: (in,), Ws: (out_k, in), s: (in,) -> (g', [W'_k]).
+    g: (in,), Ws: (out_k, in), s: (in,) finite and positive -> (g', [W'_k]).
     """
+    check_float(g, "g")
+    if g.ndim != 1:
+        raise ValueError(f"g: expected a norm gain of shape (in,), got {tuple(g.shape)}")
+    _check_scale(s, g.shape[0])
+    Ws = list(Ws)
+    for k, W in enumerate(Ws):
+        _check_W(W, f"Ws[{k}]")
+        if W.shape[1] != g.shape[0]:
+            raise ValueError(f"Ws[{k}]: expected {g.shape[0]} input columns to match g, got shape {tuple(W.shape)}")
     return g / s, [W * s[None, :] for W in Ws]
 
 
@@ -287,8 +350,14 @@ def fold_linear(W_prev: Any, W_next: Any, s: Any) -> tuple[Any, Any]:
     """Rows of the producing linear ÷ s, columns of the consuming linear × s (``scale_fc_fc``).
 
     Exact through anything elementwise-linear in W_prev's output (up in SwiGLU: silu(gate)·up).
-    W_prev: (in_next, in_prev), W_next: (out, in_next), s: (in_next,) -> (W_prev', W_next').
+    W_prev: (in_next, in_prev), W_next: (out, in_next), s: (in_next,) finite and positive
+    -> (W_prev', W_next').
     """
+    _check_W(W_prev, "W_prev")
+    _check_W(W_next, "W_next")
+    if W_next.shape[1] != W_prev.shape[0]:
+        raise ValueError(f"W_next: expected {W_prev.shape[0]} input columns (W_prev's rows), got shape {tuple(W_next.shape)}")
+    _check_scale(s, W_prev.shape[0])
     return W_prev / s[:, None], W_next * s[None, :]
 
 
@@ -337,12 +406,20 @@ def awq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size:
     """
     xp = model.xp
     c = model.config
-    bits = check_bits(bits)
     from .model.calibration import embedded_windows  # the model level only: layer-level code needs no model
 
+    # every argument checked before the first block runs (not minutes later, deep inside a layer)
+    bits = check_bits(bits)
+    _segments(1, group_size, partial=True)                               # G's type and sign
+    check_number(window, "window", 1, integer=True)
+    check_number(n_grid, "n_grid", 1, integer=True)
+    if clip and int(MAX_SHRINK * n_grid) < 1:
+        raise ValueError(f"n_grid: the clip search needs n_grid >= {math.ceil(1 / MAX_SHRINK)} (max_shrink = {MAX_SHRINK}), got {n_grid}")
+    blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
+    for b in blocks:
+        check_number(b, "blocks", 0, c.n_layer - 1, integer=True)
     hs = embedded_windows(model, calib_tokens, window)  # (window, d) each
     progress = progress or (lambda it, desc="", total=None: it)
-    blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
     result: dict[str, Any] = {}
     for i in progress(blocks, desc=f"AWQ {bits}-bit", total=len(blocks)):
         X = _block_inputs(model, i, hs, result)

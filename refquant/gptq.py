@@ -56,7 +56,7 @@ import warnings
 from typing import Any
 
 from ._backend import device, namespace, to_numpy
-from ._checks import check_bits, check_divisible, check_float, check_finite, check_nonempty
+from ._checks import check_bits, check_float, check_finite, check_nonempty, check_number
 from ._rounding import round_half_even
 from .uniform import dequantize_codes, quantize_codes
 
@@ -69,6 +69,10 @@ __all__ = [
 PERCDAMP = 0.01   # λ = 1 % of the mean diagonal of H (reference default)
 BLOCKSIZE = 128   # B, columns per lazy batch (reference default)
 MAX_DAMP_TRIES = 8  # each failed Cholesky multiplies the damping by 10
+# H must be symmetric up to the rounding of a matrix product summed in another order:
+# max |H - Hᵀ| <= √eps · max |H|  (float32: 3.5e-4, float64: 1.5e-8), far above any BLAS
+# reordering and far below a matrix that is not a Hessian at all
+SYMMETRY_RTOL_POWER = 0.5
 
 
 # --------------------------------------------------------------------------- Hessian
@@ -107,6 +111,12 @@ class Hessian:
         if n_i == 0:
             return
         X = xp.astype(X, self.dtype)
+        # every entry (and partial sum) of H is at most 2 max|x|² plus the old H's bound: refuse
+        # before the product overflows rather than hand GPTQ an inf
+        x_absmax = float(xp.max(xp.abs(X)))
+        if 4 * x_absmax**2 > float(xp.finfo(self.dtype).max):
+            raise ValueError(f"X: the Hessian 2XᵀX/n overflows {self.H.dtype} (max |X| = {x_absmax:.3g}); "
+                             "rescale X (GPTQ's codes do not depend on H's scale) or use float64")
         self.H = self.H * (self.n / (self.n + n_i))
         self.n += n_i
         Xs = math.sqrt(2 / self.n) * X      # (n_i, in)
@@ -129,6 +139,7 @@ def hessian_factor(H: Any, percdamp: float = PERCDAMP) -> Any:
     llm-compressor helpers.py ``factorize_hessian``.
     """
     xp = namespace(H)
+    check_number(percdamp, "percdamp", 0, lo_open=True)
     n = H.shape[0]
     eye = xp.eye(n, dtype=H.dtype, device=device(H))
     mean_diag = xp.mean(xp.linalg.diagonal(H))
@@ -189,12 +200,34 @@ def minmax_params(Wg: Any, bits: int, symmetric: bool) -> tuple[Any, Any]:
     empty = (x_min == 0) & (x_max == 0)
     x_min = xp.where(empty, -xp.ones_like(x_min), x_min)
     x_max = xp.where(empty, xp.ones_like(x_max), x_max)
-    s = (x_max - x_min) / q_max
+    s = range_scale(x_min, x_max, q_max)                              # (x_max - x_min) / q_max
     if symmetric:
         z = xp.full(s.shape, (q_max + 1) / 2, dtype=s.dtype, device=device(s))
     else:
         z = round_half_even(-x_min / s)
     return s, z
+
+
+def range_scale(x_min: Any, x_max: Any, q_max: int, min_range: float = 0.0) -> Any:
+    """s = max(x_max - x_min, min_range) / q_max, also where x_max - x_min overflows the dtype.
+
+        range <= max/4:  s = max(x_max - x_min, min_range) / q_max      (the references' formula)
+        otherwise:       s = 2 · ((x_max/2 - x_min/2) / q_max)
+
+    Halving and doubling are exact (no subnormals at these magnitudes), so the second line
+    gives the bits the first gives on W/2, times 2: the power-of-two equivariance holds up to
+    the float max (±2e38 weights: finite s, where the plain formula gives inf and then NaN).
+    x_min <= 0 <= x_max (a range widened to contain 0) -> s of their shape. Used by GPTQ's
+    ``minmax_params`` and AWQ's ``awq_group_quantize``.
+    """
+    xp = namespace(x_min, x_max)
+    half = x_max / 2 - x_min / 2                                      # never overflows
+    wide = half > xp.finfo(half.dtype).max / 8
+    zero = xp.zeros_like(half)
+    span = xp.where(wide, zero, x_max) - xp.where(wide, zero, x_min)  # (x_max - x_min), inf-free
+    if min_range > 0:
+        span = xp.clip(span, min_range, None)                         # AWQ's floor (pseudo_quantize_tensor)
+    return xp.where(wide, 2 * (half / q_max), span / q_max)
 
 
 def quantize_column(w: Any, s: Any, z: Any, q_min: int, q_max: int, zero_before_round: bool = False) -> tuple[Any, Any]:
@@ -237,31 +270,51 @@ class GPTQResult:
     loss: float
 
 
-def _check_layer(W: Any, H: Any) -> None:
+def _check_W(W: Any) -> None:
     check_float(W, "W")
     check_nonempty(W, "W")
     if W.ndim != 2:
         raise ValueError(f"W: expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
     check_finite(W, "W")
+
+
+def _check_layer(W: Any, H: Any) -> None:
+    xp = namespace(W, H)
+    _check_W(W)
+    if not xp.isdtype(W.dtype, (xp.float32, xp.float64)):  # the Cholesky factor: LAPACK has no float16
+        raise TypeError(f"W: GPTQ computes in W's dtype and needs float32 or float64, got {W.dtype}; cast W first")
     check_float(H, "H")
     n_in = W.shape[1]
     if tuple(H.shape) != (n_in, n_in):
         raise ValueError(f"H: expected shape ({n_in}, {n_in}) to match W's {n_in} input columns, got {tuple(H.shape)}")
     check_finite(H, "H")
+    Hw = xp.astype(H, W.dtype)                                        # as the algorithm will use it
+    asym, size = float(xp.max(xp.abs(Hw - Hw.T))), float(xp.max(xp.abs(Hw)))
+    rtol = float(xp.finfo(W.dtype).eps) ** SYMMETRY_RTOL_POWER
+    if asym > rtol * size:
+        raise ValueError(f"H: expected a symmetric matrix (H = 2XXᵀ/n), got max |H - Hᵀ| = {asym:.3g} "
+                         f"against max |H| = {size:.3g} (more than {rtol:.2g} of it)")
+
+
+def _check_given(A: Any, name: str, shape: tuple[int, ...], what: str) -> None:
+    """A given s, z or U: floating, of ``shape``, finite (``what`` says what else)."""
+    check_float(A, name)
+    if tuple(A.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(A.shape)}")
+    if not bool(namespace(A).all(namespace(A).isfinite(A))):
+        raise ValueError(f"{name}: expected {what}; it contains NaN or Inf")
 
 
 def _group_layout(n_in: int, group_size: int | None, partial_group: bool = False) -> tuple[int, int]:
     """(G, n_groups). G must divide the columns unless ``partial_group``: then the last group
     is the remainder, as the reference code (a group starts at every multiple of G) has it."""
-    if group_size is None or group_size == -1:
+    if group_size is None or (group_size == -1 and not isinstance(group_size, bool)):
         return n_in, 1
-    if isinstance(group_size, bool) or not isinstance(group_size, int):
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
         raise ValueError(f"group_size: expected a positive integer or None, got {group_size!r}")
-    if partial_group:
-        if group_size <= 0:
-            raise ValueError(f"group_size: group size must be positive, got {group_size}")
-    else:
-        check_divisible(n_in, group_size, "group_size", "group size (pass partial_group=True for a shorter last group)")
+    if not partial_group and n_in % group_size:
+        raise ValueError(f"group_size: W's {n_in} input columns are not a multiple of group_size={group_size} "
+                         "(pass partial_group=True for a shorter last group)")
     return group_size, -(-n_in // group_size)
 
 
@@ -307,10 +360,8 @@ def gptq_quantize(
     xp = namespace(W, H)
     _check_layer(W, H)
     bits = check_bits(bits)
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize <= 0:
-        raise ValueError(f"blocksize: expected a positive integer, got {blocksize!r}")
-    if not percdamp > 0:
-        raise ValueError(f"percdamp: expected a positive damping fraction, got {percdamp!r}")
+    check_number(blocksize, "blocksize", 1, integer=True)
+    check_number(percdamp, "percdamp", 0, lo_open=True)
     n_out, n_in = W.shape
     G, n_groups = _group_layout(n_in, group_size, partial_group)
     q_min, q_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
@@ -319,14 +370,35 @@ def gptq_quantize(
     if s is not None:
         if tuple(s.shape) != (n_out, n_groups) or tuple(z.shape) != (n_out, n_groups):
             raise ValueError(f"s, z: expected shape ({n_out}, {n_groups}) (rows, groups), got {tuple(s.shape)} and {tuple(z.shape)}")
+        _check_given(s, "s", (n_out, n_groups), "finite positive scales")
+        _check_given(z, "z", (n_out, n_groups), "finite zero-points")
+        if not bool(xp.all(s > 0)):
+            raise ValueError(f"s: expected finite positive scales, got a minimum of {float(xp.min(s)):g}")
         static_groups = True
         s, z = xp.astype(s, W.dtype), xp.astype(z, W.dtype)
+    if U is not None:
+        _check_given(U, "U", (n_in, n_in), "an upper Cholesky factor with a finite positive diagonal")
+        if not bool(xp.all(xp.linalg.diagonal(U) > 0)):
+            raise ValueError("U: expected an upper Cholesky factor with a finite positive diagonal (U = hessian_factor(H)), "
+                             f"got a diagonal entry {float(xp.min(xp.linalg.diagonal(U))):g}")
     dtype = W.dtype
-    W = xp.asarray(W, copy=True)
+    # GPTQ is equivariant under W -> 2^-k W (s, ŵ and e scale by 2^-k, the loss by 4^-k, codes
+    # stay), so weights too large for the squared errors e² of the loop run on W·2^-k and are
+    # scaled back; ordinary weights (max |W| <= 2^(emax/4): 2^32 for float32) are untouched
+    w_absmax = float(xp.max(xp.abs(W)))
+    max_exp = math.frexp(float(xp.finfo(dtype).max))[1]                  # 128 (float32), 1024 (float64)
+    shift = max(0, math.frexp(w_absmax)[1] - max_exp // 4)
+    W = xp.asarray(W, copy=True) if shift == 0 else W * (2.0 ** -shift)
+    if s is not None and shift:
+        s = s * (2.0 ** -shift)
     H = xp.astype(H, dtype, copy=True)
 
     # dead inputs: no signal ever reached them, their weight cannot matter (fasterquant)
     dead = xp.linalg.diagonal(H) == 0                                    # (in,)
+    if bool(xp.all(dead)):
+        warnings.warn("H: all zero — no calibration input reached this layer; every input is dead and GPTQ "
+                      "sets the whole layer to 0 (check that the calibration data flows through it)",
+                      RuntimeWarning, stacklevel=2)
     eye = xp.eye(n_in, dtype=xp.bool, device=device(W))
     H = xp.where(eye & dead[None, :], xp.ones_like(H), H)
     W = xp.where(dead[None, :], xp.zeros_like(W), W)
@@ -353,8 +425,6 @@ def gptq_quantize(
 
     if U is None:
         U = hessian_factor(H, percdamp)                                   # (in, in)
-    elif tuple(U.shape) != (n_in, n_in):
-        raise ValueError(f"U: expected shape ({n_in}, {n_in}), got {tuple(U.shape)}")
     else:
         U = xp.astype(U, dtype)
     Q = xp.zeros_like(W)                                                  # (out, in) codes
@@ -401,8 +471,18 @@ def gptq_quantize(
     if perm is not None:  # back to the original column order
         inv = xp.argsort(perm)
         Q, W_hat, g_pos = xp.take(Q, inv, axis=1), xp.take(W_hat, inv, axis=1), xp.take(g_pos, inv)
-    return GPTQResult(q=xp.astype(Q, xp.int32), s=s, z=z, g_idx=g_pos, perm=perm, W_hat=W_hat,
-                      loss=float(xp.sum(loss)))
+    loss = float(xp.sum(loss))
+    if shift:
+        s, W_hat = s * (2.0 ** shift), W_hat * (2.0 ** shift)
+        try:
+            loss = math.ldexp(loss, 2 * shift)
+        except OverflowError:  # float64 weights near 1e308: the loss itself is not representable
+            loss = math.inf
+    if not (math.isfinite(loss) and bool(xp.all(xp.isfinite(W_hat)))):
+        raise ValueError(f"W, H: GPTQ's error updates overflow {dtype} (max |W| = {w_absmax:.3g}, max |H| = "
+                         f"{float(xp.max(xp.abs(H))):.3g}); the range is too large — rescale W, or H (the codes "
+                         "do not depend on H's scale)")
+    return GPTQResult(q=xp.astype(Q, xp.int32), s=s, z=z, g_idx=g_pos, perm=perm, W_hat=W_hat, loss=loss)
 
 
 def _current_group(W: Any, W1: Any, E1: Any, U: Any, i1: int, i: int, i2: int, G: int) -> Any:
@@ -435,11 +515,7 @@ def rtn_quantize(W: Any, bits: int = 4, group_size: int | None = 128, symmetric:
     W: (out, in) -> GPTQResult (loss is 0.0: RTN does not measure one; use ``layer_loss``).
     """
     xp = namespace(W)
-    check_float(W, "W")
-    check_nonempty(W, "W")
-    if W.ndim != 2:
-        raise ValueError(f"W: expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
-    check_finite(W, "W")
+    _check_W(W)
     bits = check_bits(bits)
     n_out, n_in = W.shape
     G, n_groups = _group_layout(n_in, group_size, partial_group)
@@ -528,9 +604,17 @@ def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size
     c = model.config
     from .model.calibration import embedded_windows  # the model level only: layer-level code needs no model
 
+    # every argument checked before the first block runs (not minutes later, deep inside a layer)
+    bits = check_bits(bits)
+    _group_layout(1, group_size, partial_group=True)  # G's type and sign (any layer may end in a partial group)
+    check_number(blocksize, "blocksize", 1, integer=True)
+    check_number(percdamp, "percdamp", 0, lo_open=True)
+    check_number(window, "window", 1, integer=True)
+    blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
+    for b in blocks:
+        check_number(b, "blocks", 0, c.n_layer - 1, integer=True)
     hs = embedded_windows(model, calib_tokens, window)  # (window, d) each
     progress = progress or (lambda it, desc="", total=None: it)
-    blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
     stages = STAGES if true_sequential else (sum(STAGES, ()),)
     label = f"GPTQ {bits}-bit{' act-order' if act_order else ''}"
     result: dict[str, Any] = {}
