@@ -75,6 +75,19 @@ class Tokenizer:
         model = metadata.get("tokenizer.ggml.model")
         if model != "gpt2":
             raise ValueError(f"metadata: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2') is supported")
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):  # a file's header, checked
+            value = metadata.get(key)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"metadata: {key} must be an array of strings, got "
+                                 f"{'nothing' if value is None else type(value).__name__}")
+        bad = next((m for m in metadata["tokenizer.ggml.merges"] if len(m.split(" ", 1)) != 2), None)
+        if bad is not None:
+            raise ValueError(f"metadata: tokenizer.ggml.merges: expected 'left right' pairs, got {bad!r}")
+        n_tokens = len(metadata["tokenizer.ggml.tokens"])
+        for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+            i = metadata.get(key)
+            if i is not None and (isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_tokens):
+                raise ValueError(f"metadata: {key} = {i!r} is not a token id in 0..{n_tokens - 1}")
         return cls(
             tokens=metadata["tokenizer.ggml.tokens"],
             merges=metadata["tokenizer.ggml.merges"],
