@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from refquant import awq
+from refquant import awq, uniform
 from refquant._backend import to_numpy
+from refquant.testing.strategies import KINDS, rows
 
 
 # ----------------------------------------------------------------------------- data
@@ -22,6 +23,30 @@ def salient_layer(seed: int, n_out: int, n_in: int, n_tokens: int, n_salient: in
     X = (rng.standard_normal((n_tokens, n_in)) * scale).astype(np.float32)
     W = (rng.standard_t(5, (n_out, n_in)) * 0.05).astype(np.float32)
     return W, X
+
+
+def rtn_loop(W, bits: int, G: int):
+    """The obvious round-to-nearest, one group at a time (the slow oracle of AWQ's quantizer).
+
+    Range [min(min w, 0), max(max w, 0)] (0 representable), s = max(range, 1e-5)/(2^b - 1),
+    z = round(-lo/s), q = clamp(round(w/s) + z, 0, 2^b - 1), ŵ = s (q - z). W: (out, in) -> Ŵ.
+    """
+    q_max = 2**bits - 1
+    W_hat = np.empty_like(W)
+    for lo_col in range(0, W.shape[1], G):
+        w = W[:, lo_col:lo_col + G]                                         # (out, G)
+        lo = np.minimum(w.min(axis=1, keepdims=True), 0)
+        hi = np.maximum(w.max(axis=1, keepdims=True), 0)
+        s = np.maximum(hi - lo, awq.MIN_RANGE) / q_max
+        z = np.round(-lo / s)
+        W_hat[:, lo_col:lo_col + G] = s * (np.clip(np.round(w / s) + z, 0, q_max) - z)
+    return W_hat
+
+
+# float64 brute force against float64 search: the two compute the same Ŵ bit for bit (same
+# elementwise maths) and the losses up to matmul summation order, ~n·eps relative to terms
+# of size |x||w| on a difference that is ≥ 1e-3 of them: 1e-9 leaves a margin of 1e3 or more
+BRUTE_RTOL = 1e-9
 
 
 @st.composite
@@ -103,12 +128,39 @@ def test_alpha_zero_is_round_to_nearest(seed):
     assert found.losses[0] == float(np.mean((X @ W.T - X @ rtn.T) ** 2))
 
 
+@given(rows(16, max_rows=6, max_blocks=4, kinds=KINDS))
+def test_group_quantizer_equals_round_to_nearest(W):
+    # AWQ's quantizer is refquant.uniform's asymmetric RTN (range widened to contain 0) bit for bit,
+    # except the groups whose range is under AWQ's floor 1e-5: there only the bound s/2 holds
+    _, s, _, W_hat = awq.awq_group_quantize(W, 4, 16)
+    rtn = uniform.fake_quantize(W, 4, symmetric=False, granularity="group", group_size=16, signed=False)
+    g = W.reshape(W.shape[0], -1, 16)
+    wide = np.repeat(np.maximum(g.max(-1), 0) - np.minimum(g.min(-1), 0) >= awq.MIN_RANGE, 16, axis=1)
+    assert np.array_equal(W_hat[wide], rtn[wide])
+    assert np.all(np.abs(W - W_hat)[~wide] <= np.repeat(s, 16, axis=1)[~wide] / 2)
+
+
 @given(layers())
-def test_searched_loss_not_above_rtn(layer):
-    W, X, G, bits = layer
-    found = awq.search_scale(X, [W, W[::-1] * 0.5], bits, G)
-    assert found.loss <= found.losses[0] and len(found.losses) == awq.N_GRID
-    assert 0.0 <= found.alpha < 1.0 and found.s.shape == (W.shape[1],)
+def test_scale_search_matches_brute_force(layer):
+    # every grid point α = i/n re-evaluated here: s(α) = max(s_X^α, 1e-4)/√(max·min), loss of
+    # Q(W s)/s by the slow RTN; the search must report those losses and pick their minimum
+    W, X, G, bits = (layer[0].astype(np.float64), layer[1].astype(np.float64), *layer[2:])
+    Ws = [W, W[::-1] * 0.5]
+    found = awq.search_scale(X, Ws, bits, G)
+    s_X = np.abs(X).mean(axis=0)
+    Y = np.concatenate([X @ Wk.T for Wk in Ws], axis=1)
+    brute, scales = [], []
+    for i in range(awq.N_GRID):
+        s = np.maximum(s_X ** (i / awq.N_GRID), 1e-4)
+        s = s / np.sqrt(s.max() * s.min())
+        Y_hat = np.concatenate([X @ (rtn_loop(Wk * s, bits, G) / s).T for Wk in Ws], axis=1)
+        brute.append(np.mean((Y - Y_hat) ** 2))
+        scales.append(s)
+    rtn_loss = np.mean((Y - np.concatenate([X @ rtn_loop(Wk, bits, G).T for Wk in Ws], axis=1)) ** 2)
+    np.testing.assert_allclose(found.losses, brute, rtol=BRUTE_RTOL)
+    k = round(found.alpha * awq.N_GRID)
+    assert found.alpha == k / awq.N_GRID and np.array_equal(found.s, scales[k])
+    assert brute[k] <= min(brute) * (1 + BRUTE_RTOL) and brute[k] <= rtn_loss * (1 + BRUTE_RTOL)
 
 
 def test_search_helps_salient_channels():
@@ -119,11 +171,28 @@ def test_search_helps_salient_channels():
 
 
 @given(layers())
-def test_clip_search_never_increases_the_loss(layer):
-    W, X, G, bits = layer
+def test_clip_search_matches_brute_force(layer):
+    # every shrink i re-evaluated per (row, group): m = (1 - i/n)·max|w_g|, error of the slow RTN of
+    # clamp(w_g, ±m) on the subsampled tokens; the search must pick each group's smallest
+    W, X, G, bits = (layer[0].astype(np.float64), layer[1].astype(np.float64), *layer[2:])
     found = awq.search_clip(W, X, bits, G)
-    assert np.all(found.err <= found.err_unclipped)
-    assert np.all(found.max_val > 0) and np.all(found.max_val <= np.abs(W).reshape(W.shape[0], -1, G).max(-1))
+    Xs = X[::max(1, X.shape[0] // awq.N_SAMPLE_TOKEN)]                       # (T', in)
+    n_out, n_groups = W.shape[0], W.shape[1] // G
+    absmax = np.abs(W).reshape(n_out, n_groups, G).max(-1)                  # (out, n_groups)
+    shrinks = [absmax * (1 - i / awq.N_GRID) for i in range(int(awq.MAX_SHRINK * awq.N_GRID))]
+    err = np.empty((len(shrinks), n_out, n_groups))                         # (n_shrink, out, n_groups)
+    for i, m in enumerate(shrinks):
+        W_hat = rtn_loop(np.clip(W, -np.repeat(m, G, axis=1), np.repeat(m, G, axis=1)), bits, G)
+        for g in range(n_groups):
+            cols = slice(g * G, (g + 1) * G)
+            err[i, :, g] = np.mean((Xs[:, cols] @ (W_hat[:, cols] - W[:, cols]).T) ** 2, axis=0)
+    on_grid = np.stack(shrinks) == found.max_val[None]                      # (n_shrink, out, n_groups)
+    assert np.all(on_grid.any(axis=0))                                       # max_val is a grid point
+    err_chosen = np.take_along_axis(err, np.argmax(on_grid, axis=0)[None], 0)[0]
+    atol = err.max() * 1e-15  # a group reproduced exactly has error 0, or a few float64 ulps of the others
+    assert np.all(err_chosen <= err.min(0) * (1 + BRUTE_RTOL) + atol)
+    np.testing.assert_allclose(found.err, err_chosen, rtol=BRUTE_RTOL, atol=atol)
+    np.testing.assert_allclose(found.err_unclipped, err[0], rtol=BRUTE_RTOL, atol=atol)
     clipped = awq.apply_clip(W, found.max_val, G)
     assert np.all(np.abs(clipped) <= np.repeat(found.max_val, G, axis=1))
 

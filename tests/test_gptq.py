@@ -86,14 +86,15 @@ def test_diagonal_hessian_is_round_to_nearest(seed, bits, symmetric, G, blocksiz
 
 
 @given(st.integers(0, 2**32 - 1), st.integers(2, 8), st.booleans(), st.booleans())
-def test_act_order_is_a_no_op_for_a_diagonal_hessian(seed, symmetric, per_row, bits_ignored):
-    # with no correlations the order of the columns cannot matter (groups fixed up front)
+def test_act_order_is_a_no_op_for_a_diagonal_hessian(seed, bits, symmetric, per_row):
+    # with no correlations the order of the columns cannot matter (groups fixed up front);
+    # symmetric and asymmetric grids both drawn, every bit width
     rng = np.random.default_rng(seed)
     W = rng.standard_normal((5, 96)).astype(np.float32)
     H = np.diag(rng.uniform(0.1, 10, 96)).astype(np.float32)
     G = None if per_row else 32
-    plain = gptq.gptq_quantize(W, H, 4, G, symmetric, static_groups=True)
-    ordered = gptq.gptq_quantize(W, H, 4, G, symmetric, static_groups=True, act_order=True)
+    plain = gptq.gptq_quantize(W, H, bits, G, symmetric, static_groups=True)
+    ordered = gptq.gptq_quantize(W, H, bits, G, symmetric, static_groups=True, act_order=True)
     assert ordered.perm is not None and not np.array_equal(to_numpy(ordered.perm), np.arange(96))
     assert np.array_equal(plain.q, ordered.q) and np.array_equal(plain.W_hat, ordered.W_hat)
     assert np.array_equal(plain.g_idx, ordered.g_idx)
