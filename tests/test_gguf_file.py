@@ -7,6 +7,7 @@ re-written byte for byte.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
@@ -606,3 +607,57 @@ def test_write_replaces_a_symlink_and_leaves_its_target(tmp_path):
     gf.write(link, {"v": 2}, ())
     assert not link.is_symlink() and gf.read(link).metadata["v"] == 2
     assert _sha(target) == before
+
+
+# --------------------------------------------------------------------------- atomic writes: fallback, stale temporaries
+
+def test_write_falls_back_where_the_file_system_has_no_o_tmpfile(tmp_path, monkeypatch):
+    """EOPNOTSUPP from open(O_TMPFILE) (e.g. some network file systems): a named, locked temporary."""
+    real_open = os.open
+    tried = []
+
+    def no_tmpfile(path, flags, *a, **k):
+        if flags & getattr(os, "O_TMPFILE", 0) == getattr(os, "O_TMPFILE", -1):
+            tried.append(path)
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), path)
+        return real_open(path, flags, *a, **k)
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    path = tmp_path / "model.gguf"
+    gf.write(path, {"v": 1}, [("w", "F32", (8,), np.ones(8, np.float32))])
+    assert tried == ([str(tmp_path)] if gf._USE_O_TMPFILE else [])
+    assert gf.read(path).metadata["v"] == 1 and os.listdir(tmp_path) == ["model.gguf"]
+
+
+def test_stale_temporaries_removed_only_when_unlocked_and_of_the_same_target(tmp_path):
+    import fcntl
+
+    path = tmp_path / "model.gguf"
+    stale = tmp_path / ".model.gguf.0123456789abcdef.tmp"     # its writer died: no lock
+    alive = tmp_path / ".model.gguf.fedcba9876543210.tmp"     # its writer still holds the flock
+    other = tmp_path / ".model.gguf.x.0123456789abcdef.tmp"   # target "model.gguf.x", not ours
+    legacy = tmp_path / ".model.gguf.k2j_9x0a.tmp"            # tempfile.mkstemp's name (earlier versions)
+    for p in (stale, alive, other, legacy):
+        p.write_bytes(b"partial")
+    holder = open(alive, "rb")
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+    try:
+        gf.write(path, {"v": 1}, ())
+    finally:
+        holder.close()
+    assert sorted(os.listdir(tmp_path)) == sorted([path.name, alive.name, other.name])
+
+
+def test_write_refuses_a_destination_that_is_not_a_regular_file(tmp_path):
+    import stat as st
+
+    fifo, folder, device = tmp_path / "fifo", tmp_path / "folder", tmp_path / "null"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    os.mknod(device, st.S_IFCHR | 0o666, os.makedev(1, 3))  # a private /dev/null
+    for p, kind in ((fifo, "a FIFO"), (folder, "a directory"), (device, "a character device")):
+        with pytest.raises(gf.NotAFileError, match=f"is {kind}.*refusing to replace it"):
+            gf.write(p, {"v": 1}, ())
+    assert st.S_ISCHR(os.lstat(device).st_mode) and st.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "folder", "null"]
+    with pytest.raises(gf.NotAFileError, match="is a FIFO"):
+        gf.read(fifo)  # refused before open(), which would block
