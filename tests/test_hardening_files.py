@@ -32,7 +32,6 @@ import signal
 import stat
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
