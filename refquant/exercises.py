@@ -214,7 +214,8 @@ def _parts(root: ET.Element) -> list[PartResult]:
 
 
 def _short(message: str) -> str:
-    lines = [line for line in message.splitlines() if line.strip()]
+    # pytest's rewritten-assert echo ("assert '...' is None") repeats the message: drop it
+    lines = [line for line in message.splitlines() if line.strip() and not line.lstrip().startswith("assert ")]
     text = "\n".join(lines[:MESSAGE_LINES])
     return text.removeprefix("Failed: ")
 
