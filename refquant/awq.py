@@ -87,6 +87,26 @@ def _check_W(W: Any, name: str = "W") -> None:
     check_finite(W, name)
 
 
+def _check_output_range(X: Any, Ws: list[Any], names: str) -> None:
+    """Refuse a layer whose searched losses would overflow, before computing them.
+
+    Every output error of the searches is a sum over the inputs of x (ŵ - w) with |ŵ - w| <=
+    2 |w| (a clip, a rounding), so |error| <= b = 2 max|x| · n_in max|w|; the loss sums T
+    squares of it. Require T b² <= max/4 (for float32: b up to 1e18 over 1e3 tokens — real
+    activations and weights are many orders below). Else the mean is inf and the search
+    would keep whatever point it started with, silently.
+    """
+    xp = namespace(X)
+    x_absmax = float(xp.max(xp.abs(X)))
+    w_absmax = max(float(xp.max(xp.abs(W))) for W in Ws)                  # (no sum: it could overflow)
+    bound = 2 * x_absmax * X.shape[1] * w_absmax
+    limit = math.sqrt(float(xp.finfo(X.dtype).max) / (4 * X.shape[0]))
+    if not bound <= limit:
+        raise ValueError(f"{names}: the layer's output errors (up to 2·max|x|·n_in·max|w| = {bound:.3g}) would overflow "
+                         f"{X.dtype} when squared over {X.shape[0]} tokens (limit {limit:.3g}); the range is too large "
+                         "— rescale X or W")
+
+
 def _check_scale(s: Any, n: int, name: str = "s") -> None:
     """A per-channel scale that is folded (divided by): (n,), finite, positive — a zero or a
     negative one would turn the folded gain or weight into inf, or flip signs."""
@@ -220,6 +240,7 @@ def search_scale(X: Any, Ws: Iterable[Any], bits: int = 4, group_size: int = 128
     check_number(n_grid, "n_grid", 1, integer=True)
     bits = check_bits(bits)
     _segments(X.shape[1], group_size, partial_group)                     # G checked before the search
+    _check_output_range(X, Ws, "X, Ws")
     W_all = xp.concat(Ws, axis=0)                                          # (Σ out, in)
     Y = X @ W_all.T                                                        # (T, Σ out)
     s_X = act_scale(X)                                                     # (in,)
@@ -278,6 +299,7 @@ def search_clip(W: Any, X: Any, bits: int = 4, group_size: int = 128, n_grid: in
     n_out, n_in = W.shape
     segs = _segments(n_in, group_size, partial_group)
     Xs = X[::max(1, X.shape[0] // n_sample_token), :]                      # (T', in)
+    _check_output_range(Xs, [W], "X, W")
     bounds = [(lo + k * G, lo + (k + 1) * G) for lo, hi, G in segs for k in range((hi - lo) // G)]
     w_absmax = xp.concat([xp.max(xp.abs(xp.reshape(W[:, lo:hi], (n_out, (hi - lo) // G, G))), axis=2)
                           for lo, hi, G in segs], axis=1)                  # (out, n_groups)

@@ -7,7 +7,8 @@
 |                  | U with a 0 diagonal; X whose Hessian overflows; AWQ n_grid 0  | was expected                             |
 |                  | or 1, max_shrink <= 0 or > 1, n_sample_token 0; a 0 or        |                                          |
 |                  | negative folding scale; negative s_X; α outside [0, 1];       |                                          |
-|                  | max_val of the wrong shape; model drivers with bad blocks,    |                                          |
+|                  | max_val of the wrong shape; X, W whose searched output errors |                                          |
+|                  | overflow when squared; model drivers with bad blocks,         |                                          |
 |                  | window, group_size, n_grid, percdamp                          |                                          |
 | no calibration   | an all-zero Hessian (no token reached the layer)              | RuntimeWarning "no calibration input     |
 |                  |                                                               | reached this layer"; the layer is 0, as  |
@@ -80,6 +81,10 @@ BAD_ARGUMENTS = {
     "scales_for alpha=nan": (lambda: awq.scales_for(S_X, float("nan")), ValueError, r"^alpha: expected a finite number"),
     "apply_clip max_val shape": (lambda: awq.apply_clip(W8, np.ones((4, 3), np.float32), 16), ValueError,
                                  r"^max_val: expected shape \(4, 2\)"),
+    "search_scale X overflows": (lambda: awq.search_scale(X8 * np.float32(1e30), [W8], 4, 32), ValueError,
+                                 r"^X, Ws: the layer's output errors .* would overflow float32"),
+    "search_clip W overflows": (lambda: awq.search_clip(W8 * np.float32(1e37), X8, 4, 32), ValueError,
+                                r"^X, W: the layer's output errors .* would overflow float32"),
     "search_scale n_grid=0": (lambda: awq.search_scale(X8, [W8], 4, 32, n_grid=0), ValueError, r"^n_grid: expected an integer >= 1"),
     "gptq model blocks=[7]": (lambda: gptq.gptq_quantize_model(MODEL, TOKENS, blocks=[7]), ValueError,
                               r"^blocks: expected an integer in \[0, 1\], got 7"),
@@ -154,7 +159,7 @@ ONE_SIGNED = {
     "constant 0.37": np.full(32, 0.37, np.float32),
     "constant -2.5": np.full(32, -2.5, np.float32),
     "constant 1e-3": np.full(32, 1e-3, np.float32),
-    "constant -7·2^20": np.full(32, -7 * 2.0**20, np.float32),
+    "constant -7x2^20": np.full(32, -7 * 2.0**20, np.float32),
     "ramp 1..2": _ramp(1, 2),
     "ramp -3..-2.9": _ramp(-3, -2.9),
     "zero and positives": np.concatenate([np.zeros(16, np.float32), _ramp(0.5, 4)[:16]]),
