@@ -167,9 +167,17 @@ def test_written_files_read_back_identically(spec):
     assert gf.to_bytes(f.metadata, f.tensors.values(), metadata_types=f.metadata_types) == data
 
 
+def _gguf_py_types() -> set[str]:
+    """The ggml types the installed gguf-py can read (0.19.0 knows no Q2_0, id 42)."""
+    import gguf
+
+    return {t.name for t in gguf.GGMLQuantizationType}
+
+
 # gguf-py 0.19 still sizes Q8_1 blocks as 40 bytes (float d and s); ggml's block_q8_1 holds
-# two fp16 (36 bytes), which libggml's ggml_row_size confirms — so Q8_1 is left out here.
-@given(specs(qtypes=tuple(sorted(set(GGML_TYPES) - {"Q8_1"}))))
+# two fp16 (36 bytes), which libggml's ggml_row_size confirms — so Q8_1 is left out here,
+# as are the types the installed gguf-py does not know (its reader raises on their ids).
+@given(specs(qtypes=tuple(sorted((set(GGML_TYPES) & _gguf_py_types()) - {"Q8_1"}))))
 def test_written_files_match_gguf_py(tmp_path_factory, spec):
     metadata, types, tensors, alignment = spec
     path = tmp_path_factory.mktemp("rt") / "f.gguf"
