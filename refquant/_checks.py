@@ -12,9 +12,12 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
+
 from ._backend import namespace
 
-__all__ = ["check_float", "check_finite", "check_bits", "check_divisible", "check_nonempty", "check_number"]
+__all__ = ["check_float", "check_finite", "check_bits", "check_int", "check_float32_range", "check_divisible",
+           "check_nonempty", "check_number"]
 
 
 def check_float(x: Any, name: str = "x") -> None:
@@ -36,10 +39,42 @@ def check_finite(x: Any, name: str = "x") -> None:
         raise ValueError(f"{name}: contains NaN or Inf; quantization needs finite values")
 
 
-def check_bits(bits: int, lo: int = 2, hi: int = 8, name: str = "bits") -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= hi:
-        raise ValueError(f"{name}: expected an integer in {lo}..{hi}, got {bits!r}")
-    return bits
+def check_float32_range(x: Any, name: str = "x", what: str = "this format") -> None:
+    """Finite ``x`` whose magnitudes fit float32 (|x| <= 3.4028235e38), for code that computes in float32.
+
+    A float64 1e300 is finite but becomes inf when cast; say so instead of "NaN or Inf".
+    """
+    xp = namespace(x)
+    if xp.isdtype(x.dtype, "real floating") and x.dtype == getattr(xp, "float64", None):
+        peak = float(xp.max(xp.abs(x)))
+        if peak > FLOAT32_MAX:
+            raise ValueError(f"{name}: values up to {peak:.3g} are outside float32's range (±{FLOAT32_MAX:.4g}); "
+                             f"{what} computes in float32")
+
+
+#: the largest finite float32, np.finfo(np.float32).max
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_bits(bits: Any, lo: int = 2, hi: int = 8, name: str = "bits") -> int:
+    """An integral bit width in lo..hi (Python or NumPy integer, not a bool) -> int."""
+    return check_int(bits, name, lo, hi)
+
+
+def check_int(value: Any, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """An integral argument (Python ``int`` or a NumPy integer such as ``np.int64``; not a bool) in
+    [lo, hi] -> a Python int. The message names the argument, the range and, for a wrong type, the type."""
+    ok_type = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if ok_type and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return int(value)
+    if lo is not None and hi is not None:
+        want = f"an integer in {lo}..{hi}"
+    elif lo is not None:
+        want = f"an integer >= {lo}"
+    else:
+        want = "an integer" if hi is None else f"an integer <= {hi}"
+    got = f"{value!r}" if ok_type else f"{value!r} of type {type(value).__name__}"
+    raise ValueError(f"{name}: expected {want}, got {got}")
 
 
 def check_divisible(n: int, block: int, name: str, what: str = "group size") -> None:

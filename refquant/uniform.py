@@ -53,26 +53,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 
 from ._backend import device, namespace, to_numpy
-from ._checks import check_bits, check_divisible, check_float_input
+from ._checks import check_bits, check_divisible, check_float_input, check_int
 from ._packing import pack_bits, unpack_bits
 from ._rounding import round_half_even
 
 __all__ = [
     "code_range", "torch_code_range", "qparams", "quantize_codes", "dequantize_codes",
-    "quantize_codes_torch", "fake_quantize_codes", "range_search",
+    "quantize_codes_torch", "fake_quantize_codes", "range_search", "torch_observer_qparams",
     "UniformQuantized", "quantize", "dequantize", "fake_quantize",
     "pack_codes", "unpack_codes",
-    "bits_per_weight", "model_size_bytes", "TORCH_EPS", "GRANULARITIES", "CONVENTIONS",
+    "bits_per_weight", "model_size_bytes", "TORCH_EPS", "TORCH_QUINT8_SYMMETRIC_ZERO", "GRANULARITIES",
+    "CONVENTIONS",
 ]
 
 GRANULARITIES = ("tensor", "channel", "group")
 CONVENTIONS = ("refquant", "torch")
 TORCH_EPS = 2.0**-23  # torch.finfo(torch.float32).eps: the observers' smallest scale
+#: zero-point of a *default-configured* quint8 symmetric torch observer (observer.py
+#: ``_calculate_qparams``: 128; with a customized quant_min/quant_max it is (q_min + q_max) // 2)
+TORCH_QUINT8_SYMMETRIC_ZERO = 128
 
 # GPTQ reference quantizer's search defaults (quant.py: grid=100, maxshrink=.8, norm=2.4)
 SEARCH_GRID = 100
@@ -117,7 +122,8 @@ def torch_code_range(bits: int, signed: bool = True) -> tuple[int, int]:
 
 
 def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = True, *,
-            q_range: tuple[int, int] | None = None, eps: float = 0.0, zero_scale: float = 1.0) -> tuple[Any, Any]:
+            q_range: tuple[int, int] | None = None, eps: float = 0.0, zero_scale: float = 1.0,
+            z_unsigned_symmetric: int | None = None) -> tuple[Any, Any]:
     """Scale and zero-point from an observed range, elementwise.
 
         x_min <- min(x_min, 0),  x_max <- max(x_max, 0)       (0.0 exactly representable)
@@ -126,6 +132,12 @@ def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = T
         asymmetric:  s = (x_max - x_min) / (q_max - q_min)
                      z = clamp(q_min - round(x_min / s), q_min, q_max)
         s <- max(s, eps) if eps > 0;  else s <- zero_scale where s == 0 (an all-zero block)
+
+    ``z_unsigned_symmetric`` overrides the unsigned symmetric zero-point (torch's default quint8
+    observer uses ``TORCH_QUINT8_SYMMETRIC_ZERO`` = 128, see ``torch_observer_qparams``).
+    A range the dtype cannot span raises ValueError naming it: x_max - x_min overflowing to inf
+    (float32: a range wider than ±3.4e38), or a grid end s (q_min - z), s (q_max - z) that
+    overflows (a range touching float32's largest value, widened by the zero-point's rounding).
 
     x_min, x_max: arrays of one shape (e.g. (rows, 1) from a keepdims reduction) -> s, z of
     that shape and dtype (z holds integers, stored as floats so that ``s * (q - z)`` stays in
@@ -153,13 +165,54 @@ def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = T
         s = absmax / (float(q_max - q_min) / 2)
         s = _floor_scale(xp, s, eps, zero_scale)
         z_code = 0 if signed else (q_min + q_max) // 2
+        if not signed and z_unsigned_symmetric is not None:
+            z_code = check_int(z_unsigned_symmetric, "z_unsigned_symmetric", q_min, q_max)
         z = xp.full(s.shape, float(z_code), dtype=s.dtype, device=device(s))
     else:
-        s = (x_max - x_min) / float(q_max - q_min)
+        with np.errstate(over="ignore"):  # an overflow is reported below, naming the range
+            s = (x_max - x_min) / float(q_max - q_min)
         s = _floor_scale(xp, s, eps, zero_scale)
+        _check_range_fits(xp, s, x_min, x_max, q_min, q_max, "the scale (x_max - x_min) / (q_max - q_min)")
         z = q_min - round_half_even(x_min / s)
         z = xp.clip(z, float(q_min), float(q_max))
+    _check_range_fits(xp, s * (float(q_min) - z), x_min, x_max, q_min, q_max, "the grid end s (q_min - z)")
+    _check_range_fits(xp, s * (float(q_max) - z), x_min, x_max, q_min, q_max, "the grid end s (q_max - z)")
     return s, z
+
+
+def _check_range_fits(xp: Any, value: Any, x_min: Any, x_max: Any, q_min: int, q_max: int, what: str) -> None:
+    """ValueError naming the observed range when ``value`` (a scale or a grid end) overflowed to ±inf."""
+    if bool(xp.all(xp.isfinite(value))):
+        return
+    lo, hi = float(xp.min(x_min)), float(xp.max(x_max))
+    raise ValueError(f"x: the range [{lo:.4g}, {hi:.4g}] does not fit {value.dtype}: {what} overflows to inf "
+                     f"with codes {q_min}..{q_max}; rescale x (e.g. by a power of two) or quantize in float64")
+
+
+def torch_observer_qparams(x_min: Any, x_max: Any, q_range: tuple[int, int], *, symmetric: bool, signed: bool,
+                           customized_range: bool = True, float_qparams: bool = False,
+                           eps: float = TORCH_EPS) -> tuple[Any, Any]:
+    """(s, z) exactly as torch's MinMaxObserver / PerChannelMinMaxObserver ``calculate_qparams``.
+
+    ``q_range`` is the observer's (quant_min, quant_max); ``signed``: qint8 (else quint8);
+    ``customized_range``: the observer was given quant_min/quant_max (torch's
+    ``has_customized_qrange``). Only the unsigned symmetric zero-point depends on it:
+
+        symmetric, quint8:  z = 128 (default range)  or  (q_min + q_max) // 2 (customized)
+        float_qparams (per_channel_affine_float_qparams):
+                            s = (x_max - x_min) / (q_max - q_min), 1 where s <= eps;  z = -x_min / s (a float)
+        otherwise:          ``qparams(..., q_range, eps)``
+
+    Ref: torch/ao/quantization/observer.py ``UniformQuantizationObserverBase._calculate_qparams``.
+    """
+    q_min, q_max = (check_int(q, "q_range") for q in q_range)
+    xp = namespace(x_min, x_max)
+    if float_qparams:
+        s = (x_max - x_min) / float(q_max - q_min)
+        s = xp.where(s > eps, s, xp.ones_like(s))
+        return s, (-1 * x_min) / s                                     # torch: -1 * min_val / scale
+    z_sym = None if customized_range else TORCH_QUINT8_SYMMETRIC_ZERO
+    return qparams(x_min, x_max, 8, symmetric, signed, q_range=(q_min, q_max), eps=eps, z_unsigned_symmetric=z_sym)
 
 
 def _floor_scale(xp: Any, s: Any, eps: float, zero_scale: float) -> Any:
@@ -186,26 +239,59 @@ def quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int) -> Any:
     return xp.astype(q, xp.int32)
 
 
-def quantize_codes_torch(x: Any, s: Any, z: Any, q_min: int, q_max: int) -> Any:
+def quantize_codes_torch(x: Any, s: Any, z: Any, q_min: int, q_max: int, *,
+                         float_zero_point: bool | None = None) -> Any:
     """Integer codes as torch's CPU fake-quant kernels compute them: multiply by 1/s.
 
         inv_s = fl32(1.0f / fl32(s))                  (float ``inv_scale`` in the C++ kernel)
-        q     = clamp(nearbyint(x * inv_s) + z, q_min, q_max)
+        integer z:  q = clamp(nearbyint(x * inv_s) + z, q_min, q_max)
+        float z:    q = clamp(lrintf(z + x * inv_s), q_min, q_max)     (rounds *after* adding z)
 
-    ``std::nearbyint`` rounds half to even (default FP environment). The product is taken in
-    x's dtype (float32 for float32 x; a double input meets the float inv_s widened).
-    Ref: QuantizedOpKernels.cpp ``_fake_quantize_tensor_helper`` (per-tensor) and
-    ``_fake_quant_per_channel_cachemask_cpu_helper`` (per-channel, integer zero-point).
-    Not mirrored: that helper's *float* zero-point branch (``per_channel_affine_float_qparams``)
-    rounds after adding z, ``lrintf(z + x * inv_s)``. Parity is established for float32 x.
+    ``std::nearbyint`` / ``lrintf`` round half to even (default FP environment). The product
+    is taken in float32 for float16 / bfloat16 / float32 x (torch's Half and BFloat16 promote
+    to float against the float inv_s), in float64 for a double x; the float-z sum is rounded
+    to float before ``lrintf``. Which branch: torch picks it by the zero-point tensor's dtype;
+    here ``float_zero_point`` says it, and by default (None) an integral z takes the integer
+    branch and a non-integral z the float one. An integer z outside [q_min, q_max] is an error,
+    as in torch; a float z may lie anywhere.
+    Ref: QuantizedOpKernels.cpp ``_fake_quantize_tensor_helper`` (per-tensor, integer z) and
+    ``_fake_quant_per_channel_cachemask_cpu_helper`` (per-channel, both branches).
     x: float array; s, z broadcastable -> q: int32.
     """
     xp = namespace(x)
-    s32 = xp.astype(s, xp.float32)
-    inv_s = xp.astype(1.0 / s32, x.dtype)  # reciprocal rounded to float32, as in C++
-    q = round_half_even(x * inv_s) + xp.astype(z, x.dtype)
+    float_z = _check_zero_point(xp, z, q_min, q_max, float_zero_point)
+    xc = x if x.dtype == xp.float64 else xp.astype(x, xp.float32)           # the kernels' arithmetic type
+    inv_s = xp.astype(1.0 / xp.astype(s, xp.float32), xc.dtype)           # reciprocal rounded to float32, as in C++
+    if float_z:
+        t = xp.astype(z, xc.dtype) + xc * inv_s                             # zero_point + self * inv_scale
+        q = round_half_even(xp.astype(t, xp.float32))                       # lrintf takes a float
+    else:
+        q = round_half_even(xc * inv_s) + xp.astype(z, xc.dtype)
     q = xp.clip(q, float(q_min), float(q_max))
     return xp.astype(q, xp.int32)
+
+
+def _check_zero_point(xp: Any, z: Any, q_min: int, q_max: int, float_zero_point: bool | None) -> bool:
+    """Which of torch's branches z takes (True: float z); an integer z must lie in [q_min, q_max]."""
+    q_min, q_max = check_int(q_min, "q_min"), check_int(q_max, "q_max")
+    if not q_min <= q_max:
+        raise ValueError(f"q_min, q_max: expected q_min <= q_max, got {(q_min, q_max)}")
+    z_float = xp.astype(z, xp.float64)
+    if not bool(xp.all(xp.isfinite(z_float))):
+        raise ValueError("z: zero-points must be finite")
+    integral = bool(xp.all(z_float == xp.round(z_float)))
+    if float_zero_point is None:
+        float_zero_point = not integral
+    if float_zero_point:
+        return True
+    if not integral:
+        raise ValueError("z: float_zero_point=False needs integral zero-points; torch's float zero-point "
+                         "branch (float_zero_point=True) rounds after adding them")
+    if bool(xp.any(z_float < q_min)) or bool(xp.any(z_float > q_max)):
+        lo, hi = float(xp.min(z_float)), float(xp.max(z_float))
+        raise ValueError(f"z: an integer zero-point must be between q_min and q_max ({q_min}..{q_max}), "
+                         f"got values in {lo:g}..{hi:g}")
+    return False
 
 
 def dequantize_codes(q: Any, s: Any, z: Any) -> Any:
@@ -219,23 +305,37 @@ def dequantize_codes(q: Any, s: Any, z: Any) -> Any:
     return s * (xp.astype(q, s.dtype) - xp.astype(z, s.dtype))
 
 
-def fake_quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int, convention: str = "refquant") -> Any:
+def fake_quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int, convention: str = "refquant", *,
+                        float_zero_point: bool | None = None) -> Any:
     """x̂ = D(Q(x)) for given s, z — the drop-in for ``torch.fake_quantize_per_*_affine``.
 
-    With ``convention="torch"`` and float32 x, bit-identical to
-    ``torch.fake_quantize_per_tensor_affine(x, s, z, q_min, q_max)`` (and the per-channel op).
+    "refquant": x̂ = s (q - z) with codes by division, in x's dtype.
+    "torch": bit-identical to ``torch.fake_quantize_per_tensor_affine(x, s, z, q_min, q_max)``
+    (s of size 1) and ``torch.fake_quantize_per_channel_affine`` (one s per channel), for
+    float16 / bfloat16 / float32 / float64 x. The kernels form (q - z)·s as float
+    (per-channel: as double) and store it in x's dtype, so a float16 x is rounded once, from
+    float32 — not computed in float16. Codes: ``quantize_codes_torch`` (``float_zero_point``
+    chooses the branch). Values beyond x's range (float16: ±65504) become ±inf, as in torch.
     """
     _check_choice(convention, CONVENTIONS, "convention")
-    codes = quantize_codes_torch if convention == "torch" else quantize_codes
     xp = namespace(x)
-    s = xp.astype(s, xp.float32) if convention == "torch" else s
-    x_hat = dequantize_codes(codes(x, s, z, q_min, q_max), xp.astype(s, x.dtype), z)
-    return x_hat
+    if convention == "refquant":
+        return dequantize_codes(quantize_codes(x, s, z, q_min, q_max), xp.astype(s, x.dtype), z)
+    s32 = xp.astype(s, xp.float32)
+    q = quantize_codes_torch(x, s32, z, q_min, q_max, float_zero_point=float_zero_point)
+    # (q - z) * s in double is exact for an integer z and, rounded to float, equals the float
+    # product of the per-tensor kernel; for a float z it is the per-channel kernel's double product
+    x_hat = xp.astype(s32, xp.float64) * (xp.astype(q, xp.float64) - xp.astype(z, xp.float64))
+    per_channel = math.prod(int(n) for n in s32.shape) > 1
+    if not (per_channel and x.dtype == xp.float64):                        # double x per channel: kept in double
+        x_hat = xp.astype(x_hat, xp.float32)
+    return xp.astype(x_hat, x.dtype)
 
 
 def range_search(x: Any, reduce_axes: tuple[int, ...], bits: int, symmetric: bool, signed: bool = True, *,
                  norm: float = SEARCH_NORM, grid: int = SEARCH_GRID, max_shrink: float = SEARCH_MAX_SHRINK,
-                 q_range: tuple[int, int] | None = None, eps: float = 0.0, convention: str = "refquant") -> tuple[Any, Any]:
+                 q_range: tuple[int, int] | None = None, eps: float = 0.0, convention: str = "refquant",
+                 z_unsigned_symmetric: int | None = None) -> tuple[Any, Any]:
     """Shrink the range on a grid and keep, per block, the (s, z) with the least L^p error.
 
         for i = 0 .. floor(max_shrink * grid) - 1:
@@ -250,8 +350,7 @@ def range_search(x: Any, reduce_axes: tuple[int, ...], bits: int, symmetric: boo
     x: float array; reduce_axes: the axes one (s, z) covers -> s, z with those axes kept as 1.
     """
     xp = namespace(x)
-    if not (isinstance(grid, int) and grid >= 1):
-        raise ValueError(f"grid: expected a positive integer, got {grid!r}")
+    grid = check_int(grid, "grid", 1)
     if not 0 < max_shrink <= 1:
         raise ValueError(f"max_shrink: expected 0 < max_shrink <= 1, got {max_shrink!r}")
     if not norm > 0:
@@ -261,7 +360,8 @@ def range_search(x: Any, reduce_axes: tuple[int, ...], bits: int, symmetric: boo
     s_best = z_best = err_best = None
     for i in range(max(1, int(max_shrink * grid))):
         p = 1.0 - i / grid
-        s, z = qparams(p * x_min, p * x_max, bits, symmetric, signed, q_range=(q_min, q_max), eps=eps)
+        s, z = qparams(p * x_min, p * x_max, bits, symmetric, signed, q_range=(q_min, q_max), eps=eps,
+                       z_unsigned_symmetric=z_unsigned_symmetric)
         x_hat = fake_quantize_codes(x, s, z, q_min, q_max, convention=convention)
         err = _sum(xp, xp.abs(x_hat - x) ** norm, reduce_axes)
         if err_best is None:
@@ -349,28 +449,40 @@ def quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: str = "
     xp = namespace(x)
     if not xp.isdtype(x.dtype, (xp.float32, xp.float64)):
         x = xp.astype(x, xp.float32)
+    z_sym = None
     if convention == "torch":
         q_range, eps = torch_code_range(b, signed), TORCH_EPS
+        # 8 bits is torch's default quint8/qint8 observer (z = 128 for unsigned symmetric);
+        # other widths need quant_min/quant_max, a customized range: z = (q_min + q_max) // 2
+        z_sym = TORCH_QUINT8_SYMMETRIC_ZERO if b == 8 else None
     else:
         q_range, eps = code_range(b, symmetric, signed), 0.0
     blocks, reduce_axes, ax = _blocks(xp, x, granularity, axis, group_size)
     if search is None:
         x_min, x_max = _min_max(xp, blocks, reduce_axes)
-        s, z = qparams(x_min, x_max, b, symmetric, signed, q_range=q_range, eps=eps)
+        s, z = qparams(x_min, x_max, b, symmetric, signed, q_range=q_range, eps=eps, z_unsigned_symmetric=z_sym)
     else:
         norm = _search_norm(search)
         s, z = range_search(blocks, reduce_axes, b, symmetric, signed, norm=norm, q_range=q_range, eps=eps,
-                            convention=convention)
-    codes = quantize_codes_torch if convention == "torch" else quantize_codes
-    q = codes(blocks, s, z, *q_range)
+                            convention=convention, z_unsigned_symmetric=z_sym)
+    if convention == "torch":
+        q = quantize_codes_torch(blocks, s, z, *q_range, float_zero_point=False)
+    else:
+        q = quantize_codes(blocks, s, z, *q_range)
     return UniformQuantized(q=q, s=s, z=z, bits=b, q_min=q_range[0], q_max=q_range[1], symmetric=bool(symmetric),
                             signed=bool(signed), granularity=granularity, axis=ax,
-                            group_size=group_size if granularity == "group" else None,
+                            group_size=int(group_size) if granularity == "group" else None,
                             shape=tuple(int(n) for n in x.shape), convention=convention)
 
 
 def dequantize(qt: UniformQuantized) -> Any:
-    """x̂ = s (q - z), back in x's shape (a grouped tensor is un-split and its axis moved back)."""
+    """x̂ = s (q - z), back in x's shape (a grouped tensor is un-split and its axis moved back).
+
+    The state is checked first (``_check_state``): q, s and z must have the shapes its
+    ``shape`` / ``granularity`` / ``axis`` / ``group_size`` imply, q must lie in [q_min, q_max],
+    s must be finite and positive, z finite — a mismatch is a ValueError, never a wrong tensor.
+    """
+    _check_state(qt)
     xp = namespace(qt.q)
     x_hat = dequantize_codes(qt.q, qt.s, qt.z)
     if qt.granularity == "group":
@@ -393,13 +505,66 @@ def fake_quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: st
     qt = quantize(x, bits, symmetric, granularity, axis, group_size, signed=signed, search=search,
                   convention=convention)
     xp = namespace(x)
-    return xp.astype(dequantize(qt), x.dtype)
+    x_hat = dequantize(qt)                                     # float32 (or float64)
+    out = xp.astype(x_hat, x.dtype)                            # one rounding, e.g. to float16
+    if x.dtype != x_hat.dtype and not bool(xp.all(xp.isfinite(out))):
+        # the grid may reach s/2 beyond the data range (the zero-point is rounded); at float16's
+        # edge that lands past ±65504, which float16 cannot hold
+        peak = float(xp.max(xp.abs(x_hat)))
+        raise ValueError(f"x: the dequantized grid reaches ±{peak:.6g}, outside {x.dtype}'s range; "
+                         f"fake-quantize a float32 copy of x, or use quantize/dequantize (float32 results)")
+    return out
+
+
+def _check_state(qt: Any) -> None:
+    """A ``UniformQuantized`` whose arrays fit its description (see ``dequantize``)."""
+    if not isinstance(qt, UniformQuantized):
+        raise TypeError(f"qt: expected a UniformQuantized from quantize, got {type(qt).__name__}")
+    _check_choice(qt.granularity, GRANULARITIES, "qt.granularity")
+    check_bits(qt.bits, name="qt.bits")
+    if not (isinstance(qt.q_min, numbers.Integral) and isinstance(qt.q_max, numbers.Integral) and qt.q_min < qt.q_max):
+        raise ValueError(f"qt.q_min, qt.q_max: expected integers with q_min < q_max, got {(qt.q_min, qt.q_max)}")
+    shape = tuple(int(n) for n in qt.shape)
+    ndim = len(shape)
+    if qt.granularity == "tensor":
+        if qt.axis is not None:
+            raise ValueError(f"qt.axis: expected None for granularity='tensor', got {qt.axis!r}")
+        q_shape, s_shape = shape, (1,) * ndim
+    else:
+        if not (isinstance(qt.axis, numbers.Integral) and 0 <= qt.axis < ndim):
+            raise ValueError(f"qt.axis: expected an axis in 0..{ndim - 1} of qt.shape {shape}, got {qt.axis!r}")
+        if qt.granularity == "channel":
+            q_shape = shape
+            s_shape = tuple(n if i == qt.axis else 1 for i, n in enumerate(shape))
+            if ndim == 1:
+                s_shape = shape                                  # every element its own channel
+        else:
+            G = qt.group_size
+            if not (isinstance(G, numbers.Integral) and G > 0 and shape[qt.axis] % G == 0):
+                raise ValueError(f"qt.group_size: expected a positive divisor of {shape[qt.axis]} "
+                                 f"(qt.shape[{qt.axis}]), got {G!r}")
+            rest = shape[:qt.axis] + shape[qt.axis + 1:]
+            q_shape = (*rest, shape[qt.axis] // G, G)            # (..., n/G, G)
+            s_shape = (*rest, shape[qt.axis] // G, 1)            # (..., n/G, 1)
+    for name, a, want in (("qt.q", qt.q, q_shape), ("qt.s", qt.s, s_shape), ("qt.z", qt.z, s_shape)):
+        if tuple(int(n) for n in a.shape) != want:
+            raise ValueError(f"{name}: shape {tuple(a.shape)} does not fit qt.shape {shape} with granularity "
+                             f"{qt.granularity!r} (expected {want})")
+    xp = namespace(qt.q)
+    if bool(xp.any(qt.q < qt.q_min)) or bool(xp.any(qt.q > qt.q_max)):
+        raise ValueError(f"qt.q: codes outside [q_min, q_max] = [{qt.q_min}, {qt.q_max}]")
+    s = xp.astype(qt.s, xp.float64)
+    if not bool(xp.all(xp.isfinite(s) & (s > 0))):
+        raise ValueError("qt.s: expected finite positive scales")
+    if not bool(xp.all(xp.isfinite(xp.astype(qt.z, xp.float64)))):
+        raise ValueError("qt.z: expected finite zero-points")
 
 
 def _search_norm(search: str | float) -> float:
-    if search == "mse":
+    if isinstance(search, str) and search == "mse":
         return 2.0
-    if isinstance(search, (int, float)) and not isinstance(search, bool) and search > 0:
+    if isinstance(search, numbers.Real) and not isinstance(search, (bool, np.bool_)) and math.isfinite(search) \
+            and search > 0:
         return float(search)
     raise ValueError(f"search: expected None, 'mse' or a positive p-norm exponent, got {search!r}")
 
@@ -410,18 +575,20 @@ def _blocks(xp: Any, x: Any, granularity: str, axis: int | None, group_size: int
     if granularity == "tensor":
         if group_size is not None:
             raise ValueError("group_size: only meaningful with granularity='group'")
+        if axis is not None:  # one (s, z) covers every axis: an axis would be silently ignored
+            raise ValueError(f"axis: only meaningful with granularity='channel' or 'group' (per tensor one "
+                             f"(s, z) covers all axes), got axis={axis!r}")
         return x, tuple(range(ndim)), None
     default = 0 if granularity == "channel" else -1
-    ax = default if axis is None else axis
-    if isinstance(ax, bool) or not isinstance(ax, int) or not -ndim <= ax < ndim:
-        raise ValueError(f"axis: expected an integer in {-ndim}..{ndim - 1} for a {ndim}-d x, got {axis!r}")
+    ax = check_int(default if axis is None else axis, "axis", -ndim, ndim - 1)
     ax %= ndim
     if granularity == "channel":
         if group_size is not None:
             raise ValueError("group_size: only meaningful with granularity='group'")
         return x, tuple(i for i in range(ndim) if i != ax), ax
-    if isinstance(group_size, bool) or not isinstance(group_size, int):
-        raise ValueError(f"group_size: expected a positive integer G with granularity='group', got {group_size!r}")
+    if group_size is None:
+        raise ValueError("group_size: expected a positive integer G with granularity='group', got None")
+    group_size = check_int(group_size, "group_size", 1)
     n = int(x.shape[ax])
     check_divisible(n, group_size, f"x (axis {ax})", what="group size G")
     moved = xp.moveaxis(x, ax, -1)                                         # (..., n)
@@ -468,16 +635,11 @@ def bits_per_weight(bits: int, group_size: int | None = None, scale_bits: int = 
     per-channel layout pass the row length as G. Example: INT4, G = 128, fp16 scale,
     4-bit zero -> 4 + (16 + 4)/128 = 4.15625 bits.
     """
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
-        raise ValueError(f"bits: expected an integer in 1..32, got {bits!r}")
-    for name, v in (("scale_bits", scale_bits), ("zero_bits", zero_bits)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
+    bits = check_int(bits, "bits", 1, 32)
+    scale_bits, zero_bits = check_int(scale_bits, "scale_bits", 0), check_int(zero_bits, "zero_bits", 0)
     if group_size is None:
         return float(bits)
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size: expected a positive integer or None, got {group_size!r}")
-    return bits + (scale_bits + zero_bits) / group_size
+    return bits + (scale_bits + zero_bits) / check_int(group_size, "group_size", 1)
 
 
 def model_size_bytes(n_params: float, bits: int, group_size: int | None = None, scale_bits: int = 16,

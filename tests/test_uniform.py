@@ -263,7 +263,7 @@ def test_group_quantization_matches_the_loop(x, bits, symmetric):
     (dict(granularity="block"), ValueError, "granularity"),
     (dict(granularity="group", group_size=5), ValueError, "group size"),
     (dict(granularity="group"), ValueError, "group_size"),
-    (dict(granularity="group", group_size=0), ValueError, "group size"),
+    (dict(granularity="group", group_size=0), ValueError, "group_size"),
     (dict(granularity="tensor", group_size=8), ValueError, "group_size"),
     (dict(granularity="channel", axis=2), ValueError, "axis"),
     (dict(search="l1"), ValueError, "search"),

@@ -20,9 +20,10 @@ bits_st = st.integers(2, 8)
 @given(x=st_rq.rows(block=16, max_rows=4, max_blocks=4), bits=bits_st, symmetric=st.booleans(), signed=st.booleans())
 def test_per_tensor_qparams_and_fake_quant_match_torch(x, bits, symmetric, signed):
     q_min, q_max = U.torch_code_range(bits, signed)
-    s, z = U.qparams(np.min(x, keepdims=True), np.max(x, keepdims=True), bits, symmetric, signed,
-                     q_range=(q_min, q_max), eps=U.TORCH_EPS)
-    ts, tz = T.minmax_observer_qparams(x, q_min, q_max, symmetric=symmetric, signed=signed)
+    customized = bits != 8   # 8 bits: the default-configured observer (quint8 symmetric: z = 128)
+    s, z = U.torch_observer_qparams(np.min(x, keepdims=True), np.max(x, keepdims=True), (q_min, q_max),
+                                    symmetric=symmetric, signed=signed, customized_range=customized)
+    ts, tz = T.minmax_observer_qparams(x, q_min, q_max, symmetric=symmetric, signed=signed, customized_range=customized)
     assert np.array_equal(s.reshape(-1), ts) and np.array_equal(z.reshape(-1), tz)
     expected = T.fake_quantize_per_tensor(x, float(ts[0]), int(tz[0]), q_min, q_max)
     got = U.fake_quantize_codes(x, s, z, q_min, q_max, convention="torch")
