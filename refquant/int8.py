@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import from_numpy, namespace, to_numpy
-from ._checks import check_float_input
+from ._checks import check_float32_range, check_float_input, check_int
 from ._rounding import round_half_even
 
 __all__ = [
@@ -69,7 +69,8 @@ __all__ = [
     "LLM_INT8_THRESHOLD",
 ]
 
-#: block sizes bitsandbytes documents for ``quantize_blockwise``
+#: block sizes bitsandbytes documents for ``quantize_blockwise``; its CPU kernel (and refquant)
+#: takes any positive block size (its own tests use 16384)
 BLOCKWISE_BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 
 #: the paper's outlier threshold τ for LLM.int8()'s mixed-precision decomposition
@@ -95,6 +96,8 @@ def _linspace_f32(start: float, stop: float, num: int) -> np.ndarray:
     multiply-add (one rounding), which float64 arithmetic reproduces exactly here.
     """
     start32, stop32 = np.float32(start), np.float32(stop)
+    if num == 1:  # torch.linspace(start, stop, 1) == [start]
+        return np.array([start32], dtype=np.float32)
     d = (stop32 - start32) / np.float32(num - 1)
     i = np.arange(num, dtype=np.float64)
     lower = np.float64(start32) + np.float64(d) * i                 # start + d·i
@@ -122,13 +125,16 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
 
     Example: ``create_dynamic_map()[[0, 127, 128, 255]] -> [-0.99297, 0.0, 5.5e-07, 1.0]``
     """
+    total_bits = check_int(total_bits, "total_bits", 1, 8)
+    max_exponent_bits = check_int(max_exponent_bits, "max_exponent_bits", 1)
     non_sign_bits = total_bits - 1
-    if max_exponent_bits > non_sign_bits:
-        raise ValueError(f"max_exponent_bits: expected at most {non_sign_bits}, got {max_exponent_bits}")
     values: list[np.ndarray] = []
-    extra = 2 ** (non_sign_bits - max_exponent_bits) - 1  # codes left when no exponent bit is set
+    # codes left when no exponent bit is set; with more exponent bits than non-sign bits the
+    # power is fractional and there are none (bitsandbytes accepts e.g. (True, 8, 8) this way)
+    extra = 2 ** (non_sign_bits - max_exponent_bits) - 1
     for e in range(max_exponent_bits):
-        n_fraction = 2 ** (e + non_sign_bits - max_exponent_bits + (0 if signed else 1)) + 1
+        # int() of bitsandbytes' float power: decades with 2^(negative) + 1 -> 1 edge get no codes
+        n_fraction = int(2 ** (e + non_sign_bits - max_exponent_bits + (0 if signed else 1)) + 1)
         edges = _linspace_f32(0.1, 1.0, n_fraction)                     # (n_fraction,)
         means = (edges[:-1] + edges[1:]) / np.float32(2.0)              # (n_fraction - 1,)
         decade = np.float32(10.0 ** (-(max_exponent_bits - 1) + e))
@@ -136,7 +142,7 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
         if signed:
             values.append(-decade * means)
     if extra > 0:  # the "no indicator bit" codes, on the last decade (bitsandbytes reuses e)
-        edges = _linspace_f32(0.1, 1.0, extra + 1)
+        edges = _linspace_f32(0.1, 1.0, int(extra) + 1)
         means = (edges[:-1] + edges[1:]) / np.float32(2.0)
         decade = np.float32(10.0 ** (-(max_exponent_bits - 1) + e))
         values.append(decade * means)
@@ -145,7 +151,8 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     values.append(np.array([0.0, 1.0], dtype=np.float32))
     code = np.concatenate(values).astype(np.float32)
     if code.size != 2**total_bits:
-        raise ValueError(f"total_bits: the layout gives {code.size} codes, not {2**total_bits}")
+        raise ValueError(f"total_bits, max_exponent_bits: the layout ({total_bits}, {max_exponent_bits}) gives "
+                         f"{code.size} codes, not 2**total_bits = {2**total_bits}")
     pad = np.zeros(256 - code.size, dtype=np.float32)
     return np.sort(np.concatenate([code, pad]))
 
@@ -179,7 +186,14 @@ def _grid_index(y: Any, xp: Any) -> Any:
     adding 0.5 are exact (the product is below 2^16, where float32's step is 2^-8), so
     (y+1)·32767.5 is the same single rounding and a fused multiply-add would give the same
     index. Ref: csrc/cpu_ops.cpp ``norm_to_lut_index``.
+
+    NaN: a block whose absmax is subnormal has 1/m = inf (float32), and a zero in it gives
+    0·inf = NaN. std::clamp passes NaN through and the C cast to uint16 of NaN gives index 0
+    on x86-64 (cvttss2si returns 0x80000000, whose low 16 bits are 0) — grid point 0, i.e.
+    y = -1; ±inf clamp to ±1. bitsandbytes' bytes for such blocks (e.g. QLoRA's nested absmax
+    of subnormal weights) are reproduced so.
     """
+    y = xp.where(xp.isnan(y), xp.full(y.shape, -1.0, dtype=y.dtype, device=y.device), y)
     y = xp.clip(y, -1.0, 1.0)
     scaled = (y + 1.0) * (0.5 * (LUT_SIZE - 1)) + 0.5                          # float32
     return xp.astype(scaled, xp.int32)                                        # C cast truncates
@@ -204,7 +218,10 @@ class BlockwiseState:
         return self.state2 is not None
 
 
-def _check_blocksize(blocksize: Any, allowed: tuple, name: str = "blocksize") -> int:
+def _check_blocksize(blocksize: Any, allowed: tuple | None, name: str = "blocksize") -> int:
+    """One of ``allowed`` (4-bit: bitsandbytes' list) or, with allowed=None, any positive integer."""
+    if allowed is None:
+        return check_int(blocksize, name, 1)
     if isinstance(blocksize, bool) or not isinstance(blocksize, (int, np.integer)) or int(blocksize) not in allowed:
         raise ValueError(f"{name}: expected one of {allowed}, got {blocksize!r}")
     return int(blocksize)
@@ -248,7 +265,7 @@ def quantize_blockwise(x: Any, code: Any = None, blocksize: int = 4096) -> tuple
     index 0 (-0.99297, the most negative code).
     """
     xp = _check_bnb_float(x)
-    blocksize = _check_blocksize(blocksize, BLOCKWISE_BLOCKSIZES)
+    blocksize = _check_blocksize(blocksize, None)  # any positive size, as bitsandbytes' CPU kernel
     code_np = create_dynamic_map() if code is None else np.asarray(to_numpy(code), dtype=np.float32)
     if code_np.shape != (256,) or np.any(np.diff(code_np) < 0):
         raise ValueError(f"code: expected 256 sorted float32 values, got shape {code_np.shape}")
@@ -257,8 +274,10 @@ def quantize_blockwise(x: Any, code: Any = None, blocksize: int = 4096) -> tuple
     x32 = xp.reshape(xp.astype(x, xp.float32, copy=False), (-1,))             # (n,) exact widening
     blocks, n = _blocks(x32, blocksize, xp)                                    # (n_blocks, B)
     absmax = xp.max(xp.abs(blocks), axis=1, keepdims=True)                     # (n_blocks, 1)
-    inv = 1.0 / xp.where(absmax == 0, xp.ones_like(absmax), absmax)            # float32 reciprocal
-    idx = xp.take(table, xp.reshape(_grid_index(blocks * inv, xp), (-1,)))    # (n_blocks*B,) uint8
+    with np.errstate(over="ignore", invalid="ignore"):  # subnormal absmax: 1/m = inf, 0·inf = NaN (as in C)
+        inv = 1.0 / xp.where(absmax == 0, xp.ones_like(absmax), absmax)        # float32 reciprocal
+        grid = _grid_index(blocks * inv, xp)                                   # (n_blocks, B) int32
+    idx = xp.take(table, xp.reshape(grid, (-1,)))                              # (n_blocks*B,) uint8
     idx = xp.reshape(idx, blocks.shape)                                        # (n_blocks, B)
     idx = xp.where(absmax == 0, xp.zeros_like(idx), idx)                       # zero block -> code 0
     q = xp.reshape(idx, (-1,))[:n]                                             # (n,)
@@ -287,10 +306,11 @@ def dequantize_blockwise(q: Any, state: BlockwiseState) -> Any:
     if state.nested:
         absmax = dequantize_blockwise(absmax, state.state2) + state.offset
     absmax = xp.astype(absmax, xp.float32)
+    blocksize = _check_blocksize(state.blocksize, None, "state.blocksize")
     n = 1
     for s in q.shape:
         n *= int(s)
-    n_blocks = -(-n // state.blocksize)
+    n_blocks = -(-n // blocksize)
     if int(absmax.shape[0]) != n_blocks:
         raise ValueError(f"state: absmax has {absmax.shape[0]} blocks, but {n} codes in blocks of "
                          f"{state.blocksize} need {n_blocks}")
@@ -324,6 +344,7 @@ def int8_vectorwise_quant(A: Any, threshold: float = 0.0) -> tuple[Any, Any, Any
     Example: A = [[1, -2, 0.5]] -> s = [2], Q = [[round(63.5), -127, round(31.75)]] = [[64, -127, 32]].
     """
     check_float_input(A, "A")
+    check_float32_range(A, "A", "LLM.int8()")  # a float64 1e300 would become inf, then 0·inf = NaN
     xp = namespace(A)
     if A.ndim != 2:
         raise ValueError(f"A: expected a 2-D matrix (rows, K), got shape {tuple(A.shape)}")

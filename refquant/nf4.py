@@ -353,6 +353,12 @@ def _double_quantize(state: QuantState) -> QuantState:
         μ = mean(m),   (m', M) = quantize_blockwise(m - μ, dynamic map, B₂ = 256)
     """
     offset = absmax_mean(state.absmax)                                          # () float32
+    if not bool(namespace(offset).all(namespace(offset).isfinite(offset))):
+        # the float32 sum of the absmax values overflowed (bitsandbytes gets inf, then NaN codes)
+        peak = float(namespace(state.absmax).max(state.absmax))
+        raise ValueError(f"x: double quantization takes the float32 mean of the {state.absmax.shape[0]} block "
+                         f"absmax values (up to {peak:.4g}); their sum overflows float32's range (±3.4028e38). "
+                         f"Rescale x or quantize with double_quant=False")
     q_absmax, state2 = quantize_blockwise(state.absmax - offset, blocksize=NESTED_BLOCKSIZE)
     return dataclasses.replace(state, absmax=q_absmax, offset=offset, state2=state2)
 

@@ -171,8 +171,9 @@ def test_blockwise_backend_parity(xp, args):
 
 
 def test_blockwise_bad_input():
-    with pytest.raises(ValueError, match="blocksize: expected one of"):
-        int8.quantize_blockwise(np.ones(64, np.float32), blocksize=32)
+    for bad in (0, -64, 64.0, True):   # any positive integer is a block size, as in bitsandbytes' CPU kernel
+        with pytest.raises(ValueError, match="blocksize: expected an integer >= 1"):
+            int8.quantize_blockwise(np.ones(64, np.float32), blocksize=bad)
     with pytest.raises(ValueError, match="x: contains NaN or Inf"):
         int8.quantize_blockwise(np.array([1.0, np.nan], np.float32), blocksize=64)
     with pytest.raises(ValueError, match="code: expected 256 sorted"):
