@@ -42,8 +42,8 @@ from .._backend import device, from_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float, check_nonempty
 from .types import GGML_TYPES, SUPPORTED, GGMLType, ggml_type, row_bytes
 
-__all__ = ["quantize", "dequantize", "codec", "ggml_type", "row_bytes", "bits_per_weight", "SUPPORTED",
-           "GGML_TYPES", "IMATRIX_TYPES"]
+__all__ = ["quantize", "dequantize", "codec", "ggml_type", "row_bytes", "bits_per_weight", "validate_imatrix",
+           "SUPPORTED", "GGML_TYPES", "IMATRIX_TYPES"]
 
 # the module holding each supported type's codec
 _MODULE = {
@@ -85,8 +85,9 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
 
     x: (..., n) real floating (cast to float32 first, as llama.cpp does), finite;
     n a multiple of the block size. imatrix: optional (n,) importance per column
-    (llama-imatrix's mean squared activations), finite. Returns uint8 (..., row_bytes)
-    in x's namespace.
+    (llama-imatrix's mean squared activations): finite and ≥ 0, else ValueError (see
+    validate_imatrix); a block of columns that is all 0 warns (UserWarning) and still
+    gives libggml's bytes. Returns uint8 (..., row_bytes) in x's namespace.
 
     Example: quantize(np.full((1, 32), -1.0, np.float32), "Q4_0") is one 18-byte block:
     d = −1/−8 = 0.125 (bytes 00 30) and 16 bytes of code 0.
@@ -109,9 +110,10 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
         check_float(imatrix, "imatrix")
         if tuple(imatrix.shape) != (n,):
             raise ValueError(f"imatrix: expected shape ({n},) (one value per column), got {tuple(imatrix.shape)}")
-        check_finite(imatrix, "imatrix")
+        imat32 = validate_imatrix(to_numpy(imatrix))                          # (n,) float32, finite, >= 0
         if t.name in IMATRIX_TYPES:
-            imat = from_numpy(np.asarray(to_numpy(imatrix), dtype=np.float32), like=x32)  # (n,) in x's namespace
+            _warn_zero_blocks(imat32, t)
+            imat = from_numpy(imat32, like=x32)                                # (n,) in x's namespace
             qw = xp.reshape(xp.broadcast_to(imat, (n_rows, n)), (-1, t.block_size))  # (n_blocks, QK)
     sigma2 = None
     if qw is not None and t.name in _ROW_SIGMA2:
@@ -126,6 +128,46 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
         parts.append(quantize_blocks(blocks[lo:hi, ...], None if qw is None else qw[lo:hi, ...], **extra))
     raw = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)           # (n_blocks, type_size)
     return xp.reshape(raw, (*lead, row_bytes(t, n)))
+
+
+def validate_imatrix(imatrix: Any, where: str = "") -> np.ndarray:
+    """An importance vector as float32 NumPy, or ValueError naming ``imatrix`` and the first bad column.
+
+    Every entry must be finite and ≥ 0 (llama-imatrix writes mean squared activations) —
+    after the cast to float32 that libggml reads (1e39 is +inf there). A negative entry
+    is refused rather than reproduced: libggml takes it as a negative least-squares weight,
+    and the searches then maximise the error of those weights (the scale and min searches
+    of Q2_K … Q5_K and make_qp_quants assume w ≥ 0), which no caller means. ``where``
+    prefixes the column (recipes.load_imatrix passes the tensor name).
+
+    Example: validate_imatrix(np.array([1.0, -2.0])) raises
+    ValueError("imatrix: column 1 is -2.0; importance values must be finite and >= 0 ...").
+    """
+    with np.errstate(over="ignore"):  # a float64 entry beyond FLT_MAX becomes inf, then is refused
+        imat = np.asarray(imatrix, dtype=np.float32)
+    bad = ~(np.isfinite(imat) & (imat >= 0))                                  # -0.0 is fine: it is 0
+    if bad.any():
+        j = int(np.flatnonzero(bad.ravel())[0])
+        raise ValueError(f"imatrix: {where}column {j} is {float(imat.ravel()[j])}; importance values must be finite "
+                         f"and >= 0 (llama-imatrix writes mean squared activations)")
+    return imat
+
+
+def _warn_zero_blocks(imat: np.ndarray, t: GGMLType) -> None:
+    """Warn (naming ``imatrix``) when whole blocks of columns have importance 0.
+
+    libggml's weighted searches then weigh every weight of such a block by 0: most types
+    store the block as zeros (Q4_1 / Q5_1 keep their first scale), in every row. refquant
+    writes the same bytes; the warning says why a tensor decodes to zeros.
+    """
+    per_block = imat.reshape(-1, t.block_size)                                # (n/QK, QK)
+    n_zero = int(np.sum(~per_block.any(axis=1)))
+    if n_zero:
+        import warnings
+
+        warnings.warn(f"imatrix: {n_zero} of {per_block.shape[0]} blocks of {t.block_size} columns are all 0; "
+                      f"{t.name}'s weighted search gives those weights no importance (libggml's bytes, which "
+                      f"store most such blocks as 0)", UserWarning, stacklevel=3)
 
 
 CHUNK_WEIGHTS = 1 << 17  # weights per chunk on NumPy: the temporaries of a chunk stay in the CPU cache

@@ -342,8 +342,10 @@ def load_imatrix(path: str) -> dict[str, np.ndarray]:
     ``<name>.counts`` (how many rows were summed); the value is in_sum2 / count, or 1 for a
     matrix that never saw input. Legacy ``.dat``: int32 n_entries, then per entry
     int32 len, name, int32 ncall, int32 nval, nval float32 sums; the value is sum / ncall.
+    Every value must be finite and ≥ 0: else ValueError "imatrix: <tensor>: column j is ..."
+    (refquant.gguf.validate_imatrix), one line from ``refquant quantize``.
     """
-    from . import file
+    from . import file, validate_imatrix
 
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -361,6 +363,8 @@ def load_imatrix(path: str) -> dict[str, np.ndarray]:
                     raise ValueError(f"imatrix: {name}: {s.shape[0]} matrices but {c.shape[0]} counts")
                 with np.errstate(divide="ignore", invalid="ignore"):
                     out[name] = np.where(c > 0, s / np.where(c > 0, c, 1), np.float32(1)).astype(np.float32).ravel()
+        for name, values in out.items():  # negative / NaN / inf entries: ValueError naming imatrix, the tensor, the column
+            validate_imatrix(values, where=f"{name}: ")
         return out
     with open(path, "rb") as fh:
         data = fh.read()
@@ -380,9 +384,11 @@ def load_imatrix(path: str) -> dict[str, np.ndarray]:
                 raise ValueError(f"bad value count for {name}")
             values = np.frombuffer(data, np.float32, nval, pos).copy(); pos += 4 * nval
             out[name] = values / np.float32(ncall) if ncall > 0 else values
-        return out
     except (struct.error, UnicodeDecodeError, ValueError) as e:
         raise ValueError(f"imatrix: {path} is neither a GGUF imatrix nor a legacy llama-imatrix file ({e})") from None
+    for name, values in out.items():
+        validate_imatrix(values, where=f"{name}: ")
+    return out
 
 
 # --------------------------------------------------------------------------- whole files
