@@ -125,7 +125,10 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
     for lo, hi in _chunks(blocks.shape[0], t.block_size, xp, t.name):
         check_finite(blocks[lo:hi, ...], "x")  # chunk by chunk, while it is in the cache
         extra = {} if sigma2 is None else {"sigma2": sigma2[lo:hi, ...]}
-        parts.append(quantize_blocks(blocks[lo:hi, ...], None if qw is None else qw[lo:hi, ...], **extra))
+        # |x| ~ 1e20 (or an imatrix ~ 1e38) overflows x², the weights and the searches' sums
+        # to inf and NaN in float32 — in libggml's C as here, on purpose: no NumPy warnings
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            parts.append(quantize_blocks(blocks[lo:hi, ...], None if qw is None else qw[lo:hi, ...], **extra))
     raw = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)           # (n_blocks, type_size)
     return xp.reshape(raw, (*lead, row_bytes(t, n)))
 

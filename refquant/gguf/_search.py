@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import is_numpy, namespace
+from .legacy import first_zero_sign
 
 __all__ = [
     "GROUP_MAX_EPS", "nearest_int", "round_bounded", "clamp", "running_max", "sequential_sum",
@@ -260,9 +261,13 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
     amax, mx = _first_max_abs(xc)                                 # (B,), (B,)
     zero = amax < GROUP_MAX_EPS                                   # (B,) "all zero" blocks
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)                # avoid 0/0 in blocks we discard
+    # |iscale·x| <= nmax + 0.9 for finite x. Q3_K's second search runs over block scales that
+    # can be NaN (an imatrix ~1e38 makes Σw infinite, then Σwxl/Σwl² = inf/inf): C's
+    # nearest_int gives 0 there, round() would give NaN, so those take the exact emulation.
+    rounding = round_bounded if bool(xp.all(xp.isfinite(xc))) else nearest_int
 
     def codes(iscale):                                            # iscale (B,) -> l (n, B) in -nmax..nmax-1
-        return clamp(round_bounded(iscale[None, :] * xc), -nmax, nmax - 1)  # |iscale·x| <= nmax + 0.9
+        return clamp(rounding(iscale[None, :] * xc), -nmax, nmax - 1)
 
     iscale = _rdiv(-nmax, mx_safe)                                # (B,) C: -nmax / max
     l = codes(iscale)                                             # (n, B)
@@ -410,9 +415,11 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
     xp = namespace(x, weights)
     xc = _cols(x)                                                 # (n, B)
     w = xc * xc if weights is None else _cols(weights)            # (n, B) qkx3: NULL weights -> x²
-    mn = xp.min(xc, axis=0)                                       # (B,)  min/max are exact: no order issue
+    # C: min = max = x[0]; if (x[i] < min) min = x[i]; ... — exact values, but a zero min/max
+    # keeps the sign of the *first* zero (−0 < +0 is false), which reaches the stored m of Q4_1/Q5_1
+    mn = first_zero_sign(xc, xp.min(xc, axis=0, keepdims=True), axis=0)[0, :]  # (B,)
     x_min = mn
-    mx = xp.max(xc, axis=0)                                       # (B,)
+    mx = first_zero_sign(xc, xp.max(xc, axis=0, keepdims=True), axis=0)[0, :]  # (B,)
     # C: sum_w = w[0]; sum_x = sum_w*x[0]; then += over i >= 1 (the sum starts at element 0, not at +0)
     sum_w = _colsum_from_first(w)                                 # (B,)
     sum_x = _colsum_from_first(w * xc)                            # (B,)

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import device, from_numpy, namespace, to_numpy
+from ._search import clamp, nearest_int
 from .legacy import (_as_f32, _first_absmax, _inverse_or_zero, _pack_4bit, fp16_bytes, half_at, low_high_nibbles,
                      sequential_sum, uint_at)
 
@@ -72,6 +73,7 @@ KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53,
 _MIDPOINTS = ((KVALUES[:-1].astype(np.float32) + KVALUES[1:].astype(np.float32)) / 2).astype(np.float32)  # exact halves
 GROUP_MAX_EPS = float(np.float32(1e-15))  # the float32 1e-15f: a block whose max |x| is below it is stored as zeros
 NTRY = 7                           # ggml_quantize_chunk's ntry: 2·7 + 1 extra starting scales
+NAN_INDEX = 15                     # best_index_int8(NaN): no comparison holds, the bisection ends on the top level
 SUB = 32                           # weights per block (sub-block of IQ4_XS)
 
 
@@ -81,14 +83,17 @@ def best_index(v: Any) -> Any:
     The C code bisects and compares v − K[i] < K[i+1] − v in float32; counting the
     midpoints that v reaches is the same rule, and the float32 differences are exact near a
     midpoint (both are multiples of v's ulp, of magnitude ≈ half a gap), so the two agree.
-    v: any shape float32 -> same shape uint8 in 0 … 15. (15 comparisons, each one fast
-    pass, beat a searchsorted over 16 levels by an order of magnitude.)
+    v: any shape float32 -> same shape uint8 in 0 … 15; NaN -> 15, as the C code (see below).
+    (15 comparisons, each one fast pass, beat a searchsorted over 16 levels by an order of
+    magnitude.)
     """
     xp = namespace(v)
     idx = xp.zeros(v.shape, dtype=xp.uint8, device=device(v))
     for m in _MIDPOINTS.tolist():  # exact halves: float32 comparisons against Python floats
         idx = idx + xp.astype(v >= m, xp.uint8)
-    return idx
+    # NaN (x·id when the weighted sums of a huge block overflowed): every comparison of the
+    # C bisection is false, so it walks up to the last pair and returns the upper level, 15
+    return xp.where(xp.isnan(v), xp.full_like(idx, NAN_INDEX), idx)
 
 
 def _levels(idx: Any) -> Any:
@@ -196,7 +201,10 @@ def quantize_iq4_xs(x: Any, qw: Any | None = None) -> Any:
     d_b = xp.reshape(_block_scales(xb, _importance(xb, qwb, QK_K)), (n, N_SUB))  # (n, 8)
     _, max_scale = _first_absmax(d_b)                                    # (n, 1)
     d = -max_scale / 32.0
-    ls = xp.clip(xp.round(_inverse_or_zero(d) * d_b), min=-32.0, max=31.0)  # nearest_int: ties to even
+    # C: l = nearest_int(id*scales[ib]); MAX(-32, MIN(31, l)). A block scale that overflowed
+    # to NaN or ±inf (|x| ~ 1e20, or an imatrix ~ 1e38) goes through nearest_int's bit trick:
+    # NaN -> 0, ±inf -> −2^22 (then −32), not round()'s NaN
+    ls = clamp(nearest_int(_inverse_or_zero(d) * d_b), -32, 31)
     dl = xp.reshape(d * ls, (n * N_SUB, 1))                              # (n*8, 1)
     q = best_index(_inverse_or_zero(dl) * xb)                            # (n*8, 32)
     # --- bytes (NumPy edge) ---

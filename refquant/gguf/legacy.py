@@ -73,7 +73,8 @@ __all__ = [
     "quantize_q5_0", "dequantize_q5_0", "quantize_q5_1", "dequantize_q5_1",
     "quantize_q8_0", "dequantize_q8_0", "quantize_q8_1", "dequantize_q8_1",
     "quantize_f32", "dequantize_f32", "quantize_f16", "dequantize_f16", "quantize_bf16", "dequantize_bf16",
-    "row_mean_square", "sequential_sum", "block_max", "block_min",
+    "row_mean_square", "sequential_sum", "block_max", "block_min", "c_block_min", "c_block_max",
+    "first_zero_sign", "c_int8",
 ]
 
 QK = 32  # weights per block (QK4_0 = QK4_1 = QK5_0 = QK5_1 = QK8_0 = QK8_1)
@@ -179,6 +180,17 @@ def _pack_4bit(q: np.ndarray) -> np.ndarray:
     return pack_nibbles(q[:, : QK // 2] & 0x0F, q[:, QK // 2 :] & 0x0F)
 
 
+def _pack_4bit_unmasked(q: np.ndarray) -> np.ndarray:
+    """quantize_row_q4_0_ref / q4_1_ref's store ``qs[j] = xi0; qs[j] |= xi1 << 4``: (n, 32) uint8 -> (n, 16).
+
+    Unlike _pack_4bit, the low code is not masked: a code that is not in 0..15 (an int8
+    wrapped by c_int8, possible only when 1/d is inexact for a subnormal d) spills into
+    the high nibble exactly as the C store does. For codes in 0..15 it equals _pack_4bit.
+    """
+    q = q.astype(np.uint8)
+    return q[:, : QK // 2] | (q[:, QK // 2 :] << 4)
+
+
 def _as_f32(x: Any) -> Any:
     xp = namespace(x)
     return xp.astype(x, xp.float32, copy=False)
@@ -209,16 +221,78 @@ def block_min(v: Any) -> Any:
     return _halving(v, xp.minimum, xp.min)
 
 
+def first_zero_sign(v: Any, extreme: Any, axis: int = -1) -> Any:
+    """Give a zero ``extreme`` (a min or max of ``v`` along ``axis``) the sign of the first zero of v.
+
+    C's running extremes ``if (v < min) min = v;`` / ``if (v > max) max = v;`` (started from
+    ±FLT_MAX or from v[0]) keep the *first* of equal values, because −0.0 < +0.0 is false:
+    a block [−0, +0, 1] has min −0.0, [+0, −0, 1] has +0.0. NumPy's min/max reductions and
+    a halving ``minimum`` return either zero (the order of their SIMD lanes), and the sign
+    shows in a stored fp16 field (Q4_1's m = 0x8000 or 0x0000). Only a zero extreme can
+    differ (finite inputs: equal non-zero floats are identical). v: (..., n, ...);
+    extreme: v's shape with ``axis`` of length 1 -> the same.
+    """
+    xp = namespace(v, extreme)
+    zero = extreme == 0
+    if not bool(xp.any(zero)):
+        return extreme
+    first = xp.argmax(xp.astype(v == 0, xp.int8), axis=axis, keepdims=True)   # the first zero lane
+    return xp.where(zero, xp.take_along_axis(v, first, axis=axis), extreme)
+
+
+def c_block_min(v: Any) -> Any:
+    """C's ``min = FLT_MAX; for (j...) if (v[j] < min) min = v[j];`` over the last axis: (n, m) -> (n, 1).
+
+    The minimum (by halving), and for a zero minimum the sign of the first zero (first_zero_sign).
+    """
+    return first_zero_sign(v, block_min(v))
+
+
+def c_block_max(v: Any) -> Any:
+    """C's ``max = -FLT_MAX; for (j...) if (v[j] > max) max = v[j];`` over the last axis: (n, m) -> (n, 1)."""
+    return first_zero_sign(v, block_max(v))
+
+
+INT_INDEFINITE_LOW_BYTE = 0  # x86-64: cvttss2si returns 0x80000000 for NaN/±inf/out of range; its low byte is 0
+_TWO_31 = 2147483648.0       # 2^31: |trunc(v)| must be below this for cvttss2si to return trunc(v)
+
+
+def c_int8(v: Any) -> Any:
+    """C's ``(int8_t)v`` (and the low byte of ``(uint8_t)v``) of a float32, as libggml's x86-64 build does it.
+
+    C leaves a float -> int8 conversion of an out-of-range value undefined; gcc/clang compile
+    it as cvttss2si (truncate to int32) followed by keeping the low 8 bits. cvttss2si gives
+    the "integer indefinite" 0x80000000 for NaN, ±inf and |v| ≥ 2^31, whose low byte is 0:
+
+        c_int8(v) = wrap8(trunc(v))  if |trunc(v)| < 2^31  else 0,   wrap8(t) = ((t + 128) mod 256) − 128
+
+    This is what the legacy encoders see when d = max/−8 is a float32 subnormal and
+    id = 1/d overflows to inf: x·id is ±inf (NaN for x = 0), and libggml stores code 0
+    where a saturating rounding (``trunc`` then ``min(15, ·)``) would store 15. (A
+    saturating ARM build would store 255 & 15 for +inf: the oracle is x86-64.)
+    v: float32, any shape -> float32 integers in −128 … 127 (never −0.0).
+    Example: c_int8([3.7, -1.2, 200.0, inf, nan]) -> [3, -1, -56, 0, 0]
+    """
+    xp = namespace(v)
+    t = xp.trunc(v)
+    ok = xp.abs(t) < _TWO_31                                        # False for NaN and ±inf
+    t = xp.where(ok, t, xp.full_like(t, float(INT_INDEFINITE_LOW_BYTE)))
+    low = xp.remainder(t, 256.0)                                    # 0 … 255, exact (fmod of a float32 integer)
+    return xp.where(low >= 128.0, low - 256.0, low) + 0.0           # two's complement; + 0.0 makes −0 into +0
+
+
 def _first_absmax(x: Any) -> tuple[Any, Any]:
     """(amax, max): the largest |x| of each block and that element *with its sign*.
 
     The C loop ``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`` keeps the first
     element that reaches the maximum (argmax's rule: it matters when a block holds both
     +amax and −amax), and leaves max = +0.0 when the block is all zeros (even for −0.0
-    entries). x: (n, m) -> (n, 1), (n, 1).
+    entries). A NaN never compares greater, so it never wins (IQ4_XS runs this over block
+    scales that overflowed to NaN). x: (n, m) -> (n, 1), (n, 1).
     """
     xp = namespace(x)
     ax = xp.abs(x)
+    ax = xp.where(ax > 0, ax, xp.zeros_like(ax))                       # NaN never wins a C '<' (IQ4_XS's scales)
     first = xp.argmax(ax, axis=-1, keepdims=True)                     # (n, 1)
     amax = xp.take_along_axis(ax, first, axis=-1)                      # (n, 1)
     signed = xp.take_along_axis(x, first, axis=-1)                     # (n, 1)
@@ -300,9 +374,10 @@ def _codes_q4_0(x: Any, bits: int) -> tuple[Any, Any]:
     half = float(1 << (bits - 1))                     # 8 for Q4_0, 16 for Q5_0
     _, max_ = _first_absmax(x)
     d = max_ / -half                                  # the extreme element maps to code 0
-    inv = _inverse_or_zero(d)
-    q = xp.trunc(x * inv + (half + 0.5))              # (int8_t)(x*id + 8.5f): C truncation
-    return d, xp.clip(q, max=float((1 << bits) - 1))  # MIN(15, ...)
+    inv = _inverse_or_zero(d)                         # inf when d is a float32 subnormal below 2^-128
+    q = c_int8(x * inv + (half + 0.5))                # (int8_t)(x*id + 8.5f): truncation; NaN/inf -> 0
+    q = xp.clip(q, max=float((1 << bits) - 1))        # MIN(15, ...) on the int (a negative int8 stays negative)
+    return d, xp.remainder(q, 256.0)                  # the uint8_t store
 
 
 def quantize_q4_0(x: Any, qw: Any | None = None, *, sigma2: Any | None = None) -> Any:
@@ -322,7 +397,7 @@ def quantize_q4_0(x: Any, qw: Any | None = None, *, sigma2: Any | None = None) -
         d, q = _search().make_qx_quants(x, 8, 1, _importance(x, qw, sigma2))
         d = namespace(x).reshape(d, (-1, 1))
     q = to_numpy(q).astype(np.uint8)
-    out = np.concatenate([fp16_bytes(d), _pack_4bit(q)], axis=1)
+    out = np.concatenate([fp16_bytes(d), _pack_4bit_unmasked(q)], axis=1)
     return from_numpy(out, like=x)
 
 
@@ -349,12 +424,14 @@ def _codes_q4_1(x: Any, bits: int) -> tuple[Any, Any, Any]:
     """quantize_row_q4_1_ref / q5_1_ref in xp: (d, m, q)."""
     xp = namespace(x)
     n_levels = float((1 << bits) - 1)                 # 15 for Q4_1, 31 for Q5_1
-    min_ = block_min(x)                               # (n, 1)
-    max_ = block_max(x)                               # (n, 1)
-    d = (max_ - min_) / n_levels
-    inv = _inverse_or_zero(d)
-    q = xp.trunc((x - min_) * inv + 0.5)              # (int8_t)(x0 + 0.5f)
-    return d, min_, xp.clip(q, max=n_levels)          # Q4_1: MIN(15, .); Q5_1 never exceeds 31
+    min_ = c_block_min(x)                             # (n, 1) the first of ±0 wins, as in C
+    max_ = c_block_max(x)                             # (n, 1)
+    d = (max_ - min_) / n_levels                      # −0.0 for a block [−0, +0, ...]: (−0) − (+0)
+    inv = _inverse_or_zero(d)                         # inf when d is a subnormal below 2^-128
+    q = c_int8((x - min_) * inv + 0.5)                # Q4_1: (int8_t)(x0 + 0.5f); Q5_1: (uint8_t)(...), same low byte
+    if bits == 4:
+        q = xp.clip(q, max=n_levels)                  # Q4_1: MIN(15, ...); Q5_1 has no clamp
+    return d, min_, xp.remainder(q, 256.0)            # the uint8_t store
 
 
 def _min_search(x: Any, qw: Any, sigma2: Any | None, nmax: int) -> tuple[Any, Any, Any]:
@@ -378,7 +455,7 @@ def quantize_q4_1(x: Any, qw: Any | None = None, *, sigma2: Any | None = None) -
     else:
         d, m, q = _min_search(x, qw, sigma2, 15)
     q = to_numpy(q).astype(np.uint8)
-    out = np.concatenate([fp16_bytes(d), fp16_bytes(m), _pack_4bit(q)], axis=1)
+    out = np.concatenate([fp16_bytes(d), fp16_bytes(m), _pack_4bit_unmasked(q)], axis=1)
     return from_numpy(out, like=x)
 
 
@@ -483,9 +560,9 @@ def dequantize_q5_1(raw: Any) -> Any:
 def _codes_q8(x: Any) -> tuple[Any, Any]:
     """quantize_row_q8_0_ref in xp: d = max|x|/127, q = roundf(x/d) (half away from zero)."""
     xp = namespace(x)
-    amax = block_max(xp.abs(x))                        # (n, 1)
+    amax = block_max(xp.abs(x))                        # (n, 1) |x|: no sign-of-zero question
     d = amax / 127.0
-    q = round_half_away(x * _inverse_or_zero(d))
+    q = c_int8(round_half_away(x * _inverse_or_zero(d)))  # qs[j] = roundf(x0): NaN/inf (1/d = inf) -> 0
     return d, q
 
 
@@ -525,7 +602,7 @@ def quantize_q8_1(x: Any, qw: Any | None = None) -> Any:
     x = _check_blocks(x, qw)
     xp = namespace(x)
     d, q = _codes_q8(x)
-    code_sum = xp.sum(q, axis=-1, keepdims=True)  # an integer ≤ 32·127: exact in float32 in any order
+    code_sum = xp.sum(q, axis=-1, keepdims=True)  # C's int sum of the stored int8 codes: exact in any order, +0 if 0
     s = code_sum * d
     out = np.concatenate([fp16_bytes(d), fp16_bytes(s), to_numpy(q).astype(np.int8).view(np.uint8)], axis=1)
     return from_numpy(out, like=x)
