@@ -51,7 +51,7 @@ def ggml_floats(raw: np.ndarray, t: str) -> np.ndarray:
 @st.composite
 def rows_and_imatrix(draw):
     """Rows of whole super-blocks and a positive importance vector with some zeros (one per column)."""
-    x = draw(st_rq.rows(block=K.QK_K, max_rows=3, max_blocks=3))
+    x = draw(st_rq.rows(block=K.QK_K, max_rows=3, max_blocks=3, kinds=st_rq.GGUF_KINDS))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     imatrix = (rng.gamma(0.5, 2.0, x.shape[1])).astype(np.float32)   # llama-imatrix: mean squared activations
     imatrix[rng.random(x.shape[1]) < 0.1] = 0.0
@@ -63,7 +63,7 @@ def rows_and_imatrix(draw):
 # ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("t", TYPES)
-@given(x=st_rq.rows(block=K.QK_K, max_rows=3, max_blocks=3))
+@given(x=st_rq.rows(block=K.QK_K, max_rows=3, max_blocks=3, kinds=st_rq.GGUF_KINDS))  # ±0, subnormals, huge too
 def test_quantize_matches_libggml(t, x):
     assert np.array_equal(rq_quantize(x, t), ggml_bytes(x, t))
 

@@ -53,7 +53,7 @@ def imatrices(draw, n: int) -> np.ndarray:
 
 @st.composite
 def rows_and_imatrix(draw, block=32):
-    x = draw(rst.rows(block=block, max_rows=3, max_blocks=6))
+    x = draw(rst.rows(block=block, max_rows=3, max_blocks=6, kinds=rst.GGUF_KINDS))
     return x, draw(imatrices(x.shape[1]))
 
 
@@ -72,7 +72,7 @@ def smollm2_rows(smollm2_path):
 # --------------------------------------------------------------------------- bytes vs libggml
 
 @pytest.mark.parametrize("qtype", LEGACY)
-@given(x=rst.rows(block=32))
+@given(x=rst.rows(block=32, kinds=rst.GGUF_KINDS))  # EDGE_KINDS too: ±0, subnormals, huge values
 def test_quantize_matches_libggml(qtype, x):
     assert np.array_equal(rg.quantize(x, qtype), ggml_quantize(x, qtype))
 
@@ -84,13 +84,13 @@ def test_quantize_with_imatrix_matches_libggml(qtype, data):
     assert np.array_equal(rg.quantize(x, qtype, imatrix=imatrix), ggml_quantize(x, qtype, imatrix=imatrix))
 
 
-@given(x=rst.rows(block=32))
+@given(x=rst.rows(block=32, kinds=rst.GGUF_KINDS))
 def test_q8_1_matches_quantize_row_q8_1_ref(x):
     assert np.array_equal(rg.quantize(x, "Q8_1"), q8_1_reference(x))
 
 
 @pytest.mark.parametrize("qtype", FLOATS)
-@given(x=rst.rows(block=1, max_blocks=40))
+@given(x=rst.rows(block=1, max_blocks=40, kinds=rst.GGUF_KINDS))
 def test_float_types_match_libggml(qtype, x):
     assert np.array_equal(rg.quantize(x, qtype), ggml_quantize(x, qtype))
 

@@ -14,6 +14,25 @@ ordinary values with the cases that break real kernels:
                                           subnormal range (6e-8), where a scale stored in fp16
                                           overflows or flushes to zero.
 
+``EDGE_KINDS`` are the blocks that break *bit-exact* parity with C float code rather than
+accuracy. Their structure — which lanes are +0, −0, subnormal, huge or ordinary, and the
+values in those lanes — is drawn by Hypothesis lane by lane, so a failure shrinks to a
+block a person can read (``[-0.0, 0.0, 0.0, ..., 1.0]``), not to a NumPy seed:
+
+* ``signed_zeros``       — ±0 lanes (either sign, drawn per lane) among ordinary values: the
+                           sign of a stored min/max depends on which zero a C loop keeps;
+* ``all_signed_zeros``   — a block of only ±0 with a drawn mix of signs (first lane decides);
+* ``zero_extreme``       — a same-sign block whose min (or max) is 0, held by ±0 lanes;
+* ``subnormal``          — float32 subnormals (< 1.18e-38) mixed with ±0: d = max/−8 is
+                           subnormal and 1/d overflows to inf in float32;
+* ``fp16_overflow``      — magnitudes 1e5 … 1e20: a scale d ≈ max/8 … max/127 overflows fp16;
+* ``huge``               — magnitudes 1e20 … 3e38 among ordinary values: x² and the
+                           weighted sums of the searches overflow float32 to inf (and NaN).
+
+``GGUF_KINDS = KINDS + EDGE_KINDS`` is what the GGUF parity tests draw. ``KINDS`` itself is
+unchanged: formats without a C oracle (uniform, NF4, int8) bound their error only for the
+ordinary kinds, and other modules draw from it by name.
+
 All values are finite: NaN/Inf handling is tested separately as bad input.
 Shapes are drawn together with the block so they are always divisible (better shrinking).
 """
@@ -24,9 +43,20 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-__all__ = ["KINDS", "block_values", "rows", "float_arrays", "matrices"]
+__all__ = ["KINDS", "EDGE_KINDS", "GGUF_KINDS", "edge_block", "block_values", "rows", "float_arrays", "matrices"]
 
 KINDS = ("normal", "zeros", "constant", "outlier", "ties", "same_sign", "heavy_tails", "fp16_edge", "uniform_int")
+EDGE_KINDS = ("signed_zeros", "all_signed_zeros", "zero_extreme", "subnormal", "fp16_overflow", "huge")
+GGUF_KINDS = KINDS + EDGE_KINDS
+
+FLT_TRUE_MIN = float(np.finfo(np.float32).smallest_subnormal)  # 1.4e-45, the smallest float32 > 0
+FLT_MIN = float(np.finfo(np.float32).tiny)                      # 1.18e-38, the smallest normal float32
+FLT_MAX_DRAWN = float(np.float32(3e38))                          # a little below FLT_MAX = 3.4028e38
+_1E20 = float(np.float32(1e20))
+
+# (lo, hi) magnitude of the special lanes of each edge kind (float32 values: Hypothesis draws width=32)
+_EDGE_MAGNITUDE = {"subnormal": (FLT_TRUE_MIN, float(np.nextafter(np.float32(FLT_MIN), np.float32(0)))),
+                   "fp16_overflow": (1e5, _1E20), "huge": (_1E20, FLT_MAX_DRAWN)}
 
 
 def _block(kind: str, rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
@@ -58,14 +88,62 @@ def _block(kind: str, rng: np.random.Generator, n: int, scale: float) -> np.ndar
     raise ValueError(f"kind: unknown block kind {kind!r}")
 
 
+def _lanes(n: int, n_choices: int) -> st.SearchStrategy:
+    """(n,) int8 lane labels 0 … n_choices−1; shrinks toward all 0 (the first choice)."""
+    return hnp.arrays(np.int8, n, elements=st.integers(0, n_choices - 1))
+
+
+def _f32s(n: int, lo: float, hi: float) -> st.SearchStrategy:
+    """(n,) float32 in [lo, hi] (lo, hi > 0 float32 values); shrinks toward lo."""
+    return hnp.arrays(np.float32, n, elements=st.floats(lo, hi, width=32))
+
+
+@st.composite
+def edge_block(draw, kind: str, n: int) -> np.ndarray:
+    """One (n,) float32 block of an ``EDGE_KINDS`` kind, its lanes drawn by Hypothesis.
+
+    Every kind draws lane labels (which lanes are +0, −0, special or ordinary) and then
+    the values of the lanes; ordinary values lie in ±[2^−4, 16], specials as the module
+    docstring says.
+    """
+    if kind not in EDGE_KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of EDGE_KINDS {EDGE_KINDS}")
+    if kind == "all_signed_zeros":
+        signs = draw(hnp.arrays(np.bool_, n))                             # True: −0.0
+        return np.where(signs, np.float32(-0.0), np.float32(0.0))
+    negative = draw(hnp.arrays(np.bool_, n))                              # sign of every lane
+    if kind == "zero_extreme":
+        # labels 0: +0, 1: −0, 2: a value; all values on one side, so 0 is the min (or max)
+        labels = draw(_lanes(n, 3))
+        v = draw(_f32s(n, 2.0**-4, 16.0))
+        side = np.float32(-1.0) if draw(st.booleans()) else np.float32(1.0)
+        return np.where(labels == 0, np.float32(0.0), np.where(labels == 1, np.float32(-0.0), side * v))
+    ordinary = draw(_f32s(n, 2.0**-4, 16.0))
+    if kind == "signed_zeros":
+        labels = draw(_lanes(n, 2))                                       # 0: a ±0 lane, 1: an ordinary value
+        return np.where(labels == 0, np.float32(0.0), ordinary) * np.where(negative, np.float32(-1.0), np.float32(1.0))
+    lo, hi = _EDGE_MAGNITUDE[kind]
+    special = draw(_f32s(n, lo, hi))
+    # subnormal: 0: ±0, 1: a subnormal (no ordinary lanes: they would set the scale);
+    # fp16_overflow / huge: 0: ±0, 1: special, 2: ordinary
+    labels = draw(_lanes(n, 2 if kind == "subnormal" else 3))
+    v = np.where(labels == 0, np.float32(0.0), np.where(labels == 1, special, ordinary))
+    return (v * np.where(negative, np.float32(-1.0), np.float32(1.0))).astype(np.float32)
+
+
 @st.composite
 def block_values(draw, n_blocks: int, block: int, kinds=KINDS, dtype=np.float32) -> np.ndarray:
-    """(n_blocks*block,) values, each block of a drawn kind (see module docstring)."""
+    """(n_blocks*block,) values, each block of a drawn kind (see module docstring).
+
+    Blocks of ``KINDS`` come from a NumPy generator seeded by Hypothesis; blocks of
+    ``EDGE_KINDS`` are drawn lane by lane (``edge_block``) so that they shrink readably.
+    """
     seed = draw(st.integers(0, 2**32 - 1))
     scale = draw(st.sampled_from([1e-3, 0.02, 1.0, 30.0]))
     picks = draw(st.lists(st.sampled_from(kinds), min_size=n_blocks, max_size=n_blocks))
     rng = np.random.default_rng(seed)
-    x = np.concatenate([_block(k, rng, block, scale) for k in picks])
+    x = np.concatenate([draw(edge_block(k, block)) if k in EDGE_KINDS else _block(k, rng, block, scale)
+                        for k in picks])
     with np.errstate(over="ignore"):
         return x.astype(dtype)
 
