@@ -39,7 +39,7 @@ from refquant.testing.ggml import ggml_dequantize, ggml_dequantize_row, ggml_qua
 
 TYPES = rg.SUPPORTED                                   # all 17
 ROW_REF_ONLY = ("Q8_1", "Q8_K")                        # not in ggml_quantize_chunk: their *_ref functions
-EXAMPLES = 12                                          # drawn examples per (class, type), besides the pinned ones
+EXAMPLES = 8                                           # drawn examples per (class, type), besides the pinned ones
 
 CLASSES = {
     "signed_zeros": ("signed_zeros", "all_signed_zeros", "zero_extreme", "zeros", "constant"),

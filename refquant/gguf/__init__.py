@@ -119,7 +119,8 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
     if qw is not None and t.name in _ROW_SIGMA2:
         from .legacy import row_mean_square
 
-        sigma2 = row_mean_square(rows)                                        # (n_rows, 1)
+        with np.errstate(over="ignore", invalid="ignore"):                    # |x| > 1.8e19: x² is inf, as in C
+            sigma2 = row_mean_square(rows)                                    # (n_rows, 1)
         sigma2 = xp.reshape(xp.broadcast_to(sigma2, (n_rows, n // t.block_size)), (-1, 1))  # (n_blocks, 1)
     parts = []
     for lo, hi in _chunks(blocks.shape[0], t.block_size, xp, t.name):
@@ -212,9 +213,11 @@ def dequantize(raw: Any, qtype: Any) -> Any:
     _, dequantize_blocks = codec(t)
     blocks = xp.reshape(raw, (-1, t.type_size))                                # (n_blocks, type_size)
     chunks = _chunks(blocks.shape[0], t.block_size, xp, t.name)
-    if len(chunks) == 1:
-        return xp.reshape(dequantize_blocks(blocks), (*lead, n))
-    out = xp.empty((blocks.shape[0], t.block_size), dtype=xp.float32, device=device(raw))  # (n_blocks, QK)
-    for lo, hi in chunks:
-        out[lo:hi, ...] = dequantize_blocks(blocks[lo:hi, ...])
+    # a stored d of ±inf times code 0 is NaN, in libggml's to_float as here: no NumPy warnings
+    with np.errstate(over="ignore", invalid="ignore"):
+        if len(chunks) == 1:
+            return xp.reshape(dequantize_blocks(blocks), (*lead, n))
+        out = xp.empty((blocks.shape[0], t.block_size), dtype=xp.float32, device=device(raw))  # (n_blocks, QK)
+        for lo, hi in chunks:
+            out[lo:hi, ...] = dequantize_blocks(blocks[lo:hi, ...])
     return xp.reshape(out, (*lead, n))
