@@ -22,7 +22,11 @@ __all__ = ["namespace", "to_numpy", "from_numpy", "device", "is_numpy", "backend
 
 
 def namespace(*arrays: Any) -> Any:
-    """The array-API namespace shared by ``arrays`` (NumPy for Python scalars/lists)."""
+    """The array-API namespace shared by ``arrays`` (NumPy for Python scalars/lists).
+
+    >>> namespace(np.zeros(2)).__name__, namespace().__name__
+    ('array_api_compat.numpy', 'array_api_compat.numpy')
+    """
     arrays = tuple(a for a in arrays if a is not None)
     if not arrays:
         return array_namespace(np.empty(0))
@@ -34,7 +38,12 @@ def is_numpy(x: Any) -> bool:
 
 
 def backend_name(x: Any) -> str:
-    """'numpy', 'cupy', 'torch' or the namespace's module name (e.g. 'array_api_strict')."""
+    """'numpy', 'cupy', 'torch' or the namespace's module name (e.g. 'array_api_strict').
+
+    >>> import array_api_strict
+    >>> backend_name(np.zeros(2)), backend_name(array_api_strict.zeros(2))
+    ('numpy', 'array_api_strict')
+    """
     if is_numpy_array(x):
         return "numpy"
     if is_cupy_array(x):
@@ -50,7 +59,12 @@ def device(x: Any) -> Any:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """A NumPy array holding the same values as ``x`` (copied off a GPU if needed)."""
+    """A NumPy array holding the same values as ``x`` (copied off a GPU if needed).
+
+    >>> import array_api_strict
+    >>> to_numpy(array_api_strict.asarray([1.5, -2.0])).tolist(), to_numpy([1, 2]).tolist()
+    ([1.5, -2.0], [1, 2])
+    """
     if isinstance(x, np.ndarray):
         return x
     if is_cupy_array(x):
@@ -70,7 +84,13 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray, like: Any = None, xp: Any = None) -> Any:
-    """``a`` moved onto the namespace (and device) of ``like`` — or of ``xp`` if given."""
+    """``a`` moved onto the namespace (and device) of ``like`` — or of ``xp`` if given.
+
+    >>> import array_api_strict
+    >>> y = from_numpy(np.float32([1, 2]), like=array_api_strict.zeros(1))
+    >>> backend_name(y), to_numpy(y).tolist()
+    ('array_api_strict', [1.0, 2.0])
+    """
     if xp is None:
         if like is None or is_numpy_array(like):
             return np.asarray(a)

@@ -33,7 +33,12 @@ def check_nonempty(x: Any, name: str = "x") -> None:
 
 
 def check_finite(x: Any, name: str = "x") -> None:
-    """``x`` must hold no NaN or ±Inf."""
+    """``x`` must hold no NaN or ±Inf.
+
+    >>> check_finite(np.float32([1.0, np.nan]), "W")
+    Traceback (most recent call last):
+    ValueError: W: contains NaN or Inf; quantization needs finite values
+    """
     xp = namespace(x)
     if not bool(xp.all(xp.isfinite(x))):
         raise ValueError(f"{name}: contains NaN or Inf; quantization needs finite values")
@@ -63,7 +68,14 @@ def check_bits(bits: Any, lo: int = 2, hi: int = 8, name: str = "bits") -> int:
 
 def check_int(value: Any, name: str, lo: int | None = None, hi: int | None = None) -> int:
     """An integral argument (Python ``int`` or a NumPy integer such as ``np.int64``; not a bool) in
-    [lo, hi] -> a Python int. The message names the argument, the range and, for a wrong type, the type."""
+    [lo, hi] -> a Python int. The message names the argument, the range and, for a wrong type, the type.
+
+    >>> check_int(np.int64(4), "bits", 2, 8)
+    4
+    >>> check_int(True, "bits", 2, 8)
+    Traceback (most recent call last):
+    ValueError: bits: expected an integer in 2..8, got True of type bool
+    """
     ok_type = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
     if ok_type and (lo is None or value >= lo) and (hi is None or value <= hi):
         return int(value)
@@ -78,6 +90,12 @@ def check_int(value: Any, name: str, lo: int | None = None, hi: int | None = Non
 
 
 def check_divisible(n: int, block: int, name: str, what: str = "group size") -> None:
+    """``n`` must be a whole number of positive ``block``s.
+
+    >>> check_divisible(100, 64, "x")
+    Traceback (most recent call last):
+    ValueError: x: length 100 is not a multiple of the group size 64
+    """
     if block <= 0:
         raise ValueError(f"{name}: {what} must be positive, got {block}")
     if n % block:
@@ -98,6 +116,12 @@ def check_number(value: Any, name: str, lo: float | None = None, hi: float | Non
     ``lo_open``: lo itself is excluded, (lo, hi]. ``integer``: an integral number (not a bool;
     NumPy scalars count). Returns the value; raises ValueError naming the argument, e.g.
     ``percdamp: expected a finite number > 0, got inf``.
+
+    >>> check_number(0.01, "percdamp", 0, 1, lo_open=True)
+    0.01
+    >>> check_number(float("inf"), "percdamp", 0, lo_open=True)
+    Traceback (most recent call last):
+    ValueError: percdamp: expected a finite number > 0, got inf
     """
     kind = "an integer" if integer else "a finite number"
     if lo is not None and hi is not None:

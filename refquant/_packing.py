@@ -24,7 +24,11 @@ SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def packed_length(n: int, bits: int) -> int:
-    """Bytes needed for ``n`` codes of ``bits`` bits (a whole number of bytes)."""
+    """Bytes needed for ``n`` codes of ``bits`` bits (a whole number of bytes).
+
+    >>> packed_length(8, 3), packed_length(9, 3), packed_length(5, 4)  # 24 bits; 27 -> 4 bytes; 20 -> 3
+    (3, 4, 3)
+    """
     return (n * bits + 7) // 8
 
 
@@ -33,6 +37,13 @@ def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
 
     q: (..., n) integer -> (..., ceil(n*bits/8)) uint8. A tail that does not fill a byte
     is padded with zero bits.
+
+    Example: 2-bit [1, 2, 3, 0] -> 0b00_11_10_01 = 57 (first code lowest); 3-bit 0..7 is the
+    24-bit stream 0b111_110_101_100_011_010_001_000, bytes 0b10_001_000 = 136, 0b1_100_011_0 = 198,
+    0b111_110_10 = 250.
+
+    >>> pack_bits(np.array([1, 2, 3, 0]), bits=2).tolist(), pack_bits(np.arange(8), bits=3).tolist()
+    ([57], [136, 198, 250])
     """
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits: expected one of {SUPPORTED_BITS}, got {bits!r}")
@@ -49,7 +60,11 @@ def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
 
 
 def unpack_bits(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
-    """Inverse of ``pack_bits``: (..., bytes) uint8 -> (..., n) uint8 codes."""
+    """Inverse of ``pack_bits``: (..., bytes) uint8 -> (..., n) uint8 codes.
+
+    >>> unpack_bits(np.uint8([57]), bits=2, n=4).tolist(), unpack_bits(np.uint8([136, 198, 250]), 3, 8).tolist()
+    ([1, 2, 3, 0], [0, 1, 2, 3, 4, 5, 6, 7])
+    """
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits: expected one of {SUPPORTED_BITS}, got {bits!r}")
     packed = np.asarray(packed, dtype=np.uint8)
@@ -64,13 +79,22 @@ def unpack_bits(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
 
 
 def pack_nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Two 4-bit code arrays of equal shape -> one byte each: ``lo | hi << 4``."""
+    """Two 4-bit code arrays of equal shape -> one byte each: ``lo | hi << 4``.
+
+    >>> [hex(b) for b in pack_nibbles(np.uint8([1, 15]), np.uint8([2, 0])).tolist()]
+    ['0x21', '0xf']
+    """
     lo = np.asarray(lo).astype(np.uint8)
     hi = np.asarray(hi).astype(np.uint8)
     return (lo & 0x0F) | ((hi & 0x0F) << 4)
 
 
 def unpack_nibbles(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """bytes -> (low nibbles, high nibbles), each uint8 of the same shape."""
+    """bytes -> (low nibbles, high nibbles), each uint8 of the same shape.
+
+    >>> lo, hi = unpack_nibbles(np.uint8([0x21, 0x0F]))
+    >>> lo.tolist(), hi.tolist()
+    ([1, 15], [2, 0])
+    """
     b = np.asarray(b, dtype=np.uint8)
     return b & 0x0F, b >> 4
