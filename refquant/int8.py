@@ -123,7 +123,10 @@ def create_dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bi
     Ref: Dettmers 2016 ("8-Bit Approximations for Parallelism in Deep Learning");
     bitsandbytes/functional.py ``create_dynamic_map`` (float32 arithmetic reproduced).
 
-    Example: ``create_dynamic_map()[[0, 127, 128, 255]] -> [-0.99297, 0.0, 5.5e-07, 1.0]``
+    Example: the most negative code, the exact zero, the smallest positive code, 1.0:
+
+    >>> [round(v, 8) for v in create_dynamic_map()[[0, 127, 128, 255]].tolist()]
+    [-0.99296874, 0.0, 5.5e-07, 1.0]
     """
     total_bits = check_int(total_bits, "total_bits", 1, 8)
     max_exponent_bits = check_int(max_exponent_bits, "max_exponent_bits", 1)
@@ -262,7 +265,11 @@ def quantize_blockwise(x: Any, code: Any = None, blocksize: int = 4096) -> tuple
 
     Example: ``quantize_blockwise(np.array([0.5, -1.0], np.float32), blocksize=64)`` gives
     absmax [1.0] and codes [c⁻¹(0.5), 0]: -1.0 snaps to grid 0, whose nearest code is
-    index 0 (-0.99297, the most negative code).
+    index 0 (-0.99297, the most negative code); 0.5 to code 219 (0.50078).
+
+    >>> q, state = quantize_blockwise(np.float32([0.5, -1.0]), blocksize=64)
+    >>> q.tolist(), state.absmax.tolist(), [round(v, 5) for v in dequantize_blockwise(q, state).tolist()]
+    ([219, 0], [1.0], [0.50078, -0.99297])
     """
     xp = _check_bnb_float(x)
     blocksize = _check_blocksize(blocksize, None)  # any positive size, as bitsandbytes' CPU kernel
@@ -342,6 +349,18 @@ def int8_vectorwise_quant(A: Any, threshold: float = 0.0) -> tuple[Any, Any, Any
     ``int8_vectorwise_quant`` (used for both X and W).
 
     Example: A = [[1, -2, 0.5]] -> s = [2], Q = [[round(63.5), -127, round(31.75)]] = [[64, -127, 32]].
+
+    >>> Q, s, O = int8_vectorwise_quant(np.float32([[1, -2, 0.5]]))
+    >>> Q.tolist(), s.tolist(), O
+    ([[64, -127, 32]], [2.0], None)
+
+    With τ = 6 the 8.0 makes column 1 an outlier column: the entry 8.0 is left out of row 1's
+    absmax (s = 1, so 0.5 -> round(63.5) = 64 and 1 -> 127; row 0 keeps s = 2), and column 1
+    is zeroed in both rows of Q.
+
+    >>> Q, s, O = int8_vectorwise_quant(np.float32([[1, -2, 0.5], [0.5, 8, 1]]), threshold=6.0)
+    >>> Q.tolist(), s.tolist(), O.tolist()
+    ([[64, 0, 32], [64, 0, 127]], [2.0, 1.0], [1])
     """
     check_float_input(A, "A")
     check_float32_range(A, "A", "LLM.int8()")  # a float64 1e300 would become inf, then 0·inf = NaN
@@ -369,13 +388,21 @@ def int8_vectorwise_quant(A: Any, threshold: float = 0.0) -> tuple[Any, Any, Any
 
 
 def int8_vectorwise_dequant(Q: Any, s: Any) -> Any:
-    """Â_ij = Q_ij · s_i · (1/127), float32 (multiplied in that order, as bitsandbytes)."""
+    """Â_ij = Q_ij · s_i · (1/127), float32 (multiplied in that order, as bitsandbytes).
+
+    >>> int8_vectorwise_dequant(np.int8([[127, -127, 0]]), np.float32([2.0])).tolist()
+    [[2.0, -2.0, 0.0]]
+    """
     xp = namespace(Q)
     return xp.astype(Q, xp.float32) * xp.reshape(s, (-1, 1)) * float(_INV_127)
 
 
 def int8_linear_matmul(QA: Any, QB: Any) -> Any:
-    """C = QA · QBᵀ with exact int32 accumulation. QA: (M, K) int8, QB: (N, K) int8 -> (M, N) int32."""
+    """C = QA · QBᵀ with exact int32 accumulation. QA: (M, K) int8, QB: (N, K) int8 -> (M, N) int32.
+
+    >>> int8_linear_matmul(np.int8([[1, 2], [3, 4]]), np.int8([[1, 0], [0, -1]])).tolist()
+    [[1, -2], [3, -4]]
+    """
     xp = namespace(QA, QB)
     for name, m in (("QA", QA), ("QB", QB)):
         if m.dtype != xp.int8 or m.ndim != 2:
