@@ -1,4 +1,5 @@
-"""Real English text that ships with Python: a fixed calibration / evaluation split.
+"""The embedded defaults: the SmolLM2-135M file (``smollm2_path``) and real English text that
+ships with Python, split once into calibration and evaluation parts.
 
 ``pydoc_data.topics.topics`` maps 79 keys ("assert", "assignment", ... "yield") to the
 reference-manual pages ``help()`` shows, about 465 kB in all (Python 3.11). The split:
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["calibration_text", "evaluation_text", "topics", "split", "source", "EVAL_EVERY"]
+from .._data import SMOLLM2_FILE, smollm2_path
+
+__all__ = ["smollm2_path", "SMOLLM2_FILE", "calibration_text", "evaluation_text", "topics", "split", "source",
+           "EVAL_EVERY"]
 
 EVAL_EVERY = 4  # every 4th topic (k % 4 == 3) is held out for evaluation
 
@@ -30,7 +34,13 @@ def topics() -> dict[str, str]:
 
 
 def split() -> tuple[list[str], list[str]]:
-    """(calibration keys, evaluation keys) of the fixed split."""
+    """(calibration keys, evaluation keys) of the fixed split.
+
+    >>> calibration, evaluation = split()
+    >>> keys = list(topics())
+    >>> evaluation[:2] == [keys[3], keys[7]], len(evaluation) == len(keys) // 4, len(calibration + evaluation) == len(keys)
+    (True, True, True)
+    """
     keys = list(topics())
     evaluation = [key for k, key in enumerate(keys) if k % EVAL_EVERY == EVAL_EVERY - 1]
     calibration = [key for k, key in enumerate(keys) if k % EVAL_EVERY != EVAL_EVERY - 1]
