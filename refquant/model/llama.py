@@ -25,6 +25,7 @@ Ainslie et al. 2023 (GQA); Shazeer 2020 (SwiGLU); llama.cpp src/llama-model.cpp
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Callable, Mapping
@@ -32,7 +33,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .._backend import from_numpy, namespace
-from .loader import LINEAR_NAMES, LlamaConfig, load_weights
+from .loader import LINEAR_NAMES, LlamaConfig, file_key, load_file
 from .tokenizer import Tokenizer
 
 __all__ = ["LlamaModel", "load_model", "rms_norm", "rope", "attention", "swiglu", "rope_angles"]
@@ -232,7 +233,9 @@ class LlamaModel:
         """A model sharing every weight except ``replacements`` {GGUF name: array of the same shape}.
 
         Typical use: W -> dequantize(quantize(W)) for some layers, to measure a method with
-        the same forward pass. Arrays are moved to this model's namespace and cast to float32.
+        the same forward pass. Arrays are moved to this model's namespace and cast to float32
+        where they are not already; a float32 array of the namespace is shared, not copied
+        (so a block-by-block driver hands each new weight over once).
         """
         new = dict(self.weights)
         like = self.weights["token_embd.weight"]
@@ -247,7 +250,7 @@ class LlamaModel:
                 from .._backend import to_numpy
 
                 value = from_numpy(to_numpy(value), like=like, xp=self.xp)
-            new[name] = self.xp.astype(value, self.xp.float32)
+            new[name] = self.xp.astype(value, self.xp.float32, copy=False)
         model = LlamaModel(self.config, new, self.tokenizer, self.metadata)
         model._angles = self._angles
         return model
@@ -260,28 +263,36 @@ class LlamaModel:
 def load_model(path: str | os.PathLike | None = None, xp: Any = None) -> LlamaModel:
     """A ``LlamaModel`` from a GGUF file (default: the shipped SmolLM2-135M-Instruct Q4_1).
 
-    Weights are decoded once per file to float32 NumPy (cached), then moved to namespace
-    ``xp`` (e.g. ``array_api_compat.torch``, ``cupy``) if given.
+    Weights are decoded once per file to float32 NumPy (cached, read-only, shared by every
+    NumPy model of that file), then moved to namespace ``xp`` (e.g. ``array_api_compat.torch``,
+    ``cupy``) if given: one copy per weight, the device transfer or, where ``xp`` would
+    share the host buffer (NumPy, torch on the CPU), a writable copy of its own.
     Raises FileNotFoundError, ValueError (not GGUF, unsupported architecture, missing tensor).
     """
     if path is None:
         from .._data import smollm2_path
 
         path = smollm2_path()
-    metadata, config, weights = load_weights(path)
+    path, mtime = file_key(path)
+    metadata, config, weights = load_file(path, mtime)
     if xp is not None:
-        weights = {name: from_numpy(np.array(w), xp=xp) for name, w in weights.items()}  # writable copies
-    tokenizer = _tokenizer(metadata)
-    return LlamaModel(config, weights, tokenizer, metadata)
+        weights = {name: _moved(w, xp) for name, w in weights.items()}
+    return LlamaModel(config, weights, _tokenizer(path, mtime), metadata)
 
 
-_TOKENIZERS: dict[int, Tokenizer] = {}
+def _moved(w: np.ndarray, xp: Any) -> Any:
+    """A cached read-only weight on namespace xp, copied exactly once."""
+    moved = from_numpy(w, xp=xp)
+    try:
+        shared = np.shares_memory(np.asarray(moved), w)
+    except (TypeError, ValueError, RuntimeError):  # a GPU array: the transfer was the copy
+        shared = False
+    return xp.asarray(moved, copy=True) if shared else moved
 
 
-def _tokenizer(metadata: Mapping[str, Any]) -> Tokenizer | None:
+@functools.lru_cache(maxsize=2)  # keyed on the file, as load_file's weights: (absolute path, mtime)
+def _tokenizer(path: str, mtime: float) -> Tokenizer | None:
+    metadata = load_file(path, mtime)[0]
     if "tokenizer.ggml.tokens" not in metadata:
         return None
-    key = id(metadata)  # metadata dicts are cached per file by load_weights
-    if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = Tokenizer.from_metadata(metadata)
-    return _TOKENIZERS[key]
+    return Tokenizer.from_metadata(metadata)

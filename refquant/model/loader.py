@@ -34,11 +34,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["LlamaConfig", "read_gguf", "config_from_metadata", "check_against_tensors", "load_weights",
-           "block_tensor_names", "SUPPORTED_ARCHITECTURES"]
+__all__ = ["LlamaConfig", "read_gguf", "config_from_metadata", "check_against_tensors", "file_key", "load_file",
+           "load_weights", "block_tensor_names", "SUPPORTED_ARCHITECTURES"]
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-GGUF_MAGIC = b"GGUF"
 
 # the linear layers of one block, in the order the forward pass uses them
 LINEAR_NAMES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -79,16 +78,34 @@ class LlamaConfig:
         return self.n_embd // self.n_head
 
 
-def _read_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """refquant's GGUF reader: metadata {key: python value}, tensors {name: TensorInfo}.
+def file_key(path: str | os.PathLike) -> tuple[str, float]:
+    """(absolute path, mtime) of a model file: the key its decoded weights are cached under."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a file path, got {type(path).__name__}")
+    path = os.path.abspath(os.fspath(path))
+    try:
+        return path, os.path.getmtime(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"path: no such file: {path}") from None
 
-    ``TensorInfo.raw`` is a read-only uint8 view ``(..., row_bytes)`` of the tensor's bytes
-    in the mapped file; ``TensorInfo.shape`` its NumPy-order shape.
+
+def _open(path: str) -> Any:
+    """refquant's GGUF reader on ``path`` (a ``GGUFFile``: metadata, tensor table, the mapping).
+
+    Its ``TensorInfo.raw`` are read-only uint8 views ``(..., row_bytes)`` of the mapped file.
+    The reader checks the magic number (once); a file too short for a header or with another
+    magic is "not a GGUF file", a FIFO or device is refused before it is opened.
     """
     from ..gguf import file as gguf_file
 
-    f = gguf_file.read(path)
-    return dict(f.metadata), dict(f.tensors)
+    try:
+        return gguf_file.read(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"path: no such file: {path}") from None
+    except gguf_file.GGUFFormatError as err:
+        if err.field in ("header", "magic"):
+            raise ValueError(f"path: {path} is not a GGUF file ({err})") from None
+        raise
 
 
 def _dequantize(raw: np.ndarray, qtype: str) -> np.ndarray:
@@ -99,27 +116,16 @@ def _dequantize(raw: np.ndarray, qtype: str) -> np.ndarray:
     return w.copy() if np.shares_memory(w, raw) else w  # F32 bytes may come back as a view of the file
 
 
-def _check_gguf(path: str) -> None:
-    from ..gguf.file import open_regular
-
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a file path, got {type(path).__name__}")
-    try:
-        fd = open_regular(path)  # a FIFO or a device is refused (NotAFileError), never opened
-    except FileNotFoundError:
-        raise FileNotFoundError(f"path: no such file: {path}") from None
-    with os.fdopen(fd, "rb") as fh:
-        magic = fh.read(4)
-    if magic != GGUF_MAGIC:
-        raise ValueError(f"path: {path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
-
-
 def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]:
-    """Metadata and raw tensors {name: (type name, raw bytes)} of a GGUF file, after checking its magic number."""
-    path = os.fspath(path)
-    _check_gguf(path)
-    metadata, infos = _read_file(path)
-    return metadata, {name: (str(t.type), t.raw) for name, t in infos.items()}
+    """Metadata and raw tensors {name: (type name, raw bytes)} of a GGUF file.
+
+    The raw arrays view the mapped file; the mapping is released when the last of them is freed.
+    """
+    path, _ = file_key(path)
+    f = _open(path)
+    tensors = {name: (str(t.type), t.raw) for name, t in f.tensors.items()}
+    f.close()  # unmapped once nothing views it
+    return dict(f.metadata), tensors
 
 
 def _meta(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -254,22 +260,26 @@ def _required_names(config: LlamaConfig) -> list[str]:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_numpy(path: str, mtime: float) -> tuple[dict[str, Any], LlamaConfig, dict[str, np.ndarray]]:
-    metadata, infos = _read_file(path)
-    config = config_from_metadata(metadata, set(infos))
-    check_against_tensors(config, {n: t.shape for n, t in infos.items()})  # before sizing anything from it
-    weights = {}
-    for name in _required_names(config):
-        w = _dequantize(infos[name].raw, infos[name].type)  # (out_features, in_features) or (n,) for a norm
-        w.flags.writeable = False  # shared by every model loaded from this file
-        weights[name] = w
+def load_file(path: str, mtime: float) -> tuple[dict[str, Any], LlamaConfig, dict[str, np.ndarray]]:
+    """(metadata, config, float32 weights) of the file ``file_key`` names; cached per (path, mtime).
+
+    The file is mapped, every required tensor decoded once into its own array, and the mapping
+    closed before returning. The arrays are read-only: every model of this file shares them.
+    """
+    with _open(path) as f:
+        metadata, infos = dict(f.metadata), f.tensors
+        config = config_from_metadata(metadata, set(infos))
+        check_against_tensors(config, {n: t.shape for n, t in infos.items()})  # before sizing anything from it
+        weights = {}
+        for name in _required_names(config):
+            w = _dequantize(infos[name].raw, infos[name].type)  # (out_features, in_features) or (n,) for a norm
+            w.flags.writeable = False  # shared by every model loaded from this file
+            weights[name] = w
     if config.vocab_size != weights["token_embd.weight"].shape[0]:
         config = dataclasses.replace(config, vocab_size=int(weights["token_embd.weight"].shape[0]))
     return metadata, config, weights
 
 
-def load_weights(path: str) -> tuple[dict[str, Any], LlamaConfig, dict[str, np.ndarray]]:
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], LlamaConfig, dict[str, np.ndarray]]:
     """(metadata, config, float32 NumPy weights) of a GGUF file; read-only arrays, cached per file."""
-    path = os.path.abspath(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else path
-    _check_gguf(path)
-    return _load_numpy(path, os.path.getmtime(path))
+    return load_file(*file_key(path))
