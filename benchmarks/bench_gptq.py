@@ -10,6 +10,10 @@ default mode (each group's scale computed when the loop reaches it). H comes fro
 synthetic correlated tokens (REFQUANT_BENCH_GPTQ_N=2048 sets N for a quick run): the GPTQ step costs the same whatever number of tokens built
 H; accumulating H over 128 x 2048 tokens is a separate case (one 2048-token batch timed).
 
+Drivers: ``python benchmarks/bench_gptq.py --drivers [--blocks 4 --calib-tokens 512 --save W.npz]``
+times the model-level GPTQ (plain and act-order) and AWQ drivers on the first blocks of
+SmolLM2 (4-bit, G = 128) and can save every Ŵ, to compare two versions bit for bit.
+
 Results: SmolLM2-135M-Instruct (the shipped Q4_1 GGUF decoded to float32 is the baseline),
 calibration on the pydoc calibration split, perplexity on the pydoc evaluation split
 (``refquant.model.perplexity``, windows of 512, protocol "all").
@@ -102,17 +106,17 @@ def bits_per_weight(model, bits: int | None, group_size: int = G) -> float:
 
 def quantize(method: str, model, calib, progress=None, blocks=None):
     """{name: Ŵ} of a method named like 'gptq4-act' (family, bits, act-order)."""
-    from refquant import awq, gptq
+    from refquant import blockwise
 
     if method == "baseline":
         return {}
     bits = int(method.split("-")[0][-1])
     if method.startswith("rtn"):
-        return gptq.rtn_quantize_model(model, bits, G, blocks=blocks)
+        return blockwise.rtn_quantize_model(model, bits, G, blocks=blocks)
     if method.startswith("gptq"):
-        return gptq.gptq_quantize_model(model, calib, bits, G, act_order=method.endswith("-act"), progress=progress,
-                                        blocks=blocks)
-    return awq.awq_quantize_model(model, calib, bits, G, progress=progress, blocks=blocks)
+        return blockwise.gptq_quantize_model(model, calib, bits, G, act_order=method.endswith("-act"),
+                                             progress=progress, blocks=blocks).weights
+    return blockwise.awq_quantize_model(model, calib, bits, G, progress=progress, blocks=blocks).weights
 
 
 def results(argv=None) -> int:
@@ -166,5 +170,51 @@ def results(argv=None) -> int:
     return 0
 
 
+def _drivers():
+    """(GPTQ driver, AWQ driver) -> {name: Ŵ}: refquant.blockwise's, or the layer modules' of
+    trees before it (kept so the same command times both sides of that change)."""
+    try:
+        from refquant import blockwise
+
+        return (lambda *a, **k: blockwise.gptq_quantize_model(*a, **k).weights,
+                lambda *a, **k: blockwise.awq_quantize_model(*a, **k).weights)
+    except ImportError:
+        from refquant import awq, gptq
+
+        return gptq.gptq_quantize_model, awq.awq_quantize_model
+
+
+def drivers(argv=None) -> int:
+    """Wall time of the model-level drivers on a fixed small setting; optionally save every Ŵ."""
+    ap = argparse.ArgumentParser(description="time model-level GPTQ/AWQ on SmolLM2's first blocks")
+    ap.add_argument("--drivers", action="store_true")
+    ap.add_argument("--blocks", type=int, default=4, help="quantize blocks 0..N-1")
+    ap.add_argument("--calib-tokens", type=int, default=512, help="calibration tokens (one window of 512)")
+    ap.add_argument("--save", default=None, help="write every Ŵ to this .npz")
+    args = ap.parse_args(argv)
+
+    from refquant.model import load_model
+    from refquant.model.data import calibration_text
+
+    gptq_model, awq_model = _drivers()
+    model = load_model()
+    calib = np.asarray(model.tokenize(calibration_text()), dtype=np.int64)[: args.calib_tokens]
+    blocks = list(range(args.blocks))
+    runs = {"gptq4": lambda: gptq_model(model, calib, BITS, G, blocks=blocks),
+            "gptq4-act": lambda: gptq_model(model, calib, BITS, G, act_order=True, blocks=blocks),
+            "awq4": lambda: awq_model(model, calib, BITS, G, blocks=blocks)}
+    saved = {}
+    print(f"# {len(calib)} calibration tokens, blocks 0..{args.blocks - 1}, load {os.getloadavg()[0]:.2f}")
+    for name, run in runs.items():
+        t0 = time.perf_counter()
+        weights = run()
+        print(f"| {name} | {time.perf_counter() - t0:.1f} s |", flush=True)
+        saved.update({f"{name}/{n}": np.asarray(w) for n, w in weights.items()})
+    print(f"# load {os.getloadavg()[0]:.2f} at the end", flush=True)
+    if args.save:
+        np.savez(args.save, **saved)
+    return 0
+
+
 if __name__ == "__main__":
-    raise SystemExit(results())
+    raise SystemExit(drivers() if "--drivers" in sys.argv else results())

@@ -35,6 +35,9 @@ z = clamp(-554 999) = 0 and decodes to 15 s = 1e-5; a group in [1, 2] decodes in
 With the range widened the clamp never acts and |w - ŵ| <= s/2 holds for every group; on a
 group that contains 0 (nearly every real group of 128 weights) nothing changes, bit for bit.
 
+This module is layer level: arrays in, arrays out, no model. ``refquant.blockwise`` walks a
+model's blocks, captures each linear's input and folds every s with ``fold_norm``/``fold_linear``.
+
 Symbols: X (T, in) layer input, one token per row; W (out, in); s (in,) per-input-channel
 scale; α exponent; G group size; b bits.
 
@@ -49,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from ._backend import device, namespace
 from ._checks import check_bits, check_float, check_finite, check_nonempty, check_number
@@ -58,9 +61,9 @@ from .gptq import range_scale
 from .uniform import dequantize_codes, quantize_codes
 
 __all__ = [
-    "N_GRID", "MAX_SHRINK", "N_SAMPLE_TOKEN", "act_scale", "awq_group_quantize", "scales_for",
-    "ScaleSearch", "search_scale", "ClipSearch", "search_clip", "apply_clip",
-    "fold_norm", "fold_linear", "awq_quantize_model",
+    "N_GRID", "MAX_SHRINK", "N_SAMPLE_TOKEN", "act_scale", "GroupQuantized", "awq_group_quantize", "scales_for",
+    "ScaleSearch", "search_scale", "ClipSearch", "search_clip", "apply_clip", "clip_and_quantize",
+    "scale_and_clip", "fold_norm", "fold_linear",
 ]
 
 N_GRID = 20            # grid points for α and for the clip shrink
@@ -145,8 +148,18 @@ def _segments(n_in: int, group_size: int, partial: bool) -> list[tuple[int, int,
     return segs + ([(n_full, n_in, n_in - n_full)] if n_full < n_in else [])
 
 
-def awq_group_quantize(W: Any, bits: int = 4, group_size: int = 128, partial_group: bool = False) -> tuple[Any, Any, Any, Any]:
-    """AWQ's asymmetric group quantizer: (q, s, z, Ŵ).
+class GroupQuantized(NamedTuple):
+    """``awq_group_quantize``'s result: q (out, in) int32 codes, s, z (out, n_groups) scale and
+    zero-point of every group, W_hat (out, in) = s (q - z)."""
+
+    q: Any
+    s: Any
+    z: Any
+    W_hat: Any
+
+
+def awq_group_quantize(W: Any, bits: int = 4, group_size: int = 128, partial_group: bool = False) -> GroupQuantized:
+    """AWQ's asymmetric group quantizer -> ``GroupQuantized`` (q, s, z, Ŵ).
 
         s = max(max_g w - min_g w, 1e-5) / (2^b - 1),   z = clamp(-round(min_g w / s), 0, 2^b - 1)
         q = clamp(round(w / s) + z, 0, 2^b - 1),         ŵ = s (q - z)
@@ -154,7 +167,14 @@ def awq_group_quantize(W: Any, bits: int = 4, group_size: int = 128, partial_gro
     W: (out, in) -> q (out, in) int32, s, z (out, n_groups), Ŵ (out, in). Bound: |w - ŵ| ≤ s/2.
     G must divide ``in`` unless partial_group=True (then the last group is the remainder).
     Example: a group [-1, 0, 2] at 2 bits: s = 3/3 = 1, z = 1, q = [0, 1, 3], ŵ = [-1, 0, 2];
-    a constant group [0.37, 0.37] at 4 bits: range [0, 0.37], z = 0, q = 15, ŵ = 15 s = 0.37.
+    a constant group [0.5, 0.5] at 4 bits: range [0, 0.5], s = 0.5/15, z = 0, q = 15, ŵ = 15 s = 0.5.
+    >>> import numpy as np
+    >>> r = awq_group_quantize(np.array([[-1.0, 0.0, 2.0]]), bits=2, group_size=3)
+    >>> r.q.tolist(), r.s.tolist(), r.z.tolist(), r.W_hat.tolist()
+    ([[0, 1, 3]], [[1.0]], [[1.0]], [[-1.0, 0.0, 2.0]])
+    >>> awq_group_quantize(np.array([[0.5, 0.5]]), bits=4, group_size=2).q.tolist()
+    [[15, 15]]
+
     Ref: llm-awq quantizer.py ``pseudo_quantize_tensor`` (zero_point=True), with the range
     widened to contain 0 (module docstring: why).
     """
@@ -175,7 +195,7 @@ def awq_group_quantize(W: Any, bits: int = 4, group_size: int = 128, partial_gro
         q = quantize_codes(Wg, s, z, 0, q_max)                             # (out, n_groups, G)
         parts.append((xp.reshape(q, (n_out, hi - lo)), s[..., 0], z[..., 0],
                       xp.reshape(dequantize_codes(q, s, z), (n_out, hi - lo))))
-    return tuple(xp.concat([p[k] for p in parts], axis=1) for k in range(4))
+    return GroupQuantized(*(xp.concat([p[k] for p in parts], axis=1) for k in range(4)))
 
 
 def scales_for(s_X: Any, alpha: float) -> Any:
@@ -199,7 +219,7 @@ def scales_for(s_X: Any, alpha: float) -> Any:
 
 def _scaled_quantized(W: Any, s: Any, bits: int, group_size: int, partial_group: bool) -> Any:
     """Q(W diag(s)) diag(s)⁻¹: the effective weight the unscaled input sees."""
-    return awq_group_quantize(W * s[None, :], bits, group_size, partial_group)[3] / s[None, :]
+    return awq_group_quantize(W * s[None, :], bits, group_size, partial_group).W_hat / s[None, :]
 
 
 # --------------------------------------------------------------------------- scale search
@@ -316,7 +336,7 @@ def search_clip(W: Any, X: Any, bits: int = 4, group_size: int = 128, n_grid: in
     best_err = best_max = err0 = None
     for i in range(n_points):
         m = w_absmax * (1 - i / n_grid)                                    # (out, n_groups)
-        err = group_errors(awq_group_quantize(apply_clip(W, m, group_size), bits, group_size, partial_group)[3])
+        err = group_errors(awq_group_quantize(apply_clip(W, m, group_size), bits, group_size, partial_group).W_hat)
         if best_err is None:
             best_err, best_max, err0 = err, m, err
         else:
@@ -345,6 +365,39 @@ def apply_clip(W: Any, max_val: Any, group_size: int) -> Any:
     cols = xp.arange(n_in, device=device(W)) // group_size                                   # group of each column
     m = xp.take(max_val, cols, axis=1)                                     # (out, in)
     return xp.clip(W, -m, m)
+
+
+def clip_and_quantize(W: Any, X: Any, bits: int = 4, group_size: int = 128, clip: bool = True, n_grid: int = N_GRID,
+                      partial_group: bool = False) -> GroupQuantized:
+    """AWQ's last step on one linear whose scale is already in W: clip search, then quantize.
+
+        W' = apply_clip(W, search_clip(W, X).max_val)   (clip=False: W' = W),   -> Q(W')
+
+    W: (out, in) the scaled weight W diag(s); X: (T, in) the input it sees, X diag(s)⁻¹
+    -> ``GroupQuantized`` of W'. (llm-awq ``auto_clip_block``, ``apply_clip``, then
+    ``pseudo_quantize_tensor``.)
+    """
+    if clip:
+        W = apply_clip(W, search_clip(W, X, bits, group_size, n_grid, partial_group=partial_group).max_val, group_size)
+    return awq_group_quantize(W, bits, group_size, partial_group)
+
+
+def scale_and_clip(W: Any, X: Any, s: Any, bits: int = 4, group_size: int = 128, clip: bool = True,
+                   n_grid: int = N_GRID, partial_group: bool = False) -> Any:
+    """The effective weight of one linear after AWQ: Q(clip(W diag(s))) diag(s)⁻¹.
+
+    W: (out, in), X: (T, in) its (unscaled) input, s: (in,) a searched scale -> Ŵ (out, in),
+    what the unchanged input x is multiplied by. s = 1 gives round-to-nearest (with clipping).
+    Example: s = 1, no clip: the group quantizer itself.
+    >>> import numpy as np
+    >>> W, X = np.array([[-1.0, 0.0, 2.0]]), np.ones((4, 3))
+    >>> scale_and_clip(W, X, np.ones(3), bits=2, group_size=3, clip=False).tolist()
+    [[-1.0, 0.0, 2.0]]
+    """
+    _check_scale(s, W.shape[1])
+    W_scaled = W * s[None, :]                                              # W diag(s)
+    X_seen = X / s[None, :]                                                # X diag(s)⁻¹
+    return clip_and_quantize(W_scaled, X_seen, bits, group_size, clip, n_grid, partial_group).W_hat / s[None, :]
 
 
 # --------------------------------------------------------------------------- folding
@@ -381,100 +434,3 @@ def fold_linear(W_prev: Any, W_next: Any, s: Any) -> tuple[Any, Any]:
         raise ValueError(f"W_next: expected {W_prev.shape[0]} input columns (W_prev's rows), got shape {tuple(W_next.shape)}")
     _check_scale(s, W_prev.shape[0])
     return W_prev / s[:, None], W_next * s[None, :]
-
-
-# --------------------------------------------------------------------------- model level
-
-# (scaled linears, the weight that absorbs 1/s) for one block; "o after v" is added when
-# v's rows and o's columns match (no grouped-query attention)
-_SCALE_GROUPS = (
-    (("attn_q", "attn_k", "attn_v"), "attn_norm"),
-    (("ffn_gate", "ffn_up"), "ffn_norm"),
-    (("ffn_down",), "ffn_up"),
-)
-_NO_CLIP = ("attn_q", "attn_k")  # llm-awq skips q/k: their errors pass through softmax(q·k)
-
-
-def _block_inputs(model: Any, i: int, hs: list[Any], replaced: dict[str, Any]) -> dict[str, Any]:
-    """The input (T_total, in) of each linear of block i ('attn_q', ...) over all windows."""
-    xp = model.xp
-    m = model.with_weights(replaced) if replaced else model
-    feats: dict[str, list[Any]] = {}
-    for h in hs:
-        m.block(i, h, capture=lambda name, x: feats.setdefault(name.split(".")[2], []).append(x))
-    return {k: xp.concat(v, axis=0) for k, v in feats.items()}                # (T_total, in) each
-
-
-def awq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size: int = 128, window: int = 512,
-                       n_grid: int = N_GRID, clip: bool = True, fold: bool = False, blocks: Iterable[int] | None = None,
-                       progress: Callable[..., Iterable] | None = None, info: dict | None = None) -> dict[str, Any]:
-    """AWQ over the blocks of a ``refquant.model`` Llama, block by block.
-
-    For block i, on the hidden states produced by the already-quantized blocks 0..i-1:
-    capture each linear's input; search s for (q,k,v), (gate,up), (down) [and (o) without
-    grouped-query attention] on the block as captured (llm-awq ``auto_scale_block``); fold
-    every s (g/s into the norms, rows/s into up for down); clip-search every linear but q, k
-    on its scaled input; quantize with ``awq_group_quantize``. (llm-awq feeds each block the
-    *float* outputs of the blocks before it; here, as for GPTQ, the quantized ones.)
-
-    calib_tokens: token ids, cut into windows of ``window`` tokens (a partial last one dropped;
-    fewer tokens than a window make one window of them all).
-    G need not divide a layer's columns: the last group is the remainder (576 = 4·128 + 64).
-    -> {GGUF name: Ŵ} for every linear of the chosen blocks. fold=False (default): each
-    linear's *effective* weight diag(s_out) Q(W') diag(s_in)⁻¹, what the unchanged model
-    multiplies its inputs by — pass it to ``model.with_weights``. fold=True: the deployable
-    form, the dequantized Q(W') of the folded weights W' plus the folded norm gains (float).
-    ``info``, if given, receives {block: {"attn_q+attn_k+attn_v": α, ...}}.
-    """
-    xp = model.xp
-    c = model.config
-    from .model.calibration import embedded_windows  # the model level only: layer-level code needs no model
-
-    # every argument checked before the first block runs (not minutes later, deep inside a layer)
-    bits = check_bits(bits)
-    _segments(1, group_size, partial=True)                               # G's type and sign
-    check_number(window, "window", 1, integer=True)
-    check_number(n_grid, "n_grid", 1, integer=True)
-    if clip and int(MAX_SHRINK * n_grid) < 1:
-        raise ValueError(f"n_grid: the clip search needs n_grid >= {math.ceil(1 / MAX_SHRINK)} (max_shrink = {MAX_SHRINK}), got {n_grid}")
-    blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
-    for b in blocks:
-        check_number(b, "blocks", 0, c.n_layer - 1, integer=True)
-    hs = embedded_windows(model, calib_tokens, window)  # (window, d) each
-    progress = progress or (lambda it, desc="", total=None: it)
-    result: dict[str, Any] = {}
-    for i in progress(blocks, desc=f"AWQ {bits}-bit", total=len(blocks)):
-        X = _block_inputs(model, i, hs, result)
-        W = {k: model.weights[f"blk.{i}.{k}.weight"] for k in X}           # the 7 linears
-        gain = {k: model.weights[f"blk.{i}.{k}.weight"] for k in ("attn_norm", "ffn_norm")}
-        groups = list(_SCALE_GROUPS)
-        if c.n_head == c.n_head_kv and W["attn_v"].shape[0] == W["attn_output"].shape[1]:
-            groups.insert(1, (("attn_output",), "attn_v"))
-        found = [search_scale(X[targets[0]], [W[k] for k in targets], bits, group_size, n_grid, partial_group=True)
-                 for targets, _ in groups]
-
-        s_in = {k: xp.ones((Wk.shape[1],), dtype=Wk.dtype, device=device(Wk)) for k, Wk in W.items()}   # scale on the columns
-        s_out = {k: xp.ones((Wk.shape[0],), dtype=Wk.dtype, device=device(Wk)) for k, Wk in W.items()}  # 1/s folded into the rows
-        for (targets, absorber), res in zip(groups, found):
-            for k in targets:
-                s_in[k] = res.s
-            if absorber in gain:
-                gain[absorber] = gain[absorber] / res.s                    # scale_ln_fcs
-            else:
-                s_out[absorber] = res.s                                    # scale_fc_fc
-        if info is not None:
-            info[i] = {"+".join(t): r.alpha for (t, _), r in zip(groups, found)}
-
-        for k, Wk in W.items():
-            W_folded = Wk * s_in[k][None, :] / s_out[k][:, None]           # W' = diag(1/s_out) W diag(s_in)
-            if clip and k not in _NO_CLIP:
-                X_seen = X[k] / s_in[k][None, :]                           # the input W' sees
-                found_clip = search_clip(W_folded, X_seen, bits, group_size, n_grid, partial_group=True)
-                W_folded = apply_clip(W_folded, found_clip.max_val, group_size)
-            Q = awq_group_quantize(W_folded, bits, group_size, partial_group=True)[3]  # (out, in)
-            result[f"blk.{i}.{k}.weight"] = Q if fold else Q * s_out[k][:, None] / s_in[k][None, :]
-        if fold:
-            result.update({f"blk.{i}.{k}.weight": g for k, g in gain.items()})
-        m = model.with_weights(result)
-        hs = [m.block(i, h) for h in hs]                                   # inputs of block i+1
-    return result

@@ -38,6 +38,10 @@ Options, as the reference code and its descendants have them:
   (Dead columns are sorted with H_jj = 1, as the reference does; llm-compressor sorts
   them with H_jj = 0, i.e. last.)
 
+This module is layer level: arrays in, arrays out, no model. ``refquant.blockwise`` walks a
+model's blocks, builds one ``Hessian`` and one ``prepare_hessian`` per shared input and calls
+``gptq_quantize`` on each linear.
+
 Symbols: W (out, in) weights; H (in, in) Hessian; U upper Cholesky factor of H⁻¹; B block
 size; G group size; b bits; q_max = 2**b - 1; s, z per (row, group) scale and zero-point.
 
@@ -53,7 +57,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._backend import device, namespace, to_numpy
 from ._checks import check_bits, check_float, check_finite, check_nonempty, check_number
@@ -62,8 +66,8 @@ from .uniform import dequantize_codes, quantize_codes
 
 __all__ = [
     "PERCDAMP", "BLOCKSIZE", "Hessian", "GPTQResult", "hessian_factor", "minmax_params",
-    "quantize_column", "gptq_quantize", "rtn_quantize", "layer_loss", "tutorial_update",
-    "STAGES", "gptq_quantize_model", "rtn_quantize_model",
+    "quantize_column", "PreparedHessian", "prepare_hessian", "gptq_quantize", "rtn_quantize",
+    "layer_loss", "tutorial_update",
 ]
 
 PERCDAMP = 0.01   # λ = 1 % of the mean diagonal of H (reference default)
@@ -89,7 +93,13 @@ class Hessian:
     reference counts sequences, llm-compressor counts batches; we count rows (tokens). The
     count only scales H, and GPTQ's codes do not depend on H's scale (λ is relative).
 
-    Example: add([[1, 0]]) then add([[0, 2]]) -> H = (2/2)·[[1, 0], [0, 4]] = [[1, 0], [0, 4]].
+    Example: add the rows of I₂ (n = 2), then (2, 0), (0, 2) three times each (n = 8):
+    H = (2/8)·(I + 3·4 I) = 3.25 I (numbers whose √(2/n) are exact: 1, then 1/2):
+    >>> import numpy as np
+    >>> acc = Hessian(2)
+    >>> acc.add(np.eye(2, dtype=np.float32)); acc.add(np.array([[2, 0], [0, 2]] * 3, np.float32))
+    >>> acc.H.tolist(), acc.n
+    ([[3.25, 0.0], [0.0, 3.25]], 8)
     """
 
     def __init__(self, n_in: int, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
@@ -318,6 +328,212 @@ def _group_layout(n_in: int, group_size: int | None, partial_group: bool = False
     return group_size, -(-n_in // group_size)
 
 
+class PreparedHessian(NamedTuple):
+    """H as Algorithm 1 uses it, and its factor (``prepare_hessian``).
+
+    H: (in, in) in W's dtype, dead inputs' diagonal set to 1, in processing order;
+    dead: (in,) bool, original order; perm: (in,) processing order (act-order) or None;
+    U: (in, in) upper Cholesky factor of (H + λI)⁻¹, or None when not asked for.
+    """
+
+    H: Any
+    dead: Any
+    perm: Any
+    U: Any
+
+
+def prepare_hessian(H: Any, act_order: bool = False, percdamp: float | None = PERCDAMP, dtype: Any = None) -> PreparedHessian:
+    """Dead inputs, act-order permutation and factor U of H: everything GPTQ derives from H alone.
+
+        dead_j = (H_jj = 0)  ->  H_jj = 1              (fasterquant: no signal ever reached input j)
+        act-order: perm = argsort(-diag H) (stable),   H <- H[perm][:, perm]
+        U = hessian_factor(H, percdamp)                (percdamp=None: U is not computed)
+
+    H: (in, in) -> ``PreparedHessian``. None of it depends on W, so linears reading the same
+    input (q, k, v; gate, up) share one: pass ``.U`` to ``gptq_quantize(..., U=)`` and the
+    three layers need one Cholesky factorization instead of three, with identical codes.
+    Example: H = diag(0, 2) -> dead [True, False]; act-order puts column 1 (H_11 = 2) first:
+    >>> import numpy as np
+    >>> p = prepare_hessian(np.diag([0.0, 2.0]), act_order=True, percdamp=None)
+    >>> p.H.tolist(), p.dead.tolist(), p.perm.tolist()
+    ([[2.0, 0.0], [0.0, 1.0]], [True, False], [1, 0])
+    """
+    xp = namespace(H)
+    H = xp.astype(H, dtype if dtype is not None else H.dtype, copy=True)
+    dead = xp.linalg.diagonal(H) == 0                                    # (in,)
+    if bool(xp.all(dead)):
+        warnings.warn("H: all zero — no calibration input reached this layer; every input is dead and GPTQ "
+                      "sets the whole layer to 0 (check that the calibration data flows through it)",
+                      RuntimeWarning, stacklevel=2)
+    eye = xp.eye(H.shape[0], dtype=xp.bool, device=device(H))
+    H = xp.where(eye & dead[None, :], xp.ones_like(H), H)
+    perm = None
+    if act_order:  # columns by decreasing H_jj; ties keep their order (stable sort)
+        perm = xp.argsort(-xp.linalg.diagonal(H), stable=True)            # (in,)
+        H = xp.take(xp.take(H, perm, axis=0), perm, axis=1)
+    U = hessian_factor(H, percdamp) if percdamp is not None else None
+    return PreparedHessian(H=H, dead=dead, perm=perm, U=U)
+
+
+@dataclasses.dataclass
+class _Layer:
+    """One layer set up for Algorithm 1: everything its loop reads, in processing order.
+
+    W (out, in) weights (dead inputs 0, permuted, times 2^-shift); U (in, in); perm or None;
+    group_of_pos[k]: the group of the k-th processed column; s, z (out, n_groups) when the
+    groups are static (given or from the original W), else None; q_min..q_max the codes.
+    """
+
+    W: Any
+    U: Any
+    perm: Any
+    group_of_pos: list[int]
+    s: Any
+    z: Any
+    G: int
+    q_min: int
+    q_max: int
+    shift: int
+    w_absmax: float
+    H_absmax: float
+
+
+def _group_params(Wg: Any, bits: int, symmetric: bool, signed: bool) -> tuple[Any, Any]:
+    """minmax_params of a group, the zero moved to signed codes (compressed-tensors) if asked."""
+    xp = namespace(Wg)
+    s, z = minmax_params(Wg, bits, symmetric)                            # (out, 1) or per group
+    if signed:
+        z = xp.zeros_like(z) if symmetric else z - 2 ** (bits - 1)
+    return s, z
+
+
+def _check_options(W: Any, H: Any, bits: int, group_size: int | None, blocksize: int, percdamp: float,
+                   s: Any, z: Any, partial_group: bool, U: Any) -> tuple[int, int, int]:
+    """Every argument of ``gptq_quantize`` checked -> (bits, G, n_groups)."""
+    xp = namespace(W, H)
+    _check_layer(W, H)
+    bits = check_bits(bits)
+    check_number(blocksize, "blocksize", 1, integer=True)
+    check_number(percdamp, "percdamp", 0, lo_open=True)
+    n_out, n_in = W.shape
+    G, n_groups = _group_layout(n_in, group_size, partial_group)
+    if (s is None) != (z is None):
+        raise ValueError("s, z: give both the scales and the zero-points, or neither")
+    if s is not None:
+        if tuple(s.shape) != (n_out, n_groups) or tuple(z.shape) != (n_out, n_groups):
+            raise ValueError(f"s, z: expected shape ({n_out}, {n_groups}) (rows, groups), got {tuple(s.shape)} and {tuple(z.shape)}")
+        _check_given(s, "s", (n_out, n_groups), "finite positive scales")
+        _check_given(z, "z", (n_out, n_groups), "finite zero-points")
+        if not bool(xp.all(s > 0)):
+            raise ValueError(f"s: expected finite positive scales, got a minimum of {float(xp.min(s)):g}")
+    if U is not None:
+        _check_given(U, "U", (n_in, n_in), "an upper Cholesky factor with a finite positive diagonal")
+        if not bool(xp.all(xp.linalg.diagonal(U) > 0)):
+            raise ValueError("U: expected an upper Cholesky factor with a finite positive diagonal (U = hessian_factor(H)), "
+                             f"got a diagonal entry {float(xp.min(xp.linalg.diagonal(U))):g}")
+    return bits, G, n_groups
+
+
+def _set_up(W: Any, H: Any, bits: int, G: int, n_groups: int, symmetric: bool, act_order: bool, static_groups: bool,
+            percdamp: float, s: Any, z: Any, signed: bool, U: Any) -> _Layer:
+    """Scale shift, dead inputs, static groups, act-order and the factor U (before the loop)."""
+    xp = namespace(W, H)
+    dtype = W.dtype
+    # GPTQ is equivariant under W -> 2^-k W (s, ŵ and e scale by 2^-k, the loss by 4^-k, codes
+    # stay), so weights too large for the squared errors e² of the loop run on W·2^-k and are
+    # scaled back; ordinary weights (max |W| <= 2^(emax/4): 2^32 for float32) are untouched
+    w_absmax = float(xp.max(xp.abs(W)))
+    max_exp = math.frexp(float(xp.finfo(dtype).max))[1]                  # 128 (float32), 1024 (float64)
+    shift = max(0, math.frexp(w_absmax)[1] - max_exp // 4)
+    W = xp.asarray(W, copy=True) if shift == 0 else W * (2.0 ** -shift)
+    if s is not None:  # given parameters: static groups
+        s, z = xp.astype(s, dtype), xp.astype(z, dtype)
+        s = s * (2.0 ** -shift) if shift else s
+    prepared = prepare_hessian(H, act_order, percdamp if U is None else None, dtype)
+    W = xp.where(prepared.dead[None, :], xp.zeros_like(W), W)            # their weight cannot matter
+    if static_groups and s is None:  # from the original weights, original column groups
+        params = [_group_params(W[:, g * G:(g + 1) * G], bits, symmetric, signed) for g in range(n_groups)]
+        s = xp.concat([p[0] for p in params], axis=1)                    # (out, n_groups)
+        z = xp.concat([p[1] for p in params], axis=1)                    # (out, n_groups)
+    perm = prepared.perm
+    if perm is not None:
+        W = xp.take(W, perm, axis=1)
+    # group of the k-th processed column: static groups follow the original columns
+    cols = xp.arange(W.shape[1], device=device(W))
+    group_of_pos = (xp.take(cols, perm) if perm is not None else cols) // G if s is not None else cols // G
+    q_min, q_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    return _Layer(W=W, U=prepared.U if U is None else xp.astype(U, dtype), perm=perm,
+                  group_of_pos=[int(g) for g in to_numpy(group_of_pos)], s=s, z=z, G=G, q_min=q_min, q_max=q_max,
+                  shift=shift, w_absmax=w_absmax, H_absmax=float(xp.max(xp.abs(prepared.H))))
+
+
+def _algorithm1(L: _Layer, bits: int, symmetric: bool, signed: bool, blocksize: int,
+                zero_before_round: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """The column loop with lazy batches (Algorithm 1) -> Q, Ŵ (out, in) in processing order,
+    the loss of every row (out,), and s, z (out, n_groups) (found in the loop unless static)."""
+    xp = namespace(L.W)
+    W, U, G = L.W, L.U, L.G
+    n_out, n_in = W.shape
+    Q = xp.zeros_like(W)                                                  # (out, in) codes
+    W_hat = xp.zeros_like(W)                                              # (out, in) dequantized
+    loss = xp.zeros((n_out,), dtype=W.dtype, device=device(W))
+    s_dyn, z_dyn = [], []
+    s_cur = z_cur = None
+    for i1 in range(0, n_in, blocksize):
+        i2 = min(i1 + blocksize, n_in)
+        W1 = xp.asarray(W[:, i1:i2], copy=True)                           # (out, B)
+        E1 = xp.zeros_like(W1)                                            # (out, B) errors e_j
+        Q1 = xp.zeros_like(W1)                                            # (out, B) codes
+        Wh1 = xp.zeros_like(W1)                                           # (out, B) dequantized
+        for i in range(i2 - i1):
+            j = i1 + i
+            if L.s is not None:
+                g = L.group_of_pos[j]
+                s_cur, z_cur = L.s[:, g:g + 1], L.z[:, g:g + 1]           # (out, 1)
+            elif j % G == 0:  # a new group starts: parameters from its current weights
+                Wg = _current_group(W, W1, E1, U, i1, i, i2, G)           # (out, G)
+                s_cur, z_cur = _group_params(Wg, bits, symmetric, signed)
+                s_dyn.append(s_cur)
+                z_dyn.append(z_cur)
+            w = W1[:, i:i + 1]                                            # (out, 1)
+            q, w_hat = quantize_column(w, s_cur, z_cur, L.q_min, L.q_max, zero_before_round)
+            d = U[j, j]
+            e = (w - w_hat) / d                                           # (out, 1)  Alg. 1 l. 8
+            Q1[:, i:i + 1] = q                                            # block buffers: a column of
+            Wh1[:, i:i + 1] = w_hat                                       # (out, B) is cheaper to write
+            E1[:, i:i + 1] = e
+            loss = loss + e[:, 0] ** 2 / 2
+            W1[:, i:] = W1[:, i:] - e * U[j:j + 1, j:i2]                  # (out, B-i)  Alg. 1 l. 9
+        Q[:, i1:i2] = Q1
+        W_hat[:, i1:i2] = Wh1
+        if i2 < n_in:
+            W[:, i2:] = W[:, i2:] - E1 @ U[i1:i2, i2:]                    # (out, in-i2) Alg. 1 l. 12
+    if L.s is not None:
+        return Q, W_hat, loss, L.s, L.z
+    return Q, W_hat, loss, xp.concat(s_dyn, axis=1), xp.concat(z_dyn, axis=1)  # (out, n_groups)
+
+
+def _un_permute(L: _Layer, Q: Any, W_hat: Any, loss_rows: Any, s: Any, z: Any) -> GPTQResult:
+    """Back to the original column order and scale; refuse a result that overflowed."""
+    xp = namespace(Q)
+    g_pos = xp.asarray(L.group_of_pos, dtype=xp.int64, device=device(Q))  # group of each position
+    if L.perm is not None:
+        inv = xp.argsort(L.perm)
+        Q, W_hat, g_pos = xp.take(Q, inv, axis=1), xp.take(W_hat, inv, axis=1), xp.take(g_pos, inv)
+    loss = float(xp.sum(loss_rows))
+    if L.shift:
+        s, W_hat = s * (2.0 ** L.shift), W_hat * (2.0 ** L.shift)
+        try:
+            loss = math.ldexp(loss, 2 * L.shift)
+        except OverflowError:  # float64 weights near 1e308: the loss itself is not representable
+            loss = math.inf
+    if not (math.isfinite(loss) and bool(xp.all(xp.isfinite(W_hat)))):
+        raise ValueError(f"W, H: GPTQ's error updates overflow {Q.dtype} (max |W| = {L.w_absmax:.3g}, max |H| = "
+                         f"{L.H_absmax:.3g}); the range is too large — rescale W, or H (the codes "
+                         "do not depend on H's scale)")
+    return GPTQResult(q=xp.astype(Q, xp.int32), s=s, z=z, g_idx=g_pos, perm=L.perm, W_hat=W_hat, loss=loss)
+
+
 def gptq_quantize(
     W: Any,
     H: Any,
@@ -351,138 +567,22 @@ def gptq_quantize(
     original consecutive columns). s, z: (out, n_groups) given parameters (implies static).
     signed: codes in -2^(b-1)..2^(b-1)-1 (compressed-tensors) instead of 0..2^b-1.
     partial_group: allow G not dividing the columns (the last group is the remainder).
-    U: the factor ``hessian_factor(H)`` if already computed (of H in processing order,
-    i.e. after the act-order permutation) — q, k, v share one H, so one factor serves three.
+    U: the factor ``prepare_hessian(H, act_order, percdamp).U`` if already computed (of H in
+    processing order) — q, k, v share one H, so one factor serves three.
     zero_before_round: see ``quantize_column``. Bound: the loss is GPTQ's greedy OBS
     objective; with H diagonal GPTQ is exactly round-to-nearest.
-    Example: H = I (no correlation) -> every update row U_{j, j+1:} is 0, q = RTN codes.
+    Steps: ``_set_up`` (scale shift, dead inputs, static groups, act-order, U), ``_algorithm1``
+    (the column loop), ``_un_permute`` (original column order and scale).
+    Example: H = I (no correlation): every update row U_{j, j+1:} is 0, so q = RTN codes:
+    >>> import numpy as np
+    >>> r = gptq_quantize(np.array([[0.0, 1.0, 2.0, 3.0]]), np.eye(4), bits=2, group_size=None)
+    >>> r.q.tolist(), r.W_hat.tolist()
+    ([[0, 1, 2, 3]], [[0.0, 1.0, 2.0, 3.0]])
     """
-    xp = namespace(W, H)
-    _check_layer(W, H)
-    bits = check_bits(bits)
-    check_number(blocksize, "blocksize", 1, integer=True)
-    check_number(percdamp, "percdamp", 0, lo_open=True)
-    n_out, n_in = W.shape
-    G, n_groups = _group_layout(n_in, group_size, partial_group)
-    q_min, q_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    if (s is None) != (z is None):
-        raise ValueError("s, z: give both the scales and the zero-points, or neither")
-    if s is not None:
-        if tuple(s.shape) != (n_out, n_groups) or tuple(z.shape) != (n_out, n_groups):
-            raise ValueError(f"s, z: expected shape ({n_out}, {n_groups}) (rows, groups), got {tuple(s.shape)} and {tuple(z.shape)}")
-        _check_given(s, "s", (n_out, n_groups), "finite positive scales")
-        _check_given(z, "z", (n_out, n_groups), "finite zero-points")
-        if not bool(xp.all(s > 0)):
-            raise ValueError(f"s: expected finite positive scales, got a minimum of {float(xp.min(s)):g}")
-        static_groups = True
-        s, z = xp.astype(s, W.dtype), xp.astype(z, W.dtype)
-    if U is not None:
-        _check_given(U, "U", (n_in, n_in), "an upper Cholesky factor with a finite positive diagonal")
-        if not bool(xp.all(xp.linalg.diagonal(U) > 0)):
-            raise ValueError("U: expected an upper Cholesky factor with a finite positive diagonal (U = hessian_factor(H)), "
-                             f"got a diagonal entry {float(xp.min(xp.linalg.diagonal(U))):g}")
-    dtype = W.dtype
-    # GPTQ is equivariant under W -> 2^-k W (s, ŵ and e scale by 2^-k, the loss by 4^-k, codes
-    # stay), so weights too large for the squared errors e² of the loop run on W·2^-k and are
-    # scaled back; ordinary weights (max |W| <= 2^(emax/4): 2^32 for float32) are untouched
-    w_absmax = float(xp.max(xp.abs(W)))
-    max_exp = math.frexp(float(xp.finfo(dtype).max))[1]                  # 128 (float32), 1024 (float64)
-    shift = max(0, math.frexp(w_absmax)[1] - max_exp // 4)
-    W = xp.asarray(W, copy=True) if shift == 0 else W * (2.0 ** -shift)
-    if s is not None and shift:
-        s = s * (2.0 ** -shift)
-    H = xp.astype(H, dtype, copy=True)
-
-    # dead inputs: no signal ever reached them, their weight cannot matter (fasterquant)
-    dead = xp.linalg.diagonal(H) == 0                                    # (in,)
-    if bool(xp.all(dead)):
-        warnings.warn("H: all zero — no calibration input reached this layer; every input is dead and GPTQ "
-                      "sets the whole layer to 0 (check that the calibration data flows through it)",
-                      RuntimeWarning, stacklevel=2)
-    eye = xp.eye(n_in, dtype=xp.bool, device=device(W))
-    H = xp.where(eye & dead[None, :], xp.ones_like(H), H)
-    W = xp.where(dead[None, :], xp.zeros_like(W), W)
-
-    if static_groups and s is None:  # from the original weights, original column groups
-        params = [minmax_params(W[:, g * G:(g + 1) * G], bits, symmetric) for g in range(n_groups)]
-        s = xp.concat([p[0] for p in params], axis=1)                    # (out, n_groups)
-        z = xp.concat([p[1] for p in params], axis=1)                    # (out, n_groups)
-        if signed and not symmetric:
-            z = z - 2 ** (bits - 1)
-        elif signed:
-            z = xp.zeros_like(z)
-
-    perm = None
-    if act_order:  # columns by decreasing H_jj; ties keep their order (stable sort)
-        perm = xp.argsort(-xp.linalg.diagonal(H), stable=True)            # (in,)
-        W = xp.take(W, perm, axis=1)
-        H = xp.take(xp.take(H, perm, axis=0), perm, axis=1)
-
-    # group of the k-th processed column: static groups follow the original columns
-    cols = xp.arange(n_in, device=device(W))
-    group_of_pos = (xp.take(cols, perm) if perm is not None else cols) // G if static_groups else cols // G
-    group_of_pos = [int(g) for g in to_numpy(group_of_pos)]
-
-    if U is None:
-        U = hessian_factor(H, percdamp)                                   # (in, in)
-    else:
-        U = xp.astype(U, dtype)
-    Q = xp.zeros_like(W)                                                  # (out, in) codes
-    W_hat = xp.zeros_like(W)                                              # (out, in) dequantized
-    loss = xp.zeros((n_out,), dtype=dtype, device=device(W))
-    s_dyn, z_dyn = [], []
-    s_cur = z_cur = None
-    for i1 in range(0, n_in, blocksize):
-        i2 = min(i1 + blocksize, n_in)
-        W1 = xp.asarray(W[:, i1:i2], copy=True)                           # (out, B)
-        E1 = xp.zeros_like(W1)                                            # (out, B) errors e_j
-        Q1 = xp.zeros_like(W1)                                            # (out, B) codes
-        Wh1 = xp.zeros_like(W1)                                           # (out, B) dequantized
-        for i in range(i2 - i1):
-            j = i1 + i
-            if static_groups:
-                g = group_of_pos[j]
-                s_cur, z_cur = s[:, g:g + 1], z[:, g:g + 1]               # (out, 1)
-            elif j % G == 0:  # a new group starts: parameters from its current weights
-                Wg = _current_group(W, W1, E1, U, i1, i, i2, G)           # (out, G)
-                s_cur, z_cur = minmax_params(Wg, bits, symmetric)
-                if signed:
-                    z_cur = z_cur - 2 ** (bits - 1) if not symmetric else xp.zeros_like(z_cur)
-                s_dyn.append(s_cur)
-                z_dyn.append(z_cur)
-            w = W1[:, i:i + 1]                                            # (out, 1)
-            q, w_hat = quantize_column(w, s_cur, z_cur, q_min, q_max, zero_before_round)
-            d = U[j, j]
-            e = (w - w_hat) / d                                           # (out, 1)  Alg. 1 l. 8
-            Q1[:, i:i + 1] = q                                            # block buffers: a column of
-            Wh1[:, i:i + 1] = w_hat                                       # (out, B) is cheaper to write
-            E1[:, i:i + 1] = e
-            loss = loss + e[:, 0] ** 2 / 2
-            W1[:, i:] = W1[:, i:] - e * U[j:j + 1, j:i2]                  # (out, B-i)  Alg. 1 l. 9
-        Q[:, i1:i2] = Q1
-        W_hat[:, i1:i2] = Wh1
-        if i2 < n_in:
-            W[:, i2:] = W[:, i2:] - E1 @ U[i1:i2, i2:]                    # (out, in-i2) Alg. 1 l. 12
-
-    if not static_groups:
-        s = xp.concat(s_dyn, axis=1)                                      # (out, n_groups)
-        z = xp.concat(z_dyn, axis=1)
-    g_pos = xp.asarray(group_of_pos, dtype=xp.int64, device=device(W))                      # group of each position
-    if perm is not None:  # back to the original column order
-        inv = xp.argsort(perm)
-        Q, W_hat, g_pos = xp.take(Q, inv, axis=1), xp.take(W_hat, inv, axis=1), xp.take(g_pos, inv)
-    loss = float(xp.sum(loss))
-    if shift:
-        s, W_hat = s * (2.0 ** shift), W_hat * (2.0 ** shift)
-        try:
-            loss = math.ldexp(loss, 2 * shift)
-        except OverflowError:  # float64 weights near 1e308: the loss itself is not representable
-            loss = math.inf
-    if not (math.isfinite(loss) and bool(xp.all(xp.isfinite(W_hat)))):
-        raise ValueError(f"W, H: GPTQ's error updates overflow {dtype} (max |W| = {w_absmax:.3g}, max |H| = "
-                         f"{float(xp.max(xp.abs(H))):.3g}); the range is too large — rescale W, or H (the codes "
-                         "do not depend on H's scale)")
-    return GPTQResult(q=xp.astype(Q, xp.int32), s=s, z=z, g_idx=g_pos, perm=perm, W_hat=W_hat, loss=loss)
+    bits, G, n_groups = _check_options(W, H, bits, group_size, blocksize, percdamp, s, z, partial_group, U)
+    L = _set_up(W, H, bits, G, n_groups, symmetric, act_order, static_groups or s is not None, percdamp, s, z, signed, U)
+    Q, W_hat, loss_rows, s, z = _algorithm1(L, bits, symmetric, signed, blocksize, zero_before_round)
+    return _un_permute(L, Q, W_hat, loss_rows, s, z)
 
 
 def _current_group(W: Any, W1: Any, E1: Any, U: Any, i1: int, i: int, i2: int, G: int) -> Any:
@@ -568,86 +668,3 @@ def tutorial_update(W: Any, H: Any, bits: int = 4, group_size: int = 128) -> Any
         if j + 1 < n_in:
             W[:, j + 1:] = W[:, j + 1:] - (w - q)[:, None] * H_inv[j:j + 1, j + 1:]
     return Q
-
-
-# --------------------------------------------------------------------------- model level
-
-# linears quantized together, in the order the block uses them (reference llama.py
-# ``--true-sequential``): each stage sees the inputs produced by the stages before it,
-# already quantized. q, k, v share one input, hence one Hessian; so do gate and up.
-STAGES = (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",))
-
-
-def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size: int | None = 128,
-                        act_order: bool = False, symmetric: bool = False, static_groups: bool = False,
-                        blocksize: int = BLOCKSIZE, percdamp: float = PERCDAMP, window: int = 512,
-                        true_sequential: bool = True, blocks: Any = None, progress: Any = None,
-                        info: dict | None = None) -> dict[str, Any]:
-    """Block-sequential GPTQ of every linear of a ``refquant.model`` Llama.
-
-        h = embed(calibration windows)
-        for each block i:
-            for each stage (q,k,v) (o) (gate,up) (down):
-                run block i with the weights quantized so far, H = Hessian of the stage's input
-                quantize the stage's linears with ``gptq_quantize``
-            h = block_i(h) with all its quantized weights      (the next block's calibration input)
-
-    calib_tokens: token ids, cut into windows of ``window`` tokens (a partial last one dropped;
-    fewer tokens than a window make one window of them all).
-    G need not divide a layer's columns: the last group is the remainder (576 = 4·128 + 64).
-    -> {GGUF name: Ŵ (out, in)} for the chosen ``blocks`` (default all), ready for
-    ``model.with_weights``. ``info``, if given, receives {name: GPTQResult} (codes, scales,
-    zeros, g_idx, perm: what a checkpoint stores). ``progress(iterable, desc, total)`` wraps the
-    block loop (e.g. tqdm). true_sequential=False quantizes all seven from one capture.
-    Ref: IST-DASLab/gptq ``llama.py`` (``llama_sequential``).
-    """
-    c = model.config
-    from .model.calibration import embedded_windows  # the model level only: layer-level code needs no model
-
-    # every argument checked before the first block runs (not minutes later, deep inside a layer)
-    bits = check_bits(bits)
-    _group_layout(1, group_size, partial_group=True)  # G's type and sign (any layer may end in a partial group)
-    check_number(blocksize, "blocksize", 1, integer=True)
-    check_number(percdamp, "percdamp", 0, lo_open=True)
-    check_number(window, "window", 1, integer=True)
-    blocks = list(range(c.n_layer)) if blocks is None else list(blocks)
-    for b in blocks:
-        check_number(b, "blocks", 0, c.n_layer - 1, integer=True)
-    hs = embedded_windows(model, calib_tokens, window)  # (window, d) each
-    progress = progress or (lambda it, desc="", total=None: it)
-    stages = STAGES if true_sequential else (sum(STAGES, ()),)
-    label = f"GPTQ {bits}-bit{' act-order' if act_order else ''}"
-    result: dict[str, Any] = {}
-    for i in progress(blocks, desc=label, total=len(blocks)):
-        for stage in stages:
-            current = model.with_weights(result) if result else model
-            hessians: dict[str, Hessian] = {}
-
-            def see(name: str, x: Any, stage=stage, hessians=hessians) -> None:
-                kind = name.split(".")[2]
-                if kind in stage:
-                    if kind not in hessians:
-                        hessians[kind] = Hessian(int(x.shape[1]), xp=namespace(x), dtype=x.dtype, device=device(x))
-                    hessians[kind].add(x)
-
-            for h in hs:
-                current.block(i, h, capture=see)
-            for kind in stage:
-                name = f"blk.{i}.{kind}.weight"
-                r = gptq_quantize(model.weights[name], hessians[kind].H, bits, group_size, symmetric,
-                                  act_order=act_order, static_groups=static_groups, blocksize=blocksize,
-                                  percdamp=percdamp, partial_group=True)
-                result[name] = r.W_hat
-                if info is not None:
-                    info[name] = r
-        quantized = model.with_weights(result)
-        hs = [quantized.block(i, h) for h in hs]                           # inputs of block i+1
-    return result
-
-
-def rtn_quantize_model(model: Any, bits: int = 4, group_size: int | None = 128, symmetric: bool = False,
-                       blocks: Any = None) -> dict[str, Any]:
-    """Round-to-nearest of every block linear with GPTQ's quantizer (the baseline GPTQ improves on)."""
-    blocks = list(range(model.config.n_layer)) if blocks is None else list(blocks)
-    names = [f"blk.{i}.{k}.weight" for i in blocks for k in sum(STAGES, ())]
-    return {n: rtn_quantize(model.weights[n], bits, group_size, symmetric, partial_group=True).W_hat for n in names}

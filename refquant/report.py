@@ -240,20 +240,20 @@ def _selected_blocks(model: Any, ctx: Context) -> list[int]:
 
 def _gptq(model: Any, ctx: Context) -> Quantized:
     """GPTQ 4-bit, asymmetric, groups of 128, Hessians from the calibration text, block by block"""
-    from . import gptq
+    from . import blockwise
 
-    weights = gptq.gptq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, act_order=False,
-                                       blocks=_selected_blocks(model, ctx), progress=ctx.progress)
+    weights = blockwise.gptq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, act_order=False,
+                                            blocks=_selected_blocks(model, ctx), progress=ctx.progress).weights
     weights = {n: weights[n] for n in ctx.select(weights)}
     return Quantized(weights, sum(_group_bytes(W, bits=4, group_size=128) for W in weights.values()))
 
 
 def _awq(model: Any, ctx: Context) -> Quantized:
     """AWQ 4-bit, asymmetric, groups of 128, activation-aware scales and clipping searched on the calibration text"""
-    from . import awq
+    from . import blockwise
 
-    weights = awq.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128,
-                                     blocks=_selected_blocks(model, ctx), progress=ctx.progress)
+    weights = blockwise.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128,
+                                           blocks=_selected_blocks(model, ctx), progress=ctx.progress).weights
     weights = {n: weights[n] for n in ctx.select(weights)}
     return Quantized(weights, sum(_group_bytes(W, bits=4, group_size=128) for W in weights.values()))
 

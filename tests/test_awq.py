@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from refquant import awq, uniform
+from refquant import awq, blockwise, uniform
 from refquant._backend import to_numpy
 from refquant.testing.strategies import KINDS, rows
 
@@ -109,7 +109,7 @@ def test_partial_last_group():
     W, _ = salient_layer(0, 4, 96, 8)
     q, s, z, W_hat = awq.awq_group_quantize(W, 4, 64, partial_group=True)
     assert s.shape == (4, 2)
-    assert np.array_equal(W_hat[:, 64:], awq.awq_group_quantize(W[:, 64:], 4, 32)[3])
+    assert np.array_equal(W_hat[:, 64:], awq.awq_group_quantize(W[:, 64:], 4, 32).W_hat)
 
 
 def test_act_scale_hand_example():
@@ -123,7 +123,7 @@ def test_alpha_zero_is_round_to_nearest(seed):
     W, X = salient_layer(seed, 8, 64, 32)
     s = awq.scales_for(awq.act_scale(X), 0.0)
     assert np.all(s == 1.0)
-    rtn = awq.awq_group_quantize(W, 4, 32)[3]
+    rtn = awq.awq_group_quantize(W, 4, 32).W_hat
     found = awq.search_scale(X, [W], 4, 32)
     assert found.losses[0] == float(np.mean((X @ W.T - X @ rtn.T) ** 2))
 
@@ -222,9 +222,9 @@ def test_model_folded_and_effective_weights_agree(gqa):
     # a weight across a rounding boundary — a different, equally valid, quantization.)
     model = tiny_model(1, gqa=gqa)
     tokens = np.random.default_rng(1).integers(0, 97, 128)
-    info = {}
-    eff = awq.awq_quantize_model(model, tokens, bits=4, group_size=32, window=64, blocks=[0], info=info)
-    folded = awq.awq_quantize_model(model, tokens, bits=4, group_size=32, window=64, blocks=[0], fold=True)
+    r = blockwise.awq_quantize_model(model, tokens, bits=4, group_size=32, window=64, blocks=[0])
+    eff, info = r.weights, r.details
+    folded = blockwise.awq_quantize_model(model, tokens, bits=4, group_size=32, window=64, blocks=[0], fold=True).weights
     assert set(info) == {0} and ("attn_output" in info[0]) == (not gqa)
     assert "blk.0.attn_norm.weight" in folded and "blk.0.attn_norm.weight" not in eff
     a, b = model.with_weights(eff).forward(tokens[:64]), model.with_weights(folded).forward(tokens[:64])
@@ -235,8 +235,8 @@ def test_model_folded_and_effective_weights_agree(gqa):
 def test_model_awq_beats_rtn_on_calibration_outputs():
     model = tiny_model(2)
     tokens = np.random.default_rng(2).integers(0, 97, 256)
-    eff = awq.awq_quantize_model(model, tokens, bits=3, group_size=32, window=64)
-    rtn = {n: awq.awq_group_quantize(model.weights[n], 3, 32)[3] for n in eff}
+    eff = blockwise.awq_quantize_model(model, tokens, bits=3, group_size=32, window=64).weights
+    rtn = {n: awq.awq_group_quantize(model.weights[n], 3, 32).W_hat for n in eff}
     ref = model.forward(tokens[:64])
     err = lambda w: float(np.mean((model.with_weights(w).forward(tokens[:64]) - ref) ** 2))  # noqa: E731
     assert err(eff) < err(rtn)
@@ -253,7 +253,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"X: expected shape \(T, 64\)"):
         awq.search_clip(W, X[:, :32], 4, 32)
     with pytest.raises(ValueError, match="calib_tokens"):
-        awq.awq_quantize_model(tiny_model(), np.arange(1), window=64)
+        blockwise.awq_quantize_model(tiny_model(), np.arange(1), window=64)
 
 
 # ----------------------------------------------------------------------------- backends

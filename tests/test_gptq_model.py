@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refquant import gptq
+from refquant import blockwise
 from test_awq import tiny_model
 
 
@@ -20,11 +20,11 @@ def test_model_gptq_beats_rtn(act_order):
     model = tiny_model(3)
     rng = np.random.default_rng(3)
     calib, held_out = rng.integers(0, 97, 256), rng.integers(0, 97, 64)
-    info = {}
-    W_hat = gptq.gptq_quantize_model(model, calib, bits=3, group_size=32, act_order=act_order, window=64, info=info)
+    r = blockwise.gptq_quantize_model(model, calib, bits=3, group_size=32, act_order=act_order, window=64)
+    W_hat, info = r.weights, r.details
     assert set(W_hat) == set(model.linear_names()) and set(info) == set(W_hat)
     assert all(info[n].perm is not None for n in info) == act_order
-    rtn = gptq.rtn_quantize_model(model, bits=3, group_size=32)
+    rtn = blockwise.rtn_quantize_model(model, bits=3, group_size=32)
     assert _error(model, W_hat, held_out) < _error(model, rtn, held_out)
 
 
@@ -32,13 +32,11 @@ def test_partial_groups_and_chosen_blocks():
     # 96 input columns with G = 64 (ffn_down): a 64-group and a 32-group; only block 1 touched
     model = tiny_model(4)
     calls = []
-    W_hat = gptq.gptq_quantize_model(model, np.arange(128) % 97, bits=4, group_size=64, window=64, blocks=[1],
-                                     progress=lambda it, desc="", total=None: calls.append(desc) or it)
-    assert sorted(W_hat) == sorted(n for n in model.linear_names() if n.startswith("blk.1."))
+    r = blockwise.gptq_quantize_model(model, np.arange(128) % 97, bits=4, group_size=64, window=64, blocks=[1],
+                                      progress=lambda it, desc="", total=None: calls.append(desc) or it)
+    assert sorted(r.weights) == sorted(n for n in model.linear_names() if n.startswith("blk.1."))
     assert calls == ["GPTQ 4-bit"]
-    res = {}
-    gptq.gptq_quantize_model(model, np.arange(128) % 97, bits=4, group_size=64, window=64, blocks=[1], info=res)
-    assert res["blk.1.ffn_down.weight"].s.shape == (64, 2)
+    assert r.details["blk.1.ffn_down.weight"].s.shape == (64, 2)
 
 
 def test_true_sequential_sees_quantized_inputs():
@@ -46,19 +44,20 @@ def test_true_sequential_sees_quantized_inputs():
     # layers: a different (and the reference's) Hessian than one capture of the float block
     model = tiny_model(5)
     calib = np.random.default_rng(5).integers(0, 97, 128)
-    seq = gptq.gptq_quantize_model(model, calib, bits=3, group_size=32, window=64, blocks=[0])
-    one = gptq.gptq_quantize_model(model, calib, bits=3, group_size=32, window=64, blocks=[0], true_sequential=False)
+    seq = blockwise.gptq_quantize_model(model, calib, bits=3, group_size=32, window=64, blocks=[0]).weights
+    one = blockwise.gptq_quantize_model(model, calib, bits=3, group_size=32, window=64, blocks=[0],
+                                        true_sequential=False).weights
     assert np.array_equal(seq["blk.0.attn_q.weight"], one["blk.0.attn_q.weight"])  # same first stage
     assert not np.array_equal(seq["blk.0.ffn_down.weight"], one["blk.0.ffn_down.weight"])
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match="calib_tokens"):
-        gptq.gptq_quantize_model(tiny_model(), np.arange(1), window=64)
+        blockwise.gptq_quantize_model(tiny_model(), np.arange(1), window=64)
 
 
 def test_fewer_tokens_than_a_window():
     # the report's quick protocol calibrates on 256 tokens with window 512: one window of 256
     model = tiny_model(6)
-    W_hat = gptq.gptq_quantize_model(model, np.arange(40) % 97, bits=4, group_size=32, window=512, blocks=[0])
-    assert len(W_hat) == 7
+    W_hat = blockwise.gptq_quantize_model(model, np.arange(40) % 97, bits=4, group_size=32, window=512, blocks=[0])
+    assert len(W_hat.weights) == 7

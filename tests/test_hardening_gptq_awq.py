@@ -31,7 +31,7 @@ import warnings
 import numpy as np
 import pytest
 
-from refquant import awq, gptq, uniform
+from refquant import awq, blockwise, gptq, uniform
 from test_awq import tiny_model
 
 RNG = np.random.default_rng(0)
@@ -86,16 +86,16 @@ BAD_ARGUMENTS = {
     "search_clip W overflows": (lambda: awq.search_clip(W8 * np.float32(1e37), X8, 4, 32), ValueError,
                                 r"^X, W: the layer's output errors .* would overflow float32"),
     "search_scale n_grid=0": (lambda: awq.search_scale(X8, [W8], 4, 32, n_grid=0), ValueError, r"^n_grid: expected an integer >= 1"),
-    "gptq model blocks=[7]": (lambda: gptq.gptq_quantize_model(MODEL, TOKENS, blocks=[7]), ValueError,
+    "gptq model blocks=[7]": (lambda: blockwise.gptq_quantize_model(MODEL, TOKENS, blocks=[7]), ValueError,
                               r"^blocks: expected an integer in \[0, 1\], got 7"),
-    "gptq model window=0": (lambda: gptq.gptq_quantize_model(MODEL, TOKENS, window=0), ValueError, r"^window: expected an integer >= 1"),
-    "gptq model percdamp=-1": (lambda: gptq.gptq_quantize_model(MODEL, TOKENS, percdamp=-1.0), ValueError, r"^percdamp: expected"),
-    "gptq model group_size=0": (lambda: gptq.gptq_quantize_model(MODEL, TOKENS, group_size=0), ValueError, r"^group_size: expected"),
-    "awq model blocks=[-1]": (lambda: awq.awq_quantize_model(MODEL, TOKENS, blocks=[-1]), ValueError,
+    "gptq model window=0": (lambda: blockwise.gptq_quantize_model(MODEL, TOKENS, window=0), ValueError, r"^window: expected an integer >= 1"),
+    "gptq model percdamp=-1": (lambda: blockwise.gptq_quantize_model(MODEL, TOKENS, percdamp=-1.0), ValueError, r"^percdamp: expected"),
+    "gptq model group_size=0": (lambda: blockwise.gptq_quantize_model(MODEL, TOKENS, group_size=0), ValueError, r"^group_size: expected"),
+    "awq model blocks=[-1]": (lambda: blockwise.awq_quantize_model(MODEL, TOKENS, blocks=[-1]), ValueError,
                               r"^blocks: expected an integer in \[0, 1\], got -1"),
-    "awq model window=0": (lambda: awq.awq_quantize_model(MODEL, TOKENS, window=0), ValueError, r"^window: expected an integer >= 1"),
-    "awq model n_grid=0": (lambda: awq.awq_quantize_model(MODEL, TOKENS, n_grid=0), ValueError, r"^n_grid: expected an integer >= 1"),
-    "awq model group_size=0": (lambda: awq.awq_quantize_model(MODEL, TOKENS, group_size=0), ValueError, r"^group_size: expected"),
+    "awq model window=0": (lambda: blockwise.awq_quantize_model(MODEL, TOKENS, window=0), ValueError, r"^window: expected an integer >= 1"),
+    "awq model n_grid=0": (lambda: blockwise.awq_quantize_model(MODEL, TOKENS, n_grid=0), ValueError, r"^n_grid: expected an integer >= 1"),
+    "awq model group_size=0": (lambda: blockwise.awq_quantize_model(MODEL, TOKENS, group_size=0), ValueError, r"^group_size: expected"),
 }
 
 
@@ -136,7 +136,7 @@ EXTREME = {
     "gptq act-order symmetric": lambda W: _gptq(W, act_order=True, symmetric=True),
     "gptq static groups": lambda W: _gptq(W, static_groups=True, blocksize=7),
     "rtn": lambda W: (lambda r: (r.q, r.s, r.W_hat))(gptq.rtn_quantize(W, 4, 32)),
-    "awq quantizer": lambda W: (lambda r: (r[0], r[1], r[3]))(awq.awq_group_quantize(W, 4, 32)),
+    "awq quantizer": lambda W: (lambda r: (r.q, r.s, r.W_hat))(awq.awq_group_quantize(W, 4, 32)),
 }
 
 

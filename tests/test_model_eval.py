@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from refquant.model import calibrate, data, perplexity, windows
+from refquant.blockwise import calibrate
+from refquant.model import data, perplexity, windows
 from refquant.model.ppl import token_nll
 from refquant.testing.llama import tiny_llama
 
@@ -144,9 +145,9 @@ def test_block_sees_quantized_predecessors_when_asked():
     original = calibrate(model, chunks, on_block=halve, propagate="original")
     plain = calibrate(model, chunks)
     # block 0 statistics are taken before block 0 changes: identical everywhere
-    np.testing.assert_array_equal(quantized.stats["blk.0.attn_q.weight"].xtx, plain.stats["blk.0.attn_q.weight"].xtx)
+    np.testing.assert_array_equal(quantized.stats["blk.0.attn_q.weight"].hessian(), plain.stats["blk.0.attn_q.weight"].hessian())
     # block 1 sees the halved block 0 only under propagate="quantized"
-    np.testing.assert_array_equal(original.stats["blk.1.attn_q.weight"].xtx, plain.stats["blk.1.attn_q.weight"].xtx)
+    np.testing.assert_array_equal(original.stats["blk.1.attn_q.weight"].hessian(), plain.stats["blk.1.attn_q.weight"].hessian())
     swapped = model.with_weights({n: model.weights[n] * 0.5 for n in quantized.stats if n.startswith("blk.0.")})
     expected = _captured_inputs(swapped, chunks, 1)["blk.1.ffn_down.weight"]
     np.testing.assert_allclose(quantized.stats["blk.1.ffn_down.weight"].mean_abs(), np.abs(expected).mean(0),
@@ -160,7 +161,7 @@ def test_shared_inputs_share_statistics_and_keep_false():
     s = result.stats
     assert s["blk.0.attn_q.weight"] is s["blk.0.attn_k.weight"] is s["blk.0.attn_v.weight"]
     assert s["blk.0.ffn_gate.weight"] is s["blk.0.ffn_up.weight"]
-    assert s["blk.0.ffn_down.weight"].xtx.shape == (24, 24)  # n_ff inputs
+    assert s["blk.0.ffn_down.weight"].hessian().shape == (24, 24)  # n_ff inputs
     assert calibrate(model, [np.arange(5)], keep=False).stats == {}
 
 

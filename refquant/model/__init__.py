@@ -10,14 +10,15 @@
 
 Modules: ``loader`` (GGUF -> config + float32 weights), ``tokenizer`` (byte-level BPE from
 the file), ``llama`` (the forward pass), ``ppl`` (perplexity), ``data`` (the fixed text split),
-``calibration`` (per-linear input statistics, block by block).
+``calibration`` (each block's linear inputs, block by block: the driver that
+``refquant.blockwise``'s GPTQ, AWQ and ``calibrate`` run on).
 """
 
 from . import data
-from .calibration import CalibrationResult, LinearStats, calibrate
+from .calibration import block_inputs, walk_blocks
 from .llama import LlamaModel, load_model
 from .loader import LlamaConfig
 from .ppl import PerplexityResult, perplexity, windows
 
 __all__ = ["LlamaModel", "LlamaConfig", "load_model", "perplexity", "PerplexityResult", "windows",
-           "calibrate", "CalibrationResult", "LinearStats", "data"]
+           "block_inputs", "walk_blocks", "data"]

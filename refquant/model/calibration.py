@@ -1,121 +1,65 @@
-"""Calibration capture: statistics of every linear layer's inputs, block by block.
+"""Calibration capture: each block's linear inputs, from the already-quantized blocks before it.
 
-GPTQ needs, per linear layer, the Hessian of the layer-wise squared error; AWQ needs the
-mean magnitude of each input channel. Both are sums over the calibration rows x (the
-layer's inputs, one row per token), so they are accumulated as the rows stream by:
+GPTQ needs, per linear layer, the Hessian of its inputs; AWQ needs the inputs themselves (their
+mean magnitude, its scale and clip searches). Both come from one walk over the blocks (the
+sequential scheme of the GPTQ reference, ``llama_sequential``):
 
-    n        = number of rows seen
-    xtx      = Σ xᵀx                  (in, in)     H_GPTQ = 2 xtx / n   (Frantar et al. 2022, eq. 1)
-    abs_sum  = Σ |x|                  (in,)        s_AWQ  = abs_sum / n (Lin et al. 2023, §3.2)
+    h_w = embed(window_w) for every calibration window w                (n_windows × (T, d))
+    for block i in blocks:
+        for stage in method.stages:                  linears calibrated together, in block order
+            run block i (every weight replaced so far) on each h_w, up to the stage's last input;
+            hand each input the stage reads to one accumulator (q, k, v read the same x: once)
+            replace the stage's weights by method.quantize(model, i, stage, accumulators)
+        h_w = block_i(h_w) with its new weights (propagate="quantized") or  (next block's input)
+              with the weights it had before (propagate="original")
 
-Block by block (the sequential scheme of the GPTQ reference, ``llama_sequential``):
-
-    h_w = embed(window_w) for every calibration window w              (n_windows, T, d)
-    for block i = 0 .. n_layer−1:
-        run block i on every h_w, adding each linear's inputs into its statistics
-        on_block(i, stats_i, h)  -> {name: new weight} or None        e.g. quantize block i
-        h_w = block_i(h_w) with the new weights (propagate="quantized") or the original
-              ones (propagate="original")
-
-so block i sees the outputs of the already-quantized blocks 0..i−1 when asked to. Only
-the current block's activations are held (n_windows × T × d floats), never all of them;
-q, k and v share one statistics object (same input), as do gate and up.
+Only the current block's activations are held (n_windows × T × d floats). The model is updated
+stage by stage with ``with_weights`` on that stage's new weights only, so each weight is
+handed over once, never copied again. This module knows the model, not the methods: GPTQ,
+AWQ and the plain statistics are ``Method``s in ``refquant.blockwise``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from .._backend import namespace
 from .loader import LINEAR_NAMES
 
-__all__ = ["LinearStats", "CalibrationResult", "calibrate", "embedded_windows", "SHARED_INPUTS"]
+__all__ = ["SHARED_INPUTS", "Accumulator", "Method", "Rows", "embedded_windows", "capture", "block_inputs",
+           "walk_blocks"]
 
-# linears reading the same input array inside a block
+# the linear whose input each linear reads: q, k, v share one x, so do gate and up
 SHARED_INPUTS = {"attn_q": "attn_q", "attn_k": "attn_q", "attn_v": "attn_q", "attn_output": "attn_output",
                  "ffn_gate": "ffn_gate", "ffn_up": "ffn_gate", "ffn_down": "ffn_down"}
 
 
-@dataclasses.dataclass
-class LinearStats:
-    """Running sums over the input rows x (in_features,) of one linear layer (arrays of xp)."""
+class Accumulator(Protocol):
+    """Anything that takes a layer's input rows x: (T, in), one window at a time."""
 
-    n: int = 0
-    xtx: Any = None  # (in, in) Σ xᵀx, float32
-    abs_sum: Any = None  # (in,) Σ |x|, float32
-
-    def add(self, x: Any) -> None:
-        """Accumulate rows x: (T, in)."""
-        xp = namespace(x)
-        gram = xp.matmul(xp.matrix_transpose(x), x)  # (in, in)
-        mags = xp.sum(xp.abs(x), axis=0)  # (in,)
-        self.xtx = gram if self.xtx is None else self.xtx + gram
-        self.abs_sum = mags if self.abs_sum is None else self.abs_sum + mags
-        self.n += int(x.shape[0])
-
-    def hessian(self) -> Any:
-        """GPTQ's H = (2/n) Σ xᵀx   (in, in)."""
-        self._check()
-        return self.xtx * (2.0 / self.n)
-
-    def mean_abs(self) -> Any:
-        """AWQ's per-channel activation magnitude  mean |x|   (in,)."""
-        self._check()
-        return self.abs_sum / self.n
-
-    def _check(self) -> None:
-        if self.n == 0:
-            raise ValueError("stats: no rows were accumulated (empty calibration set?)")
+    def add(self, x: Any) -> None: ...
 
 
-@dataclasses.dataclass
-class CalibrationResult:
-    """The model after calibration (weights replaced by ``on_block``) and the statistics."""
+class Method(Protocol):
+    """What ``walk_blocks`` drives: which inputs to take, how to accumulate them, what to replace.
 
-    model: Any
-    stats: dict[str, LinearStats]  # GGUF weight name -> its input statistics (empty if keep=False)
-
-
-def calibrate(model: Any, windows: Iterable[Any],
-              on_block: Callable[[int, Mapping[str, LinearStats], list], Mapping[str, Any] | None] | None = None,
-              propagate: str = "quantized", keep: bool = True) -> CalibrationResult:
-    """Stream the calibration windows through the model block by block (module docstring).
-
-    model: a LlamaModel; windows: token-id windows, each (T,) (e.g. ``ppl.windows(tokens, 512)``).
-    on_block(i, stats_i, inputs): called once block i's statistics are complete, with
-        stats_i {GGUF name: LinearStats} for block i's seven linears and inputs the list of
-        block i's input activations (T, d); may return replacement weights for block i.
-    propagate: "quantized" — later blocks see the replaced block's outputs;
-               "original"  — they see the unmodified model's outputs.
-    keep: keep every block's statistics in the result (False frees them after on_block).
+    stages: tuples of linear names ('attn_q', ...), calibrated one after another in a block;
+    accumulator(x): a new ``Accumulator`` for an input shaped like x (T, in);
+    quantize(model, i, stage, inputs, hs): new weights {GGUF name: array} for block i, given
+    inputs {shared input ('attn_q', 'attn_output', 'ffn_gate', 'ffn_down'): its accumulator}
+    and hs, block i's input hidden states (T, d).
     """
-    if propagate not in ("quantized", "original"):
-        raise ValueError(f"propagate: expected 'quantized' or 'original', got {propagate!r}")
-    windows = list(windows)
-    if not windows:
-        raise ValueError("windows: expected at least one window of token ids")
-    h = [model.embed(w) for w in windows]  # n_windows × (T, d)
-    kept: dict[str, LinearStats] = {}
-    for i in range(model.config.n_layer):
-        shared = {role: LinearStats() for role in set(SHARED_INPUTS.values())}
-        stats_i = {f"blk.{i}.{n}.weight": shared[SHARED_INPUTS[n]] for n in LINEAR_NAMES}
-        owner = {f"blk.{i}.{n}.weight": n == SHARED_INPUTS[n] for n in LINEAR_NAMES}
 
-        def record(name: str, x: Any) -> None:
-            if owner[name]:  # the first of the linears sharing this input adds it once
-                stats_i[name].add(x)
+    stages: tuple[tuple[str, ...], ...]
 
-        outputs = [model.block(i, h_w, capture=record) for h_w in h]  # n_windows × (T, d)
-        new = on_block(i, stats_i, h) if on_block is not None else None
-        if new:
-            model = model.with_weights(new)
-            if propagate == "quantized":  # otherwise keep the outputs of the original block i
-                outputs = [model.block(i, h_w) for h_w in h]
-        h = outputs
-        if keep:
-            kept.update(stats_i)
-    return CalibrationResult(model=model, stats=kept)
+    def accumulator(self, x: Any) -> Accumulator: ...
+
+    def quantize(self, model: Any, i: int, stage: tuple[str, ...], inputs: Mapping[str, Any],
+                 hs: list[Any]) -> Mapping[str, Any]: ...
+
+
+class _Collected(Exception):
+    """Raised from inside ``model.block`` once a capture has every input it asked for."""
 
 
 def embedded_windows(model: Any, calib_tokens: Any, window: int) -> list[Any]:
@@ -129,3 +73,82 @@ def embedded_windows(model: Any, calib_tokens: Any, window: int) -> list[Any]:
     window = min(window, len(calib_tokens))
     n = (len(calib_tokens) // window) * window
     return [model.embed(calib_tokens[k:k + window]) for k in range(0, n, window)]
+
+
+def capture(model: Any, i: int, hs: Iterable[Any], kinds: Iterable[str],
+            accumulator: Callable[[Any], Accumulator]) -> dict[str, Accumulator]:
+    """Run block i on every hidden state in hs, feeding the inputs of ``kinds`` to accumulators.
+
+    hs: (T, d) each; kinds: linear names -> {shared input: accumulator}, one accumulator per
+    input however many of ``kinds`` read it. Each run stops as soon as the last input the
+    kinds need has been seen (the stage (q, k, v) needs only RMSNorm(h), not the block).
+    """
+    wanted = {SHARED_INPUTS[k] for k in kinds}
+    accs: dict[str, Accumulator] = {}
+
+    def see(name: str, x: Any) -> None:
+        kind = name.split(".")[2]
+        if kind in wanted and SHARED_INPUTS[kind] == kind:       # the first reader of a shared input
+            if kind not in accs:
+                accs[kind] = accumulator(x)
+            accs[kind].add(x)
+            seen.add(kind)
+            if seen == wanted:
+                raise _Collected
+
+    for h in hs:
+        seen: set[str] = set()
+        try:
+            model.block(i, h, capture=see)
+        except _Collected:
+            pass
+    return accs
+
+
+class Rows:
+    """An accumulator that keeps the rows: X = concat of every window's x, (T_total, in)."""
+
+    def __init__(self, x: Any) -> None:
+        self.parts: list[Any] = []
+
+    def add(self, x: Any) -> None:
+        self.parts.append(x)
+
+    @property
+    def X(self) -> Any:
+        return namespace(self.parts[0]).concat(self.parts, axis=0)  # (T_total, in)
+
+
+def block_inputs(model: Any, i: int, hs: Iterable[Any], kinds: Iterable[str] = LINEAR_NAMES) -> dict[str, Any]:
+    """The input X (T_total, in) of each linear of block i over all hidden states hs (T, d).
+
+    -> {linear name ('attn_q', ...): X}; linears that share an input share the array.
+    """
+    kinds = tuple(kinds)
+    rows = capture(model, i, hs, kinds, Rows)
+    return {k: rows[SHARED_INPUTS[k]].X for k in kinds}
+
+
+def walk_blocks(model: Any, hs: list[Any], method: Method, blocks: Iterable[int], progress: Any = None,
+                desc: str = "", propagate: str = "quantized") -> dict[str, Any]:
+    """Block by block, stage by stage: capture, ``method.quantize``, propagate (module docstring).
+
+    hs: the embedded calibration windows (T, d); blocks: the indices to walk, in order;
+    progress(iterable, desc=, total=) wraps the block loop (e.g. tqdm) -> {GGUF name: new
+    weight} of every block walked.
+    """
+    if propagate not in ("quantized", "original"):
+        raise ValueError(f"propagate: expected 'quantized' or 'original', got {propagate!r}")
+    blocks = list(blocks)
+    progress = progress or (lambda it, desc="", total=None: it)
+    current, replaced = model, {}
+    for i in progress(blocks, desc=desc, total=len(blocks)):
+        before = [current.block(i, h) for h in hs] if propagate == "original" else None
+        for stage in method.stages:
+            inputs = capture(current, i, hs, stage, method.accumulator)
+            new = dict(method.quantize(current, i, stage, inputs, hs))
+            if new:
+                current = current.with_weights(new)                      # this stage's weights only
+                replaced.update(new)
+        hs = before if before is not None else [current.block(i, h) for h in hs]  # inputs of block i+1
+    return replaced
