@@ -123,7 +123,10 @@ def create_normal_map(offset: float = NF4_OFFSET, use_extra_value: bool = True) 
 def nf4_code() -> np.ndarray:
     """The 16 NF4 values (float32, sorted; index = 4-bit code). See ``create_normal_map``.
 
-    Example: ``nf4_code()[[0, 7, 15]] -> [-1.0, 0.0, 1.0]``; ``nf4_code()[8] ≈ 0.0796``.
+    Example: the ends and the exact zero, and the smallest positive value:
+
+    >>> nf4_code()[[0, 7, 15]].tolist(), round(float(nf4_code()[8]), 4)
+    ([-1.0, 0.0, 1.0], 0.0796)
     """
     return create_normal_map()
 
@@ -145,7 +148,10 @@ def fp4_code() -> np.ndarray:
     (or exactly 0) to pattern 0.
 
     Ref: bitsandbytes.functional.get_4bit_type("fp4"); csrc/cpu_ops.cpp ``fp4_lut``.
-    Example: ``fp4_code()[[3, 5, 11]] -> [1.0, 0.5, -1.0]``.
+    Example: patterns 3 (e = 1, m = 1: 1.5·8 = 12), 5 (e = 2, m = 1: 1.5·4 = 6) and 11 (−12), over 12:
+
+    >>> fp4_code()[[3, 5, 11]].tolist()
+    [1.0, 0.5, -1.0]
     """
     pattern = np.arange(16)
     sign = np.where(pattern >> 3 == 1, -1.0, 1.0)
@@ -160,7 +166,13 @@ CODES = {"nf4": nf4_code(), "fp4": fp4_code()}
 
 
 def max_code_gap(quant_type: str) -> float:
-    """max_k (c_{k+1} - c_k) over the sorted code book: twice the worst rounding error."""
+    """max_k (c_{k+1} - c_k) over the sorted code book: twice the worst rounding error.
+
+    Example: FP4's widest gap is 8/12 -> 12/12, a third of the range's top:
+
+    >>> round(max_code_gap("fp4"), 6), round(max_code_gap("nf4"), 4)
+    (0.333333, 0.3038)
+    """
     return float(np.max(np.diff(np.sort(CODES[_check_quant_type(quant_type)]))))
 
 
@@ -304,6 +316,18 @@ def quantize_4bit(x: Any, blocksize: int = 64, quant_type: str = "nf4",
 
     Example (NF4, B = 64, one block [1.0, -0.5, 0, ...0]): m = 1, y = [1, -0.5, 0, ...];
     nearest codes 15, 2 (-0.525), 7, ... -> first byte 0xF2, then 0x77 ...
+
+    >>> packed, state = quantize_4bit(np.float32([1.0, -0.5] + [0.0] * 62), blocksize=64)
+    >>> [hex(b) for b in packed[:2, 0].tolist()], state.absmax.tolist(), packed.shape
+    (['0xf2', '0x77'], [1.0], (32, 1))
+
+    FP4, the block [4, -2, 1, 0]: m = 4, y = [1, -0.5, 0.25, 0] are exactly the patterns
+    3, 13, 7, 0 of ``fp4_code`` (12, −6, 3, 0 over 12), two to a byte, the first one high:
+    3·16 + 13 = 61, 7·16 + 0 = 112.
+
+    >>> packed, state = quantize_4bit(np.float32([4, -2, 1, 0]), blocksize=64, quant_type="fp4")
+    >>> packed[:, 0].tolist(), dequantize_4bit(packed, state).tolist()
+    ([61, 112], [4.0, -2.0, 1.0, 0.0])
     """
     xp = _check_bnb_float(x)
     blocksize = _check_blocksize(blocksize, BLOCKSIZES)
@@ -445,6 +469,9 @@ def bits_per_parameter(blocksize: int = 64, double_quant: bool = False,
 
     B = 64: 4.5 -> 4.127 bits (QLoRA: 0.5 -> 0.127 bits for the constants). The single
     float32 offset μ per tensor is negligible and left out, as in the paper.
+
+    >>> bits_per_parameter(64), bits_per_parameter(64, double_quant=True)  # 4 + 8/64 + 32/(64·256)
+    (4.5, 4.126953125)
     """
     if double_quant:
         return 4 + 8 / blocksize + 32 / (blocksize * nested_blocksize)
