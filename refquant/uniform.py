@@ -98,7 +98,10 @@ def code_range(bits: int, symmetric: bool, signed: bool = True) -> tuple[int, in
 
     The restricted symmetric range keeps -x̂ = D(Q(-x)): the grid is mirror-symmetric.
 
-    Example: code_range(4, True) == (-7, 7); code_range(4, False, signed=False) == (0, 15).
+    Example:
+
+    >>> code_range(4, True), code_range(4, False), code_range(4, False, signed=False)
+    ((-7, 7), (-8, 7), (0, 15))
     """
     b = check_bits(bits)
     half = 1 << (b - 1)
@@ -152,6 +155,10 @@ def qparams(x_min: Any, x_max: Any, bits: int, symmetric: bool, signed: bool = T
 
     Example (asymmetric 2-bit unsigned, range [-1, 2]): s = 3/3 = 1, z = 0 - round(-1/1) = 1;
     codes 0..3 stand for -1, 0, 1, 2.
+
+    >>> s, z = qparams(np.float32([-1.0]), np.float32([2.0]), bits=2, symmetric=False, signed=False)
+    >>> print(s.tolist(), z.tolist())
+    [1.0] [1.0]
     """
     check_bits(bits)
     q_min, q_max = q_range if q_range is not None else code_range(bits, symmetric, signed)
@@ -441,6 +448,10 @@ def quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: str = "
     Example: quantize(np.float32([-1, 0, 0.5, 2]), bits=2, symmetric=False, signed=False)
     has s = 3/3 = 1, z = 0 - round(-1/1) = 1 and q = [0, 1, 1, 3]: 0.5/1 = 0.5 is a tie and
     rounds to the even 0, so 0.5 dequantizes to 0.0.
+
+    >>> qt = quantize(np.float32([-1, 0, 0.5, 2]), bits=2, symmetric=False, signed=False)
+    >>> print(qt.s.tolist(), qt.z.tolist(), qt.q.tolist(), dequantize(qt).tolist())
+    [1.0] [1.0] [0, 1, 1, 3] [-1.0, 0.0, 0.0, 2.0]
     """
     check_float_input(x, "x")
     b = check_bits(bits)
@@ -607,6 +618,13 @@ def pack_codes(q: Any, bits: int, signed: bool = True) -> np.ndarray:
     [q0, q1] -> q0 | q1 << 4; for 2 bits, [q0, q1, q2, q3] -> q0 | q1 << 2 | q2 << 4 | q3 << 6;
     3-bit codes run as one continuous LSB-first bit stream (8 codes -> 3 bytes).
     q: (..., n) -> (..., ceil(n b / 8)) uint8.
+
+    Example: signed 4-bit [-8, 7, 0, 1] are u = [0, 15, 8, 9]: bytes 0 | 15 << 4 = 240, 8 | 9 << 4 = 152.
+
+    >>> pack_codes(np.array([-8, 7, 0, 1]), bits=4).tolist()
+    [240, 152]
+    >>> unpack_codes(np.uint8([240, 152]), bits=4, n=4).tolist()
+    [-8, 7, 0, 1]
     """
     b = check_bits(bits)
     u = to_numpy(q).astype(np.int64)
@@ -634,6 +652,9 @@ def bits_per_weight(bits: int, group_size: int | None = None, scale_bits: int = 
     ``group_size=None`` counts codes only (per-tensor parameters are negligible); for a
     per-channel layout pass the row length as G. Example: INT4, G = 128, fp16 scale,
     4-bit zero -> 4 + (16 + 4)/128 = 4.15625 bits.
+
+    >>> bits_per_weight(4, 128, zero_bits=4), bits_per_weight(8)
+    (4.15625, 8.0)
     """
     bits = check_int(bits, "bits", 1, 32)
     scale_bits, zero_bits = check_int(scale_bits, "scale_bits", 0), check_int(zero_bits, "zero_bits", 0)
@@ -648,6 +669,9 @@ def model_size_bytes(n_params: float, bits: int, group_size: int | None = None, 
 
     The tutorial's first exercise, a 13B model: FP16 -> 13e9 * 16 / 8 = 26 GB; INT4 with
     G = 128 and an fp16 scale -> 13e9 * 4.125 / 8 = 6.703 GB (3.88x smaller, not 4x).
+
+    >>> model_size_bytes(13e9, 16) / 1e9, model_size_bytes(13e9, 4, group_size=128) / 1e9
+    (26.0, 6.703125)
     """
     if not n_params > 0:
         raise ValueError(f"n_params: expected a positive count, got {n_params!r}")
