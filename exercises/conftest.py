@@ -41,3 +41,9 @@ def calib_tokens(smollm2):
     from refquant.model import data
 
     return np.asarray(smollm2.tokenize(data.calibration_text()), dtype=np.int64)
+
+
+# attempts are loaded by file (refquant.exercises.load_attempt), never imported by name: every folder
+# has a solution.py and a starter.py, and tests/ has a conftest.py too, which `--doctest-modules`
+# would otherwise import as clashing top-level modules
+collect_ignore_glob = ["*/solution.py", "*/starter.py", "conftest.py"]

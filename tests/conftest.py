@@ -1,4 +1,5 @@
-"""Shared fixtures: Hypothesis profiles, the backend fixture ``xp``, GPU skipping, the model file.
+"""Shared fixtures: Hypothesis profiles, the backend fixture ``xp``, GPU skipping, the model file
+and real SmolLM2 weight rows.
 
 Hypothesis profiles (choose with HYPOTHESIS_PROFILE=...):
   ci        derandomized, fixed example counts: reproducible and bounded (default under CI)
@@ -28,6 +29,9 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# `--doctest-modules` would import this file as a top-level module `conftest`, clashing with exercises/'s
+collect_ignore = ["conftest.py"]
 
 
 def _backends():
@@ -70,9 +74,35 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def smollm2_path():
-    from refquant._data import smollm2_path as find
+    from refquant.model.data import smollm2_path as find
 
     return find()
+
+
+def _decoded_rows(path: str, name: str, rows: slice) -> np.ndarray:
+    """Rows ``rows`` of the tensor ``name`` of a GGUF file as float32, decoded by gguf-py (an
+    independent decoder: the rows feed parity tests of refquant's own codecs)."""
+    import gguf
+    from gguf import quants
+
+    from refquant.gguf import file
+
+    with file.read(path) as f:
+        tensor = f.tensors[name]
+        raw = np.array(tensor.raw[rows])                                    # (rows, row bytes) uint8
+        return quants.dequantize(raw, gguf.GGMLQuantizationType[tensor.type]).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def smollm2_rows(smollm2_path):
+    """64 real rows of 576 weights: token embeddings (Q8_0 in the file), every 769th."""
+    return _decoded_rows(smollm2_path, "token_embd.weight", slice(None, 769 * 64, 769))
+
+
+@pytest.fixture(scope="session")
+def real_rows(smollm2_path):
+    """Real weights: 24 rows of blk.3.ffn_down (Q4_1 in the file, 1536 per row), every 24th."""
+    return _decoded_rows(smollm2_path, "blk.3.ffn_down.weight", slice(None, None, 24))
 
 
 @pytest.fixture
