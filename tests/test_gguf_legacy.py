@@ -57,18 +57,6 @@ def rows_and_imatrix(draw, block=32):
     return x, draw(imatrices(x.shape[1]))
 
 
-@pytest.fixture(scope="module")
-def smollm2_rows(smollm2_path):
-    """64 real rows of 576 weights: token embeddings (Q8_0 in the file) decoded by gguf-py."""
-    from gguf import quants
-
-    from refquant.gguf import file
-
-    with file.read(smollm2_path) as f:
-        raw = np.array(f.tensors["token_embd.weight"].raw[::769][:64])
-    return quants.dequantize(raw, gguf_py_type("Q8_0")).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- bytes vs libggml
 
 @pytest.mark.parametrize("qtype", LEGACY)
