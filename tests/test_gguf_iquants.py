@@ -23,19 +23,6 @@ def rows_and_imatrix(draw, block):
     return x, draw(imatrices(x.shape[1]))
 
 
-@pytest.fixture(scope="module")
-def real_rows(smollm2_path):
-    """Real weights: 24 rows of blk.3.ffn_down (Q4_1 in the file, 1536 per row) decoded by gguf-py."""
-    import gguf
-    from gguf import quants
-
-    from refquant.gguf import file
-
-    with file.read(smollm2_path) as f:
-        raw = np.array(f.tensors["blk.3.ffn_down.weight"].raw[::24])
-    return quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- bytes vs libggml
 
 @pytest.mark.parametrize("qtype, block", IQ4)
