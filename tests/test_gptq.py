@@ -136,6 +136,21 @@ def test_dead_columns(layer, data):
     assert np.all(np.isfinite(r.W_hat)) and np.all(r.W_hat[:, dead] == 0) and np.isfinite(r.loss)
 
 
+@given(layers(), st.booleans(), st.data())
+def test_a_shared_factor_gives_each_layer_its_own_codes(layer, act_order, data):
+    # q, k, v read one input: one prepare_hessian(H).U serves them all, bit for bit with the
+    # factor each gptq_quantize would compute (dead inputs and the act-order permutation included)
+    W, X = layer["W"], layer["X"].copy()
+    X[:, data.draw(st.lists(st.integers(0, W.shape[1] - 1), max_size=2, unique=True))] = 0
+    h = gptq.Hessian(W.shape[1])
+    h.add(X)
+    U = gptq.prepare_hessian(h.H, act_order).U
+    kw = dict(bits=layer["bits"], group_size=layer["G"], symmetric=layer["symmetric"], act_order=act_order)
+    for rows in (W, 3 * W[::-1]):  # two different layers reading the same input
+        own, shared = gptq.gptq_quantize(rows, h.H, **kw), gptq.gptq_quantize(rows, h.H, U=U, **kw)
+        assert np.array_equal(own.q, shared.q) and np.array_equal(own.W_hat, shared.W_hat) and own.loss == shared.loss
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_loss_not_above_round_to_nearest(bits, seed):

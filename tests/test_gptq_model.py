@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refquant import blockwise
+from refquant import blockwise, gptq
 from test_awq import tiny_model
 
 
@@ -61,3 +61,19 @@ def test_fewer_tokens_than_a_window():
     model = tiny_model(6)
     W_hat = blockwise.gptq_quantize_model(model, np.arange(40) % 97, bits=4, group_size=32, window=512, blocks=[0])
     assert len(W_hat.weights) == 7
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_shared_input_codes_equal_separate_layers(act_order):
+    # the driver builds one Hessian and one factor for q, k, v: their codes are those of three
+    # separate gptq_quantize calls, each on its own Hessian of the captured input
+    model = tiny_model(7)
+    calib = np.random.default_rng(7).integers(0, 97, 128)
+    r = blockwise.gptq_quantize_model(model, calib, bits=4, group_size=32, act_order=act_order, window=64, blocks=[0])
+    H = gptq.Hessian(model.config.n_embd)
+    for h in blockwise.embedded_windows(model, calib, 64):
+        H.add(blockwise.block_inputs(model, 0, [h])["attn_q"])
+    for k in ("attn_q", "attn_k", "attn_v"):
+        name = f"blk.0.{k}.weight"
+        own = gptq.gptq_quantize(model.weights[name], H.H, 4, 32, act_order=act_order, partial_group=True)
+        assert np.array_equal(own.q, r.details[name].q) and np.array_equal(own.W_hat, r.weights[name])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -227,6 +228,13 @@ def test_with_weights_swaps_one_weight_only():
     assert np.any(model.weights[name] != 0)  # the original is untouched
 
 
+def test_with_weights_shares_float32_arrays():
+    # a block-by-block driver hands each new weight over once: no cast, no copy
+    model = tiny_model()
+    W = np.zeros_like(model.weights["blk.0.attn_q.weight"])
+    assert model.with_weights({"blk.0.attn_q.weight": W}).weights["blk.0.attn_q.weight"] is W
+
+
 def test_with_weights_rejects_bad_replacements():
     model = tiny_model()
     with pytest.raises(ValueError, match="unknown weight"):
@@ -293,6 +301,15 @@ def test_missing_tensor(tmp_path):
     _write_gguf(tmp_path / "partial.gguf", "llama")
     with pytest.raises(ValueError, match="lacks tensor.*output_norm.weight"):
         load_model(tmp_path / "partial.gguf")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
+def test_loader_unmaps_the_file_once_decoded(smollm2_path):
+    from refquant.model import loader
+
+    loader.load_file.__wrapped__(*loader.file_key(smollm2_path))  # not the cache: a real read
+    with open("/proc/self/maps") as maps:
+        assert os.path.realpath(smollm2_path) not in maps.read()
 
 
 def test_weights_equal_gguf_py_decoding(smollm2_path):
