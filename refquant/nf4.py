@@ -50,6 +50,7 @@ quantization); bitsandbytes/functional.py ``quantize_4bit``, ``dequantize_4bit``
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,7 @@ __all__ = [
     "absmax_mean",
     "torch_sum_f32",
     "bits_per_parameter",
+    "stored_bytes",
     "max_code_gap",
 ]
 
@@ -458,6 +460,34 @@ def dequantize_nf4(packed: Any, state: QuantState) -> Any:
 # --------------------------------------------------------------------------------------
 # Memory accounting
 # --------------------------------------------------------------------------------------
+
+
+def _nbytes(a: Any) -> int:
+    """Bytes of an array as held: elements times the dtype's width (array API iinfo / finfo)."""
+    xp = namespace(a)
+    width = (xp.iinfo if xp.isdtype(a.dtype, "integral") else xp.finfo)(a.dtype).bits
+    return math.prod(int(n) for n in a.shape) * width // 8
+
+
+def stored_bytes(packed: Any, state: QuantState) -> int:
+    """Bytes one quantized tensor takes: its packed codes and its block statistics, at the
+    dtypes they are held in (the 16- and 256-entry code books are shared, not counted):
+
+        plain:   ceil(n/2) code bytes + 4 per block (float32 absmax m)
+        double:  ceil(n/2) + 1 per block (uint8 codes of m - μ) + 4 per 256 blocks (float32 M) + 4 (μ)
+
+    ``bits_per_parameter`` is the same count per weight, without the single μ per tensor.
+    Example: 1024 weights in blocks of 64: 512 + 16·4 = 576 bytes (4.5 bits per weight);
+    double-quantized: 512 + 16·1 + 1·4 + 4 = 536.
+
+    >>> x = np.linspace(-1, 1, 1024, dtype=np.float32)
+    >>> print([stored_bytes(*quantize_4bit(x, 64, double_quant=dq)) for dq in (False, True)])
+    [576, 536]
+    """
+    parts = [packed, state.absmax]
+    if state.nested:
+        parts += [state.state2.absmax, state.offset]
+    return sum(_nbytes(a) for a in parts)
 
 
 def bits_per_parameter(blocksize: int = 64, double_quant: bool = False,

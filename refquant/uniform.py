@@ -68,7 +68,7 @@ __all__ = [
     "quantize_codes_torch", "fake_quantize_codes", "range_search", "torch_observer_qparams",
     "UniformQuantized", "quantize", "dequantize", "fake_quantize",
     "pack_codes", "unpack_codes",
-    "bits_per_weight", "model_size_bytes", "TORCH_EPS", "TORCH_QUINT8_SYMMETRIC_ZERO", "GRANULARITIES",
+    "bits_per_weight", "model_size_bytes", "stored_bytes", "TORCH_EPS", "TORCH_QUINT8_SYMMETRIC_ZERO", "GRANULARITIES",
     "CONVENTIONS",
 ]
 
@@ -661,6 +661,30 @@ def bits_per_weight(bits: int, group_size: int | None = None, scale_bits: int = 
     if group_size is None:
         return float(bits)
     return bits + (scale_bits + zero_bits) / check_int(group_size, "group_size", 1)
+
+
+def stored_bytes(qt: UniformQuantized, scale_bits: int = 16) -> int:
+    """Bytes a checkpoint holds for ``qt``, counted on what would be written:
+
+        codes        pack_codes(q): ceil(n · b / 8) bytes per row of q's last axis (per group of G)
+        scales       scale_bits per (s, z) pair (float16: 16), rounded up to whole bytes
+        zero-points  asymmetric only: every z as one stream of b-bit codes (a symmetric z is
+                     fixed by the format and not stored)
+
+    Example: INT4 asymmetric, 2 rows of 256 in groups of 128: 2·256·4/8 = 256 code bytes,
+    4 float16 scales = 8 bytes, 4 zero-points of 4 bits = 2 bytes, 266 in all; 8 · 266 / 512
+    = 4.15625 = bits_per_weight(4, 128, zero_bits=4).
+
+    >>> qt = quantize(np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256), bits=4, symmetric=False,
+    ...               granularity="group", group_size=128, signed=False)
+    >>> print(stored_bytes(qt), 8 * stored_bytes(qt) / 512 == bits_per_weight(4, 128, zero_bits=4))
+    266 True
+    """
+    scale_bits = check_int(scale_bits, "scale_bits", 1)
+    codes = pack_codes(qt.q, qt.bits, qt.signed).nbytes
+    scales = (qt.n_params * scale_bits + 7) // 8
+    zeros = 0 if qt.symmetric else pack_codes(to_numpy(qt.z).reshape(-1), qt.bits, qt.signed).nbytes
+    return int(codes + scales + zeros)
 
 
 def model_size_bytes(n_params: float, bits: int, group_size: int | None = None, scale_bits: int = 16,
