@@ -11,6 +11,10 @@ Modules (imported on first use):
     refquant.awq       AWQ (Lin et al. 2024)
     refquant.model     a NumPy Llama runtime for GGUF models (SmolLM2-135M), perplexity
     refquant.testing   Hypothesis strategies and oracle adapters for verifying other kernels
+    refquant.report    every method on one model, measured (bytes through the library, perplexity)
+    refquant.verify    refquant's parity checks against the oracles installed here
+    refquant.exercises the practice exercises and their checkers
+    refquant.cli       the ``refquant`` command (report, quantize, inspect, verify, exercises)
 
 Every numeric function takes arrays of any array-API library (NumPy, CuPy, torch,
 array-api-strict) and returns arrays of the same library.
@@ -22,7 +26,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("uniform", "nf4", "int8", "gguf", "gptq", "awq", "model", "testing", "report", "cli")
+_SUBMODULES = ("uniform", "nf4", "int8", "gguf", "gptq", "awq", "model", "testing", "report", "verify",
+               "exercises", "cli")
 
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -9,17 +9,27 @@ Every method starts from the same baseline — the model file's weights decoded 
 float32 — and hands back the dequantized weights Ŵ it would store, which the same
 forward pass then evaluates. The columns:
 
-    bpw      bits per weight of the tensors the method quantizes, scales and zero-points
-             included: 8 · (bytes stored) / (weights)
-    MB       the whole model in memory: quantized tensors at their stored size, tensors the
-             method leaves alone at float16 (matrices) or float32 (norm vectors), 1 MB = 10⁶ B
+    bpw      bits per parameter of the whole model: 8 · (model bytes) / (every parameter),
+             the plot's x axis; every row counts the same tensor set, so a smaller model
+             is always a smaller bpw
+    MB       those model bytes: quantized tensors at their stored size (codes, scales and
+             zero-points, as the library counts them: ``uniform.stored_bytes``,
+             ``nf4.stored_bytes``, the bytes ``gguf.quantize`` writes), tensors the method
+             leaves alone at float16 (matrices) or float32 (norm vectors), 1 MB = 10⁶ B
+    q.bpw    bits per weight over the tensors the method quantizes only, named in the next
+             column: the block linears for INT / NF4 / GPTQ / AWQ, and for the llama.cpp
+             mixtures the token embedding too (tied to the output, llama-quantize gives it
+             Q8_0 or Q6_K), so q.bpw of two families compare different tensor sets
+    tensors  that tensor set
     rel.err  ‖W − Ŵ‖_F / ‖W‖_F summed over every tensor the method changed
     ppl      perplexity exp(−mean log p(token | context)) on the evaluation text
     Δppl     ppl − baseline ppl
     time     seconds to quantize (calibration included for GPTQ and AWQ)
 
 Outputs: the table on the terminal, and report.md, report.csv and report.png (perplexity
-against bits per weight, the Pareto front drawn) in --out (default ./refquant-report).
+against whole-model bits per parameter, the Pareto front drawn) in --out (default
+./refquant-report). The command (``refquant report``: arguments, protocol, exit status)
+is ``refquant.cli.report``; this module measures and writes.
 
 A method is a plain function ``fn(model, ctx) -> Quantized(weights, nbytes)`` in the
 ``METHODS`` dict; its docstring's first line describes it in the report.
@@ -29,11 +39,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
+import importlib.util
 import io
 import math
 import os
-import platform
 import re
 import sys
 import time
@@ -42,13 +51,14 @@ from typing import Any, Callable, Iterable, NamedTuple
 import numpy as np
 
 from ._backend import from_numpy, namespace, to_numpy
+from ._errors import require
 from ._rounding import to_fp16
-from .cli import UserError, input_file, output_folder
 
 __all__ = [
     "METHODS", "QUICK_METHODS", "DEFAULT_METHODS", "Quantized", "Context", "Row",
-    "measure", "run_methods", "pareto_front", "to_markdown", "to_csv", "plot",
-    "block_linear_names", "add_arguments", "run",
+    "measure", "run_methods", "pareto_front", "to_markdown", "to_csv", "plot", "print_table",
+    "write_outputs", "parse_methods", "block_linear_names", "tensor_set", "relative_error", "model_bytes",
+    "COLUMNS", "INSTALL_MODEL_EXTRA",
 ]
 
 # The linear layers of a Llama block, by GGUF name: the tensors GPTQ, AWQ, bitsandbytes
@@ -58,6 +68,8 @@ _BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
 
 BYTES_KEPT_MATRIX = 2  # a tensor a method leaves alone is stored as float16 ...
 BYTES_KEPT_VECTOR = 4  # ... or, for a 1-D norm weight, float32 (as llama.cpp keeps norms)
+SCALE_BITS = 16        # a scale is stored as float16 (what a checkpoint holds and a kernel reads)
+INSTALL_MODEL_EXTRA = "pip install 'refquant[model]'"  # tokenizers and matplotlib
 
 
 class Quantized(NamedTuple):
@@ -93,11 +105,17 @@ class Context:
 
 @dataclasses.dataclass
 class Row:
-    """One line of the report. ``status`` is 'ok', 'unavailable' or 'failed: <why>'."""
+    """One line of the report. ``status`` is 'ok' or 'failed: <why>'.
+
+    model_bits_per_weight: 8 · model bytes / every parameter of the model (the plot's x);
+    bits_per_weight: 8 · bytes / weights over the tensors the method quantized, ``tensors``.
+    """
 
     method: str
     description: str
+    model_bits_per_weight: float = math.nan
     bits_per_weight: float = math.nan
+    tensors: str = ""
     memory_mb: float = math.nan
     rel_error: float = math.nan
     perplexity: float = math.nan
@@ -157,39 +175,53 @@ def _rtn_channel(W: Any, bits: int) -> tuple[Any, int]:
     """Symmetric per-output-channel RTN: codes from the float32 scale, the scale stored as float16.
 
     s_r = max_j |w_rj| / q_max,  q = round(w / s_r),  ŵ = fp16(s_r) · q
-    bytes: out·in·b/8 codes + 2 per row (z = 0 is not stored)
+    bytes: ``uniform.stored_bytes``, out·in·b/8 codes + 2 per row (z = 0 is not stored)
     """
     from . import uniform
 
     qt = uniform.quantize(W, bits=bits, symmetric=True, granularity="channel", axis=0)
     qt = dataclasses.replace(qt, s=to_fp16(qt.s))  # what a checkpoint holds and a kernel reads
-    n_out, n_in = (int(n) for n in W.shape)
-    return uniform.dequantize(qt), n_out * n_in * bits // 8 + 2 * n_out
+    return uniform.dequantize(qt), uniform.stored_bytes(qt, scale_bits=SCALE_BITS)
+
+
+def _group_spans(n_in: int, G: int) -> list[tuple[int, int, int]]:
+    """(lo, hi, group size) column spans: full groups of G, then the remaining columns as one
+    last, shorter group, as GPTQ's reference code groups them (SmolLM2's 576 = 4·128 + 64)."""
+    n_full = n_in // G * G
+    spans = [(0, n_full, G)] if n_full else []
+    return spans + ([(n_full, n_in, n_in - n_full)] if n_in > n_full else [])
 
 
 def _rtn_group(W: Any, bits: int, G: int) -> tuple[Any, int]:
     """Asymmetric RTN per group of G input columns (unsigned codes 0..2^b-1, a zero-point per group).
 
-    When G does not divide the row (SmolLM2's 576 = 4·128 + 64) the last group is the
-    remaining columns, as GPTQ's reference code groups them. Scales are stored as float16,
-    zero-points as b-bit integers: b + (16 + b)/G bits per weight.
+    Scales are stored as float16, zero-points as b-bit integers: b + (16 + b)/G bits per
+    weight, counted by ``uniform.stored_bytes`` on the codes of each span (``_group_spans``).
     """
     from . import uniform
 
     xp = namespace(W)
-    n_in = int(W.shape[1])
-    n_full = n_in // G * G
-    parts = []
-    for lo, hi in ((0, n_full), (n_full, n_in)):
-        if hi == lo:
-            continue
-        g = G if hi - lo >= G else hi - lo
+    parts, nbytes = [], 0
+    for lo, hi, g in _group_spans(int(W.shape[1]), G):
         qt = uniform.quantize(W[:, lo:hi], bits=bits, symmetric=False, granularity="group", group_size=g,
                               signed=False)
         qt = dataclasses.replace(qt, s=to_fp16(qt.s))
         parts.append(uniform.dequantize(qt))  # (out, hi - lo)
+        nbytes += uniform.stored_bytes(qt, scale_bits=SCALE_BITS)
     W_hat = xp.concat(parts, axis=1) if len(parts) > 1 else parts[0]  # (out, in)
-    return W_hat, _group_bytes(W, bits, G)
+    return W_hat, nbytes
+
+
+def _group_bytes(W: Any, bits: int, G: int) -> int:
+    """What ``_rtn_group`` stores for an (out, in) weight, from its shape, for methods that hand
+    back Ŵ only (GPTQ, AWQ): ``uniform.model_size_bytes`` of each span, b-bit codes, a float16
+    scale and a b-bit zero-point per group. AWQ's scales fold into the preceding norm or
+    linear: no extra bytes."""
+    from . import uniform
+
+    n_out = int(W.shape[0])
+    return sum(math.ceil(uniform.model_size_bytes(n_out * (hi - lo), bits, g, SCALE_BITS, zero_bits=bits))
+               for lo, hi, g in _group_spans(int(W.shape[1]), G))
 
 
 def _uniform(bits: int, group_size: int | None) -> Callable[[Any, Context], Quantized]:
@@ -208,23 +240,13 @@ def _uniform(bits: int, group_size: int | None) -> Callable[[Any, Context], Quan
     return method
 
 
-def _nf4_bytes(packed: Any, state: Any) -> int:
-    """Stored size of one NF4 tensor: packed codes + absmax (float32, or uint8 codes + the
-    nested float32 absmax per 256 blocks + the float32 mean). The 16- and 256-entry code books
-    are shared by every tensor and not counted."""
-    nbytes = _numel(packed) + _numel(state.absmax) * (1 if state.nested else 4)
-    if state.nested:
-        nbytes += 4 * _numel(state.state2.absmax) + 4
-    return nbytes
-
-
 def _nf4(double_quant: bool) -> Callable[[Any, Context], Quantized]:
     def method(model: Any, ctx: Context) -> Quantized:
         from . import nf4
 
         def one(name, W):
             packed, state = nf4.quantize_4bit(W, blocksize=64, quant_type="nf4", double_quant=double_quant)
-            return nf4.dequantize_4bit(packed, state), _nf4_bytes(packed, state)
+            return nf4.dequantize_4bit(packed, state), nf4.stored_bytes(packed, state)
 
         return _per_tensor(model, ctx, block_linear_names(model.weights), "NF4-DQ" if double_quant else "NF4", one)
 
@@ -245,7 +267,7 @@ def _gptq(model: Any, ctx: Context) -> Quantized:
     weights = blockwise.gptq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128, act_order=False,
                                             blocks=_selected_blocks(model, ctx), progress=ctx.progress).weights
     weights = {n: weights[n] for n in ctx.select(weights)}
-    return Quantized(weights, sum(_group_bytes(W, bits=4, group_size=128) for W in weights.values()))
+    return Quantized(weights, sum(_group_bytes(W, bits=4, G=128) for W in weights.values()))
 
 
 def _awq(model: Any, ctx: Context) -> Quantized:
@@ -255,16 +277,7 @@ def _awq(model: Any, ctx: Context) -> Quantized:
     weights = blockwise.awq_quantize_model(model, ctx.calib_tokens, bits=4, group_size=128,
                                            blocks=_selected_blocks(model, ctx), progress=ctx.progress).weights
     weights = {n: weights[n] for n in ctx.select(weights)}
-    return Quantized(weights, sum(_group_bytes(W, bits=4, group_size=128) for W in weights.values()))
-
-
-def _group_bytes(W: Any, bits: int, group_size: int) -> int:
-    """Stored size of asymmetric group quantization of one (out, in) weight: b-bit codes, a
-    float16 scale and a b-bit zero-point per group; a last, shorter group when G does not
-    divide ``in``. The AWQ scales s fold into the preceding norm or linear: no extra bytes."""
-    n_out, n_in = (int(n) for n in W.shape)
-    n_groups = n_out * -(-n_in // group_size)
-    return (n_out * n_in * bits + n_groups * (16 + bits) + 7) // 8
+    return Quantized(weights, sum(_group_bytes(W, bits=4, G=128) for W in weights.values()))
 
 
 def _gguf(ftype: str) -> Callable[[Any, Context], Quantized]:
@@ -306,6 +319,19 @@ DEFAULT_METHODS = tuple(METHODS)
 QUICK_METHODS = ("baseline", "INT8", "INT4-G128", "NF4", "Q8_0", "Q4_K_M", "Q2_K")
 
 
+def parse_methods(spec: str | None, quick: bool) -> list[str]:
+    """The method names of a comma-separated ``spec`` (case-insensitive), or the default set
+    (``QUICK_METHODS`` when ``quick``); ValueError naming an unknown method and the known ones."""
+    if not spec:
+        return list(QUICK_METHODS if quick else DEFAULT_METHODS)
+    lookup = {m.lower(): m for m in METHODS}
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in names if s.lower() not in lookup]
+    if unknown or not names:
+        raise ValueError(f"unknown method {', '.join(unknown) or repr(spec)}; known: {', '.join(METHODS)}")
+    return [lookup[s.lower()] for s in names]
+
+
 def describe(method: Callable) -> str:
     return (method.__doc__ or "").strip().splitlines()[0] if method.__doc__ else ""
 
@@ -334,22 +360,46 @@ def model_bytes(weights: dict[str, Any], q: Quantized) -> int:
     return int(q.nbytes) + kept
 
 
+def tensor_set(weights: dict[str, Any], names: Iterable[str]) -> str:
+    """The tensors ``names`` of a model's ``weights`` in a few words: the block linears (all, or
+    how many of them) and any other tensor by its short name.
+
+    Example:
+        >>> W = {"token_embd.weight": np.zeros((4, 2)), "output_norm.weight": np.ones(2),
+        ...      "blk.0.attn_q.weight": np.zeros((2, 2)), "blk.0.ffn_up.weight": np.zeros((3, 2))}
+        >>> linears = ["blk.0.attn_q.weight", "blk.0.ffn_up.weight"]
+        >>> print([tensor_set(W, W), tensor_set(W, linears), tensor_set(W, linears[:1]),
+        ...        tensor_set(W, [*linears, "token_embd.weight"])])
+        ['all tensors', 'block linears', '1 of 2 block linears', 'block linears + token_embd']
+    """
+    names = set(names)
+    if names == set(weights):
+        return "all tensors"
+    linear = set(block_linear_names(weights))
+    n_linear = len(names & linear)
+    parts = ["block linears" if n_linear == len(linear) else f"{n_linear} of {len(linear)} block linears"] \
+        if n_linear else []
+    others = sorted(n.removesuffix(".weight") for n in names - linear)
+    parts += others if len(others) <= 3 else [*others[:2], f"{len(others) - 2} other tensors"]
+    return " + ".join(parts) or "none"
+
+
 def measure(name: str, method: Callable, model: Any, ctx: Context, evaluate: Callable[[Any], float],
             baseline_ppl: float | None) -> Row:
-    """Run one method and evaluate its weights: a filled Row (or one saying why not)."""
+    """Run one method and evaluate its weights: a filled Row. Whatever the method raises
+    propagates (``run_methods`` makes it a 'failed' row): a module that fails to import is a
+    bug to see, not a method to skip."""
     row = Row(name, describe(method))
     t0 = time.perf_counter()
-    try:
-        q = method(model, ctx)
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("refquant"):
-            row.status = "unavailable"
-            return row
-        raise
+    q = method(model, ctx)
     row.seconds = time.perf_counter() - t0
     n_weights = sum(_numel(model.weights[n]) for n in q.weights)
+    n_params = sum(_numel(W) for W in model.weights.values())
+    nbytes = model_bytes(model.weights, q)
+    row.model_bits_per_weight = 8.0 * nbytes / n_params
     row.bits_per_weight = 8.0 * q.nbytes / n_weights if n_weights else math.nan
-    row.memory_mb = model_bytes(model.weights, q) / 1e6
+    row.tensors = tensor_set(model.weights, q.weights)
+    row.memory_mb = nbytes / 1e6
     row.rel_error = relative_error(model.weights, q.weights)
     row.perplexity = float(evaluate(model.with_weights(q.weights)))
     if baseline_ppl is not None:
@@ -385,20 +435,26 @@ def run_methods(names: Iterable[str], model: Any, ctx: Context, evaluate: Callab
 # outputs
 # ---------------------------------------------------------------------------------------
 
-COLUMNS = ("method", "bpw", "MB", "rel.err", "ppl", "Δppl", "time (s)")
+COLUMNS = ("method", "bpw", "MB", "q.bpw", "tensors", "rel.err", "ppl", "Δppl", "time (s)")
+COLUMN_NOTE = ("bpw: bits per parameter of the whole model, 8 · model bytes / all parameters (the plot's x); "
+               "MB: those bytes, unquantized tensors at float16 (norms float32); q.bpw: bits per weight "
+               "of the quantized tensors only, the set named in 'tensors' (the llama.cpp mixtures "
+               "quantize the tied token embedding too, the other methods keep it at float16).")
 
 
 def _cells(r: Row) -> list[str]:
     if r.status != "ok":
-        return [r.method, "—", "—", "—", "—", "—", r.status]
-    return [r.method, f"{r.bits_per_weight:.2f}", f"{r.memory_mb:.1f}", f"{r.rel_error:.4f}",
-            f"{r.perplexity:.3f}", f"{r.delta_perplexity:+.3f}", f"{r.seconds:.1f}"]
+        return [r.method, *["—"] * (len(COLUMNS) - 2), r.status]
+    return [r.method, f"{r.model_bits_per_weight:.2f}", f"{r.memory_mb:.1f}", f"{r.bits_per_weight:.2f}",
+            r.tensors, f"{r.rel_error:.4f}", f"{r.perplexity:.3f}", f"{r.delta_perplexity:+.3f}",
+            f"{r.seconds:.1f}"]
 
 
 def pareto_front(rows: list[Row]) -> list[Row]:
-    """The rows no other row beats on both axes (fewer bits and lower perplexity), by bits."""
+    """The rows no other row beats on both axes (fewer whole-model bits per parameter and lower
+    perplexity), by bits."""
     ok = sorted((r for r in rows if r.status == "ok" and math.isfinite(r.perplexity)),
-                key=lambda r: (r.bits_per_weight, r.perplexity))
+                key=lambda r: (r.model_bits_per_weight, r.perplexity))
     front: list[Row] = []
     for r in ok:
         if not front or r.perplexity < front[-1].perplexity:
@@ -409,7 +465,7 @@ def pareto_front(rows: list[Row]) -> list[Row]:
 def to_markdown(rows: list[Row], protocol: dict[str, str]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
-    lines += ["", footer(protocol), "", "Methods:", ""]
+    lines += ["", footer(protocol), "", COLUMN_NOTE, "", "Methods:", ""]
     lines += [f"- **{r.method}**: {r.description}" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -435,24 +491,26 @@ _LABEL_SPOTS = ((5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right
 
 
 def plot(rows: list[Row], path: str, title: str = "") -> None:
-    """Perplexity against bits per weight, one labelled point per method, the Pareto front drawn.
+    """Perplexity against whole-model bits per parameter, one labelled point per method, the
+    Pareto front drawn (needs matplotlib: ``MissingDependency`` saying how to install it).
 
-    x is log₂-scaled so that 2 … 8 bits spread out next to the 32-bit baseline; each label goes
+    x is log₂-scaled so that 4 … 10 bits spread out next to the 32-bit baseline; each label goes
     to the first spot around its point that overlaps no label placed before it.
     """
+    require("matplotlib", INSTALL_MODEL_EXTRA)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global backend state
     from matplotlib.transforms import Bbox
 
     ok = sorted((r for r in rows if r.status == "ok" and math.isfinite(r.perplexity)),
-                key=lambda r: (r.bits_per_weight, r.perplexity))
+                key=lambda r: (r.model_bits_per_weight, r.perplexity))
     front = pareto_front(ok)
     fig = Figure(figsize=(8, 5), dpi=120)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.plot([r.bits_per_weight for r in front], [r.perplexity for r in front], "-", color="tab:orange",
+    ax.plot([r.model_bits_per_weight for r in front], [r.perplexity for r in front], "-", color="tab:orange",
             lw=2, alpha=0.6, zorder=1, label="Pareto front")
-    ax.scatter([r.bits_per_weight for r in ok], [r.perplexity for r in ok], s=36, zorder=2,
+    ax.scatter([r.model_bits_per_weight for r in ok], [r.perplexity for r in ok], s=36, zorder=2,
                color=["tab:orange" if r in front else "tab:blue" for r in ok])
     base = next((r for r in ok if r.method == "baseline"), None)
     if base is not None:
@@ -460,9 +518,9 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
     ax.set_xscale("log", base=2)
     ticks = [2, 3, 4, 5, 6, 8, 16, 32]
     ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set_xlabel("bits per weight (scales and zero-points included)")
+    ax.set_xlabel("bits per parameter, whole model (scales, zero-points and unquantized tensors included)")
     ax.set_ylabel("perplexity (lower is better)")
-    ax.set_title(title or "perplexity against bits per weight")
+    ax.set_title(title or "perplexity against whole-model bits per parameter")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.1)
     ax.legend(loc="upper right", fontsize=8)
@@ -473,10 +531,10 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
     frame = ax.get_window_extent(renderer)
     marker = 4 * fig.dpi / 72  # the markers' half width in pixels (s=36 -> 6 points wide)
     placed = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker)
-              for px, py in ax.transData.transform([(r.bits_per_weight, r.perplexity) for r in ok])]
+              for px, py in ax.transData.transform([(r.model_bits_per_weight, r.perplexity) for r in ok])]
     for r in ok:
         for k, (dx, dy, ha, va) in enumerate(_LABEL_SPOTS):
-            label = ax.annotate(r.method, (r.bits_per_weight, r.perplexity), xytext=(dx, dy),
+            label = ax.annotate(r.method, (r.model_bits_per_weight, r.perplexity), xytext=(dx, dy),
                                 textcoords="offset points", ha=ha, va=va, fontsize=8)
             box = label.get_window_extent(renderer)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
@@ -488,17 +546,16 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
 
 
 def print_table(rows: list[Row], protocol: dict[str, str], file=None) -> None:
-    """The table on the terminal: rich when available and writing to a terminal, else Markdown."""
+    """The table on the terminal: rich when it is installed (an optional package, checked by
+    name) and writing to a terminal, else Markdown."""
     file = sys.stdout if file is None else file
-    try:
-        if not file.isatty():
-            raise ImportError
-        from rich.console import Console
-        from rich.table import Table
-    except (ImportError, AttributeError, ValueError):
+    if importlib.util.find_spec("rich") is None or not _is_terminal(file):
         file.write(to_markdown(rows, protocol))
         return
-    table = Table(*COLUMNS, caption=footer(protocol), caption_justify="left")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*COLUMNS, caption=f"{footer(protocol)}\n{COLUMN_NOTE}", caption_justify="left")
     for c in table.columns[1:]:
         c.justify = "right"
     for r in rows:
@@ -506,6 +563,13 @@ def print_table(rows: list[Row], protocol: dict[str, str], file=None) -> None:
     Console(file=file).print(table)
     for r in rows:
         Console(file=file).print(f"[bold]{r.method}[/bold]: {r.description}", highlight=False)
+
+
+def _is_terminal(file) -> bool:
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
 
 
 def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> dict[str, str]:
@@ -516,192 +580,8 @@ def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> di
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"report.{ext}") for ext in ("md", "csv", "png")}
     png = io.BytesIO()
-    plot(rows, png, title=f"perplexity against bits per weight — {protocol.get('model', '')}")
+    plot(rows, png, title=f"perplexity against whole-model bits per parameter — {protocol.get('model', '')}")
     for ext, data in (("md", to_markdown(rows, protocol).encode("utf-8")), ("csv", to_csv(rows).encode("utf-8")),
                       ("png", png.getvalue())):
         atomic_write(paths[ext], [data])
     return paths
-
-
-# ---------------------------------------------------------------------------------------
-# the command
-# ---------------------------------------------------------------------------------------
-
-# (evaluation tokens, window, calibration tokens): --quick, and the default
-PROTOCOLS = {"quick": (1024, 512, 512), "default": (2048, 512, 1024)}
-BACKENDS = ("numpy", "torch", "cupy")
-
-
-def add_arguments(parser) -> None:
-    parser.epilog = ("example:\n  refquant report --quick\n"
-                     "  refquant report --methods INT8,GPTQ-4-G128,Q4_K_M --out results/\n"
-                     f"methods: {', '.join(METHODS)}")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"about a minute on 2 cores: fewer tokens and the methods {','.join(QUICK_METHODS)}")
-    parser.add_argument("--methods", metavar="LIST",
-                        help="comma-separated methods to run (default: all; 'baseline' always runs)")
-    parser.add_argument("--model", metavar="PATH.gguf",
-                        help="a Llama-architecture GGUF file (default: SmolLM2-135M-Instruct, installed with refquant)")
-    parser.add_argument("--backend", choices=BACKENDS, default="numpy",
-                        help="array library for the forward pass and the quantizers (default: numpy)")
-    parser.add_argument("--out", metavar="DIR", default="refquant-report",
-                        help="folder for report.md, report.csv and report.png (default: ./refquant-report)")
-    parser.add_argument("--tokens", type=int, metavar="N", help="evaluation tokens (default 2048; 1024 with --quick)")
-    parser.add_argument("--window", type=int, metavar="N", help="perplexity window in tokens (default 512)")
-    parser.add_argument("--calib-tokens", type=int, metavar="N",
-                        help="calibration tokens for GPTQ/AWQ, in windows of 512 (default 1024; 512 with --quick)")
-    parser.add_argument("--tensors", metavar="REGEX",
-                        help="quantize only the tensors whose GGUF name matches (e.g. 'blk\\.0\\.'); "
-                             "the others keep their baseline weights")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
-
-
-def parse_methods(spec: str | None, quick: bool) -> list[str]:
-    if not spec:
-        return list(QUICK_METHODS if quick else DEFAULT_METHODS)
-    lookup = {m.lower(): m for m in METHODS}
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [s for s in names if s.lower() not in lookup]
-    if unknown or not names:
-        raise UserError(f"--methods: unknown method {', '.join(unknown) or repr(spec)}; known: {', '.join(METHODS)}")
-    return [lookup[s.lower()] for s in names]
-
-
-def backend_namespace(name: str):
-    """The array-API namespace for --backend (UserError when the library is missing)."""
-    try:
-        if name == "numpy":
-            import array_api_compat.numpy as xp
-        elif name == "torch":
-            import array_api_compat.torch as xp
-        elif name == "cupy":
-            import array_api_compat.cupy as xp
-        else:
-            raise UserError(f"--backend: expected one of {', '.join(BACKENDS)}, got {name!r}")
-    except ImportError:
-        raise UserError(f"--backend {name}: the {name} package is not installed") from None
-    return xp
-
-
-def _progress_factory(enabled: bool) -> Callable[..., Iterable]:
-    if not enabled:
-        return lambda it, desc="", total=None: it
-    from tqdm.auto import tqdm
-
-    depth = [0]
-
-    def progress(it, desc="", total=None):
-        depth[0] += 1
-        try:
-            yield from tqdm(it, desc=desc, total=total, leave=depth[0] == 1, position=depth[0] - 1,
-                            file=sys.stderr, dynamic_ncols=True)
-        finally:
-            depth[0] -= 1
-
-    return progress
-
-
-def _positive(value: int | None, default: int, name: str) -> int:
-    if value is None:
-        return default
-    if value <= 0:
-        raise UserError(f"{name}: expected a positive number of tokens, got {value}")
-    return value
-
-
-def run(args) -> int:
-    methods = parse_methods(args.methods, args.quick)
-    n_eval, window, n_calib = PROTOCOLS["quick" if args.quick else "default"]
-    n_eval = _positive(args.tokens, n_eval, "--tokens")
-    window = _positive(args.window, window, "--window")
-    if window < 2:
-        raise UserError(f"--window: expected at least 2 tokens, got {window}")
-    n_calib = _positive(args.calib_tokens, n_calib, "--calib-tokens")
-    if args.model is not None:
-        input_file(args.model, "--model")  # a FIFO or device is named, never opened
-    output_folder(args.out, "--out")
-    try:
-        tensors = re.compile(args.tensors) if args.tensors else None
-    except re.error as e:
-        raise UserError(f"--tensors: not a regular expression ({e})") from None
-    xp = backend_namespace(args.backend)
-
-    from . import model as model_mod
-    from .model import data, ppl
-
-    from .gguf.file import GGUFFormatError
-
-    try:
-        model = model_mod.load_model(args.model, xp=xp)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
-    except GGUFFormatError as e:  # truncated, or a count that does not fit the file
-        raise UserError(f"--model: {args.model!r}: not a valid GGUF file: {e}") from None
-    except ValueError as e:  # not a GGUF file, not a Llama, a header that disagrees with its tensors
-        raise UserError(f"--model: {e}") from None
-    except OSError as e:
-        raise UserError(f"--model: cannot read {args.model!r}: {e.strerror or e}") from None
-    if tensors is not None and not any(tensors.search(n) for n, w in model.weights.items() if w.ndim == 2):
-        example = next(iter(block_linear_names(model.weights)), "blk.0.attn_q.weight")
-        raise UserError(f"--tensors: /{args.tensors}/ matches no weight matrix of the model "
-                        f"(names look like {example!r})")
-    _check_writable(args.out)
-
-    eval_tokens = list(model.tokenize(data.evaluation_text()))[:n_eval]
-    calib_tokens = list(model.tokenize(data.calibration_text()))[:n_calib]
-    if len(eval_tokens) < 2:
-        raise UserError("--tokens: the evaluation text gave fewer than 2 tokens")
-    window = min(window, len(eval_tokens))
-    progress = _progress_factory(not args.no_progress)
-    ctx = Context(calib_tokens=calib_tokens, progress=progress, quick=args.quick, tensors=tensors)
-
-    n_windows = len(eval_tokens) // window
-
-    def evaluate(m):
-        """Perplexity over the evaluation windows, a progress tick per window."""
-        ticks = iter(progress(range(n_windows), desc="perplexity"))
-
-        def forward(window_tokens):
-            next(ticks, None)
-            return m.forward(window_tokens)
-
-        result = ppl.perplexity(forward, eval_tokens, window=window, protocol="all")
-        for _ in ticks:  # close the bar
-            pass
-        return float(result.ppl)
-
-    rows = run_methods(methods, model, ctx, evaluate)
-    protocol = {
-        "model": os.path.basename(args.model or _default_model_path()),
-        "baseline": "the file's weights decoded to float32",
-        "evaluation": f"{n_windows * window} tokens of the evaluation split (Python's pydoc topics) "
-                      f"in {n_windows} non-overlapping windows of {window}, every next-token prediction scored",
-        "calibration": f"{len(calib_tokens)} tokens of the calibration split (GPTQ, AWQ)",
-        **({"tensors quantized": f"only those matching /{args.tensors}/"} if args.tensors else {}),
-        "backend": args.backend,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": datetime.date.today().isoformat(),
-    }
-    print_table(rows, protocol)
-    paths = write_outputs(rows, protocol, args.out)
-    print(f"wrote {', '.join(paths.values())}")
-    failed = [r for r in rows if r.status.startswith("failed")]
-    return 1 if failed else 0
-
-
-def _check_writable(folder: str) -> None:
-    """Fail before the long run, not after it, when the outputs cannot be written: create the
-    folder now and write a probe file into it."""
-    probe = os.path.join(folder, ".refquant-write-probe")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"--out: cannot write into {folder!r} ({e.strerror or e})") from None
-
-
-def _default_model_path() -> str:
-    from ._data import smollm2_path
-
-    return smollm2_path()

@@ -103,7 +103,8 @@ def test_report_quick_end_to_end(quick_report):
 def _check_quick_values(out):
     rows = _rows(out)
     assert list(rows) == QUICK_CI
-    num = {m: {k: float(v) for k, v in r.items() if k not in ("method", "description", "status")} for m, r in rows.items()}
+    text = ("method", "description", "status", "tensors")
+    num = {m: {k: float(v) for k, v in r.items() if k not in text} for m, r in rows.items()}
     assert all(r["status"] == "ok" for r in rows.values())
     assert all(math.isfinite(v) for r in num.values() for v in r.values())
     base = num["baseline"]
@@ -119,6 +120,10 @@ def _check_quick_values(out):
     assert num["NF4"]["bits_per_weight"] == pytest.approx(4.5)
     assert 8 < num["INT8"]["bits_per_weight"] < 8.1
     assert all(num[m]["memory_mb"] < base["memory_mb"] for m in QUICK_CI[1:])
+    # bpw is the whole model's (every row the same tensor set): it ranks the rows as MB does
+    assert base["model_bits_per_weight"] == 32
+    assert sorted(QUICK_CI, key=lambda m: num[m]["memory_mb"]) == sorted(QUICK_CI, key=lambda m: num[m]["model_bits_per_weight"])
+    assert {rows[m]["tensors"] for m in QUICK_CI[1:]} == {"14 of 210 block linears"}  # blocks 0 and 1 of 30
 
 
 def test_report_on_another_gguf(small_gguf, tmp_path):
@@ -133,6 +138,9 @@ def test_report_on_another_gguf(small_gguf, tmp_path):
     # Q4_0 blocks (4.5 bits) for the blocks' matrices; the tied token embedding is the output
     # projection to llama.cpp: Q6_K, and Q8_0 (8.5 bits) as its 576-wide rows do not fit 256-blocks
     assert 4.5 < float(rows["Q4_0"]["bits_per_weight"]) < 8.5
+    assert rows["Q4_0"]["tensors"] == "block linears + token_embd"
+    # every tensor but the float32 norms is quantized here: the whole model has a few more bits per parameter
+    assert 0 < float(rows["Q4_0"]["model_bits_per_weight"]) - float(rows["Q4_0"]["bits_per_weight"]) < 0.01
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,15 +231,54 @@ def test_quantize_then_report_on_the_result(small_gguf, tmp_path):
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))
 def test_every_command_has_help_with_an_example(command, capsys):
-    parser = cli.build_parser()
-    sub = parser._subparsers._group_actions[0].choices
-    if command not in sub:
-        pytest.skip(f"`refquant {command}` is provided by a module not present in this checkout")
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: refquant {command}" in out and "example" in out.lower() and f"refquant {command}" in out
+
+
+def test_a_command_module_that_fails_to_import_fails_loudly(monkeypatch):
+    """No command goes silently missing: build_parser raises the import's own error."""
+    monkeypatch.setitem(cli.COMMANDS, "ghost", ("refquant.cli.no_such_command", "a mistyped module"))
+    with pytest.raises(ModuleNotFoundError, match="refquant.cli.no_such_command"):
+        cli.build_parser()
+
+
+def test_a_missing_optional_package_is_one_line_saying_how_to_install_it(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    assert cli.main(["report", "--methods", "INT8", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == "refquant report: error: matplotlib is not installed (pip install 'refquant[model]')\n"
+    assert not (tmp_path / "r").exists()  # refused before the run
+
+
+def test_the_refquant_script_and_python_m_run_the_same_main():
+    """`refquant` (the [project.scripts] entry point, refquant.cli:main) and `python -m refquant.cli`."""
+    script = os.path.join(os.path.dirname(sys.executable), "refquant")
+    if not os.path.exists(script):
+        pytest.skip("refquant is not installed in this environment (pip install -e .)")
+    by_script = subprocess.run([script, "verify", "--list", "--formats", "Q8_0"], capture_output=True, text=True)
+    by_module = refquant("verify", "--list", "--formats", "Q8_0")
+    assert by_script.returncode == by_module.returncode == 0, by_script.stderr + by_module.stderr
+    assert by_script.stdout == by_module.stdout and by_script.stdout.startswith("Q8_0")
+    bad = subprocess.run([script, "inspect", "/no/such.gguf"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr == "refquant inspect: error: FILE.gguf: no such file '/no/such.gguf'\n"
+
+
+def test_exercises_lists_group_quant(capsys):
+    assert cli.main(["exercises"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split()[:1] == ["group_quant"] for line in out.splitlines()), out
+
+
+def test_exercises_mistakes_are_one_line(capsys):
+    assert cli.main(["exercises", "check", "no_such_exercise"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("refquant exercises: error: ") and err.count("\n") == 1, err
 
 
 def test_no_command_prints_help(capsys):

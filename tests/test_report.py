@@ -59,7 +59,7 @@ def rtn(step, bits):
 
 
 def missing_module(model, ctx):
-    """a method whose family is not installed"""
+    """a method whose module name is mistyped"""
     import refquant.no_such_family  # noqa: F401
 
 
@@ -90,17 +90,49 @@ def test_model_bytes_hand_worked(rng):
     rows = report.run_methods(["coarse"], model, Context(), fake_perplexity(model), methods=FAKES)
     # linears: q 64·64 + k,v 2·32·64 + o 64·64 + gate,up 2·128·64 + down 64·128 = 45056 weights at 4 bits
     linear = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64
-    # kept: token_embd 96·64 as float16, three norms of 64 as float32
+    # kept: token_embd 96·64 as float16, two norms of 64 as float32
     kept = 96 * 64 * 2 + 2 * 64 * 4
+    n_params = linear + 96 * 64 + 2 * 64
     assert rows[1].memory_mb == pytest.approx((linear // 2 + kept) / 1e6)
-    assert rows[0].memory_mb == pytest.approx((linear + 96 * 64 + 2 * 64) * 4 / 1e6)
+    assert rows[0].memory_mb == pytest.approx(n_params * 4 / 1e6)
+    # bpw: the whole model's bits over all of its parameters; q.bpw: the quantized tensors' only
+    assert rows[1].model_bits_per_weight == pytest.approx(8 * (linear // 2 + kept) / n_params)
+    assert rows[1].bits_per_weight == 4 and rows[1].tensors == "block linears"
+    assert rows[0].model_bits_per_weight == 32 and rows[0].tensors == "all tensors"
 
 
-def test_unavailable_and_failed_methods_are_rows_not_crashes(rng):
+def with_embedding(step, bits):
+    """A fake llama.cpp-like mixture: the linears as ``rtn`` does, and the token embedding too, at 8 bits."""
+    def method(model, ctx):
+        q = rtn(step, bits)(model, ctx)
+        W = model.weights["token_embd.weight"]
+        return Quantized({**q.weights, "token_embd.weight": np.round(W / step) * step}, q.nbytes + W.size)
+    method.__doc__ = f"round to multiples of {step}, the embedding at 8 bits"
+    return method
+
+
+def test_bpw_compares_the_same_tensor_set(rng):
+    """A method that also quantizes the embedding has the higher q.bpw (its 8-bit embedding
+    counts in) but the smaller model: bpw, the plot's axis and the Pareto front's, follows MB."""
+    model = tiny_model(rng, blocks=1, d=64, ff=128)
+    methods = {**FAKES, "linears-4": rtn(0.05, 4), "all-4": with_embedding(0.05, 4)}
+    rows = {r.method: r for r in report.run_methods(["linears-4", "all-4"], model, Context(),
+                                                    fake_perplexity(model), methods=methods)}
+    lin, mix = rows["linears-4"], rows["all-4"]
+    assert mix.bits_per_weight > lin.bits_per_weight and mix.memory_mb < lin.memory_mb
+    assert mix.model_bits_per_weight < lin.model_bits_per_weight
+    assert mix.tensors == "block linears + token_embd" and lin.tensors == "block linears"
+    ranked = sorted(rows.values(), key=lambda r: r.memory_mb)
+    assert ranked == sorted(rows.values(), key=lambda r: r.model_bits_per_weight)
+    assert "all-4" in [r.method for r in report.pareto_front(list(rows.values()))]
+
+
+def test_failed_methods_are_rows_not_crashes(rng):
+    """A mistyped import is no "unavailable" row: it fails, named, like any other error."""
     model = tiny_model(rng)
     rows = report.run_methods(["missing", "broken", "fine"], model, Context(), fake_perplexity(model), methods=FAKES)
     status = {r.method: r.status for r in rows}
-    assert status["missing"] == "unavailable"
+    assert status["missing"] == "failed: ModuleNotFoundError: No module named 'refquant.no_such_family'"
     assert status["broken"].startswith("failed: RuntimeError: boom")
     assert status["fine"] == "ok"
     with pytest.raises(RuntimeError, match="boom"):
@@ -123,6 +155,14 @@ def test_relative_error_backend_parity(xp, rng):
     assert got == pytest.approx(expected, rel=1e-12)  # float64 sums; only the summation order may differ
 
 
+@pytest.mark.parametrize("method", ["INT8", "INT4-G128", "NF4", "NF4-DQ"])
+def test_method_bytes_backend_parity(method, xp, rng):
+    """The bytes counted on any backend's codes and statistics are NumPy's (array-API dtype widths)."""
+    model = tiny_model(rng, blocks=1)
+    on_xp = TinyModel({k: xp.asarray(np.asarray(v)) for k, v in model.weights.items()})
+    assert report.METHODS[method](on_xp, Context()).nbytes == report.METHODS[method](model, Context()).nbytes
+
+
 def test_block_linear_names_in_block_order(rng):
     names = report.block_linear_names(tiny_model(rng, blocks=12).weights)
     assert len(names) == 12 * 7
@@ -137,23 +177,24 @@ points = st.lists(st.tuples(st.sampled_from([2.0, 3.0, 4.0, 4.5, 5.5, 8.0, 8.5, 
 
 @given(points)
 def test_pareto_front_is_exactly_the_undominated_rows(pts):
-    rows = [Row(f"m{i}", "", bits_per_weight=b, perplexity=p) for i, (b, p) in enumerate(pts)]
+    rows = [Row(f"m{i}", "", model_bits_per_weight=b, perplexity=p) for i, (b, p) in enumerate(pts)]
     front = report.pareto_front(rows)
 
+    def point(r):
+        return r.model_bits_per_weight, r.perplexity
+
     def dominated(r):
-        return any(o.bits_per_weight <= r.bits_per_weight and o.perplexity <= r.perplexity
-                   and (o.bits_per_weight, o.perplexity) != (r.bits_per_weight, r.perplexity) for o in rows)
+        return any(point(o)[0] <= point(r)[0] and o.perplexity <= r.perplexity and point(o) != point(r) for o in rows)
 
     assert all(not dominated(r) for r in front)
     # every undominated point is on the front (up to exact duplicates, of which one is kept)
-    assert {(r.bits_per_weight, r.perplexity) for r in rows if not dominated(r)} == \
-           {(r.bits_per_weight, r.perplexity) for r in front}
-    assert [r.bits_per_weight for r in front] == sorted(r.bits_per_weight for r in front)
+    assert {point(r) for r in rows if not dominated(r)} == {point(r) for r in front}
+    assert [r.model_bits_per_weight for r in front] == sorted(r.model_bits_per_weight for r in front)
     assert all(a.perplexity > b.perplexity for a, b in zip(front, front[1:]))
 
 
 def test_pareto_front_skips_rows_without_numbers():
-    rows = [Row("a", "", 4.0, perplexity=10.0), Row("b", "", status="unavailable"), Row("c", "", 2.0, perplexity=math.nan)]
+    rows = [Row("a", "", 4.0, perplexity=10.0), Row("b", "", status="failed: boom"), Row("c", "", 2.0, perplexity=math.nan)]
     assert [r.method for r in report.pareto_front(rows)] == ["a"]
 
 
@@ -172,13 +213,15 @@ def test_markdown_and_csv_hold_every_row(rng):
     assert len(table) == 1 + len(rows)  # header + one line per method
     assert all(f"| {r.method} |" in md for r in rows)
     assert "Protocol: model tiny; evaluation 100 tokens; window 32." in md
-    assert "| missing | — |" in md and "unavailable" in md
+    assert report.COLUMN_NOTE in md and "whole model" in report.COLUMN_NOTE and "'tensors'" in report.COLUMN_NOTE
+    assert "| missing | — |" in md and "failed: ModuleNotFoundError" in md
     parsed = list(csv.DictReader(io.StringIO(report.to_csv(rows))))
     assert [p["method"] for p in parsed] == [r.method for r in rows]
     for p, r in zip(parsed, rows):
         if r.status == "ok":
             assert float(p["perplexity"]) == pytest.approx(r.perplexity, rel=1e-5)
-            assert float(p["bits_per_weight"]) == r.bits_per_weight
+            assert float(p["bits_per_weight"]) == r.bits_per_weight and p["tensors"] == r.tensors
+            assert float(p["model_bits_per_weight"]) == pytest.approx(r.model_bits_per_weight, rel=1e-5)
         else:
             assert p["perplexity"] == "nan" and p["status"] == r.status
 
@@ -202,9 +245,9 @@ def test_parse_methods():
     assert report.parse_methods(None, quick=False) == list(report.METHODS)
     assert report.parse_methods(None, quick=True) == list(report.QUICK_METHODS)
     assert report.parse_methods("q4_k_m, int8", quick=False) == ["Q4_K_M", "INT8"]  # case-insensitive
-    with pytest.raises(report.UserError, match="--methods: unknown method Q9_9; known: baseline"):
+    with pytest.raises(ValueError, match="^unknown method Q9_9; known: baseline"):
         report.parse_methods("Q4_K_M,Q9_9", quick=False)
-    with pytest.raises(report.UserError, match="--methods"):
+    with pytest.raises(ValueError, match="unknown method ','"):
         report.parse_methods(",", quick=False)
 
 
@@ -237,12 +280,54 @@ def test_real_per_tensor_methods_on_the_tiny_model(rng):
     assert err["INT8"] < 0.01 < err["INT4-G128"] < 0.2 and err["NF4"] < 0.2
 
 
+def test_group_bytes_from_the_shape_equal_the_packed_codes(rng):
+    """GPTQ and AWQ hand back Ŵ only: their bytes come from the shape (uniform.model_size_bytes
+    per span), INT4-G128's from the packed codes (uniform.stored_bytes). Both count the same
+    layout, a last shorter group included (96 = 64 + 32 inputs with G = 64)."""
+    for shape, G in (((8, 96), 64), ((6, 576), 128), ((4, 128), 128), ((3, 40), 64)):
+        W = rng.standard_normal(shape).astype(np.float32)
+        _, packed = report._rtn_group(W, 4, G)
+        assert report._group_bytes(W, 4, G) == packed
+        n_groups = shape[0] * -(-shape[1] // G)
+        assert packed == (4 * W.size + 20 * n_groups + 7) // 8  # 4-bit codes, a float16 scale and 4-bit z per group
+
+
 def test_selected_tensors_only(rng):
     model = tiny_model(rng, blocks=3)
     ctx = Context(tensors=__import__("re").compile(r"^blk\.1\.ffn"))
     q = report.METHODS["INT8"](model, ctx)
     assert sorted(q.weights) == ["blk.1.ffn_down.weight", "blk.1.ffn_gate.weight", "blk.1.ffn_up.weight"]
     assert report._selected_blocks(model, ctx) == [1]
+
+
+def test_tensor_set_names_what_was_quantized(rng):
+    weights = tiny_model(rng, blocks=3).weights
+    linears = report.block_linear_names(weights)
+    assert report.tensor_set(weights, weights) == "all tensors"
+    assert report.tensor_set(weights, linears[:3]) == "3 of 21 block linears"
+    assert report.tensor_set(weights, [*linears, "token_embd.weight"]) == "block linears + token_embd"
+    norms = [n for n in weights if "norm" in n]
+    assert report.tensor_set(weights, norms) == "blk.0.attn_norm + blk.1.attn_norm + 2 other tensors"
+    assert report.tensor_set(weights, set(norms) - {"blk.0.attn_norm.weight"}) == \
+        "blk.1.attn_norm + blk.2.attn_norm + output_norm"
+    assert report.tensor_set(weights, []) == "none"
+
+
+@pytest.mark.parametrize("scheme", ["INT8", "INT4-G128", "NF4", "NF4-DQ"])
+def test_stored_bytes_agree_with_the_bits_per_weight_helpers(scheme, rng):
+    """The bytes the report measures (packed codes and statistics) against the library's
+    closed-form accounting: uniform.bits_per_weight, nf4.bits_per_parameter."""
+    from refquant import nf4, uniform
+
+    W = rng.standard_normal((32, 512)).astype(np.float32)  # 512 = 4 groups of 128, 256 NF4 blocks of 64
+    if scheme.startswith("NF4"):
+        dq = scheme == "NF4-DQ"
+        nbytes = nf4.stored_bytes(*nf4.quantize_4bit(W, 64, double_quant=dq))
+        assert 8 * nbytes == W.size * nf4.bits_per_parameter(64, dq) + (32 if dq else 0)  # + the float32 μ
+        return
+    _, nbytes = report._rtn_channel(W, 8) if scheme == "INT8" else report._rtn_group(W, 4, 128)
+    expected = uniform.bits_per_weight(8, 512) if scheme == "INT8" else uniform.bits_per_weight(4, 128, zero_bits=4)
+    assert 8 * nbytes == W.size * expected
 
 
 @pytest.mark.gpu

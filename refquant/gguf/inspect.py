@@ -6,48 +6,19 @@
 
 The file goes through refquant's checked reader (refquant.gguf.file): a malformed file
 is reported in one line naming the field and its byte offset, exit status 2.
-Sizes are bytes of tensor data; bpw = 8 * bytes / weights.
+Sizes are bytes of tensor data; bpw = 8 * bytes / weights. This module formats; the
+command (arguments, path checks, exit status) is ``refquant.cli.inspect``.
 """
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import numpy as np
 
 from . import file as gguf_file
 
-__all__ = ["add_arguments", "run", "format_file"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="FILE.gguf", help="the GGUF file to inspect")
-    parser.add_argument("--no-metadata", action="store_true", help="leave out the metadata")
-    parser.add_argument("--no-tensors", action="store_true", help="leave out the tensor table")
-    parser.add_argument("--items", type=int, default=4, metavar="N",
-                        help="array elements shown per metadata key (default 4)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError, input_file
-
-    path = args.path
-    if args.items < 0:
-        raise UserError(f"--items: expected a count >= 0, got {args.items}")
-    input_file(path, "FILE.gguf")  # a FIFO or a device is named as such, never opened
-    try:
-        f = gguf_file.read(path)
-    except gguf_file.GGUFFormatError as e:
-        raise UserError(f"{path}: not a valid GGUF file: {e}") from None
-    except gguf_file.NotAFileError as e:  # swapped for a FIFO or device since the check
-        raise UserError(f"FILE.gguf: {e}") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    with f:
-        print(format_file(f, path, metadata=not args.no_metadata, tensors=not args.no_tensors,
-                          items=args.items))
-    return 0
+__all__ = ["format_file"]
 
 
 # ----------------------------------------------------------------------------- formatting

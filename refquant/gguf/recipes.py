@@ -43,7 +43,6 @@ tools/quantize/quantize.cpp (load_imatrix, QUANT_OPTIONS).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import re
@@ -56,8 +55,7 @@ import numpy as np
 from .types import ggml_type
 
 __all__ = ["FTYPES", "ModelInfo", "use_more_bits", "category", "allows_quantization", "fallback", "tensor_type",
-           "mixture_type", "tensor_types", "llama_order", "load_imatrix", "quantize_file", "QuantizeSummary",
-           "add_arguments", "run"]
+           "mixture_type", "tensor_types", "llama_order", "load_imatrix", "quantize_file", "QuantizeSummary"]
 
 # file type name -> (llama_ftype value written to general.file_type, default ggml type)
 FTYPES: dict[str, tuple[int, str]] = {
@@ -480,53 +478,3 @@ def _quantize_tensor(quantize, weights: np.ndarray, qtype: str, qw: np.ndarray |
     mats = weights.reshape(n_mat, -1, n)
     return np.stack([quantize(m, qtype, imatrix=qw[i * n : (i + 1) * n]) for i, m in enumerate(mats)]).reshape(
         *weights.shape[:-1], -1)
-
-
-# --------------------------------------------------------------------------- the command
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="GGUF model file to quantize (F32/F16/BF16 or already quantized)")
-    parser.add_argument("output", help="where to write the quantized GGUF file (written atomically)")
-    parser.add_argument("--type", required=True, metavar="T",
-                        help=f"llama.cpp file type: {', '.join(FTYPES)} (Q4_K = Q4_K_M ...)")
-    parser.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (.gguf or legacy .dat)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError, input_file, output_file
-    from .file import GGUFFormatError
-
-    try:
-        ftype = _ftype_name(args.type)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    # every path checked before any work: a FIFO is never opened, a device never replaced
-    input_file(args.input, "input")
-    output_file(args.output, "output")
-    if args.imatrix:
-        input_file(args.imatrix, "--imatrix")
-    if os.path.abspath(args.input) == os.path.abspath(args.output) or (
-            os.path.exists(args.output) and os.path.samefile(args.input, args.output)):
-        raise UserError("output: must differ from the input file")
-    imatrix = None
-    if args.imatrix:
-        try:
-            imatrix = load_imatrix(args.imatrix)
-        except GGUFFormatError as e:
-            raise UserError(f"--imatrix: {args.imatrix!r}: not a valid GGUF file: {e}") from None
-        except (ValueError, TypeError) as e:
-            raise UserError(f"--imatrix: {e}") from None
-        except OSError as e:
-            raise UserError(f"--imatrix: cannot read {args.imatrix!r}: {e.strerror or e}") from None
-    try:
-        summary = quantize_file(args.input, args.output, ftype, imatrix)
-    except GGUFFormatError as e:
-        raise UserError(f"input: {args.input!r}: not a valid GGUF file: {e}") from None
-    except (ValueError, TypeError) as e:
-        raise UserError(str(e)) from None
-    except OSError as e:  # reading the input; a failed write (disk full) names the output itself
-        if e.filename is not None and os.path.abspath(e.filename) == os.path.abspath(args.input):
-            raise UserError(f"input: cannot read {args.input!r}: {e.strerror or e}") from None
-        raise
-    print(f"{args.output}: {ftype}: {summary.table()}")
-    return 0

@@ -1,0 +1,5 @@
+"""``python -m refquant.cli ...``: the ``refquant`` command."""
+
+from . import main
+
+raise SystemExit(main())

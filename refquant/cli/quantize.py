@@ -1,0 +1,66 @@
+"""``refquant quantize``: a GGUF model file to a llama.cpp type or mixture (``refquant.gguf.recipes``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .._errors import UserError
+from ..gguf import recipes
+from ..gguf.file import GGUFFormatError
+from ._paths import input_file, output_file
+
+__all__ = ["add_arguments", "run", "DESCRIPTION"]
+
+DESCRIPTION = recipes.__doc__
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="GGUF model file to quantize (F32/F16/BF16 or already quantized)")
+    parser.add_argument("output", help="where to write the quantized GGUF file (written atomically)")
+    parser.add_argument("--type", required=True, metavar="T",
+                        help=f"llama.cpp file type: {', '.join(recipes.FTYPES)} (Q4_K = Q4_K_M ...)")
+    parser.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (.gguf or legacy .dat)")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every path checked before any work: a FIFO is never opened, a device never replaced."""
+    input_file(args.input, "input")
+    output_file(args.output, "output")
+    if args.imatrix:
+        input_file(args.imatrix, "--imatrix")
+    if os.path.abspath(args.input) == os.path.abspath(args.output) or (
+            os.path.exists(args.output) and os.path.samefile(args.input, args.output)):
+        raise UserError("output: must differ from the input file")
+
+
+def _load_imatrix(path: str):
+    try:
+        return recipes.load_imatrix(path)
+    except GGUFFormatError as e:
+        raise UserError(f"--imatrix: {path!r}: not a valid GGUF file: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"--imatrix: {e}") from None
+    except OSError as e:
+        raise UserError(f"--imatrix: cannot read {path!r}: {e.strerror or e}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        ftype = recipes._ftype_name(args.type)  # "q4_k" -> "Q4_K_M"; an unknown type names the known ones
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    _check_paths(args)
+    imatrix = _load_imatrix(args.imatrix) if args.imatrix else None
+    try:
+        summary = recipes.quantize_file(args.input, args.output, ftype, imatrix)
+    except GGUFFormatError as e:
+        raise UserError(f"input: {args.input!r}: not a valid GGUF file: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+    except OSError as e:  # reading the input; a failed write (disk full) names the output itself
+        if e.filename is not None and os.path.abspath(e.filename) == os.path.abspath(args.input):
+            raise UserError(f"input: cannot read {args.input!r}: {e.strerror or e}") from None
+        raise
+    print(f"{args.output}: {ftype}: {summary.table()}")
+    return 0
