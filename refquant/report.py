@@ -463,7 +463,8 @@ def pareto_front(rows: list[Row]) -> list[Row]:
 
 
 def to_markdown(rows: list[Row], protocol: dict[str, str]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) - 1)]
+    align = ["---" if c in ("method", "tensors") else "---:" for c in COLUMNS]  # text left, numbers right
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     lines += ["", footer(protocol), "", COLUMN_NOTE, "", "Methods:", ""]
     lines += [f"- **{r.method}**: {r.description}" for r in rows]
@@ -494,7 +495,7 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
     """Perplexity against whole-model bits per parameter, one labelled point per method, the
     Pareto front drawn (needs matplotlib: ``MissingDependency`` saying how to install it).
 
-    x is log₂-scaled so that 4 … 10 bits spread out next to the 32-bit baseline; each label goes
+    x is log₂-scaled so that 5 … 10 bits spread out next to the 32-bit baseline; each label goes
     to the first spot around its point that overlaps no label placed before it.
     """
     require("matplotlib", INSTALL_MODEL_EXTRA)
@@ -516,7 +517,7 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
     if base is not None:
         ax.axhline(base.perplexity, color="gray", ls="--", lw=1, label=f"baseline ppl {base.perplexity:.2f}")
     ax.set_xscale("log", base=2)
-    ticks = [2, 3, 4, 5, 6, 8, 16, 32]
+    ticks = [2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32]
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("bits per parameter, whole model (scales, zero-points and unquantized tensors included)")
     ax.set_ylabel("perplexity (lower is better)")
@@ -556,8 +557,8 @@ def print_table(rows: list[Row], protocol: dict[str, str], file=None) -> None:
     from rich.table import Table
 
     table = Table(*COLUMNS, caption=f"{footer(protocol)}\n{COLUMN_NOTE}", caption_justify="left")
-    for c in table.columns[1:]:
-        c.justify = "right"
+    for c in table.columns:
+        c.justify = "left" if c.header in ("method", "tensors") else "right"
     for r in rows:
         table.add_row(*_cells(r))
     Console(file=file).print(table)
