@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from refquant import awq, gptq
+from refquant import awq, blockwise, gptq
 from refquant.model import data, load_model, perplexity
 from refquant.model.calibration import embedded_windows
 
@@ -103,7 +103,7 @@ def measure(model, setting, bits=3, group_size=128):
     evals = np.asarray(model.tokenize(data.evaluation_text()))[:setting["eval_tokens"]]
     ppl = lambda m: perplexity(m, evals, window=setting["eval_window"]).ppl  # noqa: E731
     out = {"float": ppl(model),
-           "rtn": ppl(model.with_weights(gptq.rtn_quantize_model(model, bits, group_size, blocks=setting["blocks"])))}
+           "rtn": ppl(model.with_weights(blockwise.rtn_quantize_model(model, bits, group_size, blocks=setting["blocks"])))}
     for method in METHODS:
         t0 = time.perf_counter()
         W_hat = quantize_blocks(model, calib, method, bits, group_size, setting["window"], setting["blocks"])

@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from refquant import awq, gptq
+from refquant import awq, blockwise, gptq
 from refquant.exercises import attempt_path, load_attempt
 from refquant.model import perplexity
 from refquant.model.calibration import embedded_windows
@@ -176,7 +176,7 @@ def test_awq_driver(smollm2, calib_tokens, runs):
                                    f"block {i}'s own weights unchanged, all windows concatenated")
         done.update({n: w for n, w in result.items() if n.startswith(f"blk.{i}.")})
         hs = [smollm2.with_weights(done).block(i, h) for h in hs]
-    ref = awq.awq_quantize_model(smollm2, calib_tokens[:N_CALIB], BITS, G, WINDOW, blocks=list(BLOCKS))
+    ref = blockwise.awq_quantize_model(smollm2, calib_tokens[:N_CALIB], BITS, G, WINDOW, blocks=list(BLOCKS)).weights
     for name in sorted(ref, key=lambda n: (int(n.split(".")[1]), n)):
         W = smollm2.weights[name]
         differ = float(np.mean(np.abs(result[name] - ref[name]) > 1e-6 * np.abs(W).max()))
@@ -188,7 +188,7 @@ def test_awq_driver(smollm2, calib_tokens, runs):
 def _measured(smollm2, eval_tokens, runs):
     tokens = eval_tokens[:N_EVAL]
     ppl = lambda m: perplexity(m, tokens, window=EVAL_WINDOW).ppl  # noqa: E731
-    out = {"float": ppl(smollm2), "rtn": ppl(smollm2.with_weights(gptq.rtn_quantize_model(smollm2, BITS, G, blocks=BLOCKS)))}
+    out = {"float": ppl(smollm2), "rtn": ppl(smollm2.with_weights(blockwise.rtn_quantize_model(smollm2, BITS, G, blocks=BLOCKS)))}
     out.update({m: ppl(smollm2.with_weights(_result(runs, m))) for m in METHODS})
     return out
 
