@@ -305,3 +305,21 @@ def test_verify_list(capsys):
     assert cli.main(["verify", "--list", "--formats", "Q6_K"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(line.startswith("Q6_K") for line in lines)
+
+
+def test_no_library_module_imports_the_command_line():
+    """Imports run one way: importing every module of refquant but the CLI loads no refquant.cli."""
+    import pathlib
+
+    import refquant
+
+    root = pathlib.Path(refquant.__file__).parent
+    names = sorted(".".join(("refquant", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+                   for p in root.rglob("*.py") if p.relative_to(root).parts[0] != "cli")
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    assert 'refquant.cli' not in sys.modules, name\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(names) > 20 and "refquant.report" in names and "refquant.gguf.recipes" in names
