@@ -183,7 +183,8 @@ def run_checker(name: str, file: str | None = None, extra_args: tuple[str, ...] 
     attempt_path(ex.path, choice)  # a missing file is one clear error, not a pytest collection error
     if choice.endswith(".py") or "/" in choice or os.sep in choice:
         choice = str(pathlib.Path(choice).expanduser().resolve())
-    env = dict(os.environ, **{ENV_VAR: choice})
+    # one BLAS thread: reproducible float32 sums (the GPTQ checker's numbers depend on them)
+    env = dict(os.environ, **{ENV_VAR: choice, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     with tempfile.TemporaryDirectory(prefix="refquant-exercise-") as tmp:
         report = pathlib.Path(tmp, "report.xml")
         cmd = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",

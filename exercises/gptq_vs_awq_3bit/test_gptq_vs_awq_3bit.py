@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -35,6 +36,12 @@ H_RTOL = 1e-5        # relative Frobenius: the same inputs summed in another flo
 X_RTOL = 1e-6
 AWQ_DIFFER = 0.01    # fraction of weights allowed to differ from refquant's AWQ driver (README.md)
 PPL_RTOL = 1e-3      # the learner's reported quick perplexities vs the checker's measurement
+# GPTQ on a 64-token Hessian is so sensitive to the order of float32 sums that the BLAS thread
+# count alone moves its quick perplexity by ~5 % (30.79 with OMP_NUM_THREADS=1, 32.46 with 2
+# threads, same machine). Single-threaded (as `refquant exercises check` runs) the methods are
+# compared to 1e-3; with threads, only to this bound.
+THREADED_RTOL = 0.10
+SINGLE_THREAD = os.environ.get("OMP_NUM_THREADS") == "1"
 # GPTQ's true-sequential stages, in the order a block uses them (IST-DASLab/gptq llama.py)
 STAGES = (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",))
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -216,7 +223,8 @@ def test_quick_perplexities(smollm2, eval_tokens, runs):
     reported = _load_results().get("quick")
     _ppl_table(reported, "quick")
     for k in KEYS:
-        assert reported[k] == pytest.approx(measured[k], rel=PPL_RTOL), (
+        rtol = PPL_RTOL if SINGLE_THREAD or k in ("float", "rtn") else THREADED_RTOL
+        assert reported[k] == pytest.approx(measured[k], rel=rtol), (
             f"quick.{k}: the checker measures {measured[k]:.4f}, your file says {reported[k]:.4f}")
 
 
