@@ -430,14 +430,19 @@ class LossAndGrads(NamedTuple):
 
 
 def loss_and_grads(model: Any, tokens: Any, linears: Callable[[int], Mapping[str, Linear]] | None = None,
-                   cos: Any = None, sin: Any = None, embedding_grad: bool = True) -> LossAndGrads:
+                   cos: Any = None, sin: Any = None, embedding_grad: bool = True, h: Any = None,
+                   first_block: int = 0) -> LossAndGrads:
     """The mean NLL of tokens[1:] under ``model`` and its gradient w.r.t. every parameter.
 
     model: a LlamaModel (its config and its weights dict: embedding, norms, head — any float
     dtype); linears(i): block i's linear layers (default: ``Dense`` over model.weights, grads dW).
     cos, sin: RoPE angles (default: model.angles(T), float32). Blocks are run forward one by one
     keeping each block's cache, then backward in reverse.
+    h, first_block: start from the hidden state h (T, d) entering block ``first_block`` (the
+    blocks before it are taken as frozen: no gradient reaches them, nor the embedding).
     """
+    if h is not None and embedding_grad:
+        raise ValueError("embedding_grad: no embedding gradient when starting from a hidden state h")
     c, w = model.config, model.weights
     if linears is None:
         def linears(i: int) -> dict:
@@ -446,13 +451,14 @@ def loss_and_grads(model: Any, tokens: Any, linears: Callable[[int], Mapping[str
     if cos is None:
         cos, sin = model.angles(ids.shape[0])
 
-    h, embed_cache = embedding_forward(w["token_embd.weight"], ids)  # (T, d)
-    caches, layers = [], []
-    for i in range(c.n_layer):
-        layers.append(linears(i))
-        h, cache = block_forward(h, w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.ffn_norm.weight"], layers[i],
-                                 c.n_head, c.n_head_kv, c.rms_eps, cos, sin)
-        caches.append(cache)
+    if h is None:
+        h, embed_cache = embedding_forward(w["token_embd.weight"], ids)  # (T, d)
+    blocks = range(first_block, c.n_layer)
+    caches, layers = {}, {}
+    for i in blocks:
+        layers[i] = linears(i)
+        h, caches[i] = block_forward(h, w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.ffn_norm.weight"], layers[i],
+                                     c.n_head, c.n_head_kv, c.rms_eps, cos, sin)
     W_out = w.get("output.weight", w["token_embd.weight"])
     z, head_cache = head_forward(h, w["output_norm.weight"], W_out, c.rms_eps)  # (T, vocab)
     loss, ce_cache = cross_entropy_forward(z, ids)
@@ -462,7 +468,7 @@ def loss_and_grads(model: Any, tokens: Any, linears: Callable[[int], Mapping[str
     norms = {"output_norm.weight": head.dg_out}
     grads_linear = {}
     dh = head.dh
-    for i in reversed(range(c.n_layer)):
+    for i in reversed(blocks):
         g = block_backward(dh, caches[i], layers[i])
         caches[i] = None  # free block i's activations as soon as they are used
         dh = g.dh
