@@ -135,7 +135,7 @@ def test_unknown_and_unsupported_type_names():
 def test_block_functions_check_their_shapes():
     from refquant.gguf import iquants, legacy
 
-    with pytest.raises(ValueError, match=r"x: expected blocks of shape \(n_blocks, 32\)"):
+    with pytest.raises(ValueError, match=r"x: expected Q4_0 blocks of shape \(n_blocks, 32\)"):
         legacy.quantize_q4_0(np.zeros((2, 64), np.float32))
     with pytest.raises(ValueError, match=r"raw: expected Q8_0 blocks of shape \(n_blocks, 34\)"):
         legacy.dequantize_q8_0(np.zeros((2, 36), np.uint8))

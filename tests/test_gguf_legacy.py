@@ -17,7 +17,7 @@ from hypothesis import assume, given, settings, target
 from hypothesis import strategies as st
 
 import refquant.gguf as rg
-from refquant.gguf import legacy
+from refquant.gguf._bytes import float_from_bits
 from refquant.testing import strategies as rst
 from refquant.testing.ggml import ggml_dequantize, ggml_quantize, lib
 
@@ -150,7 +150,7 @@ def test_arithmetic_float_decoding_covers_every_bit_pattern(exp_bits, mant_bits)
         want = bits.astype(np.uint16).view(np.float16).astype(np.float32)
     else:
         want = (bits.astype(np.uint32) << 16).view(np.float32)
-    got = legacy.float_from_bits(bits, exp_bits, mant_bits)
+    got = float_from_bits(bits, exp_bits, mant_bits)
     finite = ~np.isnan(want)
     assert np.array_equal(got[finite].view(np.uint32), want[finite].view(np.uint32))
     assert np.all(np.isnan(got[~finite]))

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from refquant._rounding import to_fp16
+from refquant.gguf._bytes import sequential_sum
 from refquant.gguf._search import (
-    make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants,
-    nearest_int, sequential_sum,
+    make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, make_qx_quants, nearest_int,
 )
 from refquant.testing import strategies as st_rq
 from refquant.testing.ggml import ggml_quantize
@@ -44,8 +44,8 @@ def row_and_imatrix(draw, block: int):
 
 def _imatrix_weights(x: np.ndarray, qw: np.ndarray) -> np.ndarray:
     """weight = qw·sqrt(sigma2 + x²), sigma2 = (Σx² sequential over the row)/n_per_row, in float32."""
-    sigma2 = sequential_sum(x * x) / np.float32(x.shape[1])          # (rows,)
-    return (qw[None, :] * np.sqrt(sigma2[:, None] + x * x)).astype(np.float32)
+    sigma2 = sequential_sum(x * x) / np.float32(x.shape[1])          # (rows, 1)
+    return (qw[None, :] * np.sqrt(sigma2 + x * x)).astype(np.float32)
 
 
 def _fp16_bytes(v: np.ndarray) -> np.ndarray:
@@ -81,11 +81,11 @@ def test_sequential_sum_is_c_running_sum(vals):
     s = np.float32(0.0)
     for v in t:  # the obvious C loop
         s = np.float32(s + v)
-    assert sequential_sum(t[None, :])[0].tobytes() == s.tobytes()
+    assert sequential_sum(t[None, :]).tobytes() == s.tobytes()
 
 
 def test_sequential_sum_of_negative_zeros_is_positive_zero():
-    assert sequential_sum(np.array([[-0.0, -0.0]], np.float32))[0].tobytes() == np.float32(0.0).tobytes()
+    assert sequential_sum(np.array([[-0.0, -0.0]], np.float32)).tobytes() == np.float32(0.0).tobytes()
 
 
 # ---------------------------------------------------------------------------------------

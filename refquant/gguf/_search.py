@@ -9,8 +9,8 @@ candidate by a (weighted) error is kept. To agree with libggml bit for bit we
 * do every operation in float32 in the order the C expression evaluates it
   (``w*l*l`` is ``(w*l)*l``; ``scale*L + min - x`` is ``((scale*L) + min) - x``;
   libggml is built without FMA contraction, so nothing is fused);
-* keep each running sum sequential (``sequential_sum``: left to right, starting at 0),
-  never NumPy's pairwise ``np.sum``;
+* keep each running sum sequential (``column_sum`` / ``sequential_sum`` of
+  refquant.gguf._bytes: left to right, starting at 0), never NumPy's pairwise ``np.sum``;
 * round with ``nearest_int`` — the C "magic number" trick, ties to even;
 * keep C's comparisons (strict ``<`` / ``>``) so the first best candidate wins ties.
 
@@ -47,21 +47,40 @@ from typing import Any
 
 import numpy as np
 
+from typing import NamedTuple
+
 from .._backend import is_numpy, namespace
-from .legacy import first_zero_sign
+from ._bytes import GROUP_MAX_EPS, column_sum, columns, first_zero_sign, signed_absmax, uncolumns
 
 __all__ = [
-    "GROUP_MAX_EPS", "nearest_int", "round_bounded", "clamp", "running_max", "sequential_sum",
+    "nearest_int", "round_bounded", "clamp", "running_max", "rdiv",
     "make_qx_quants", "make_q3_quants", "make_qkx2_quants", "make_qkx3_quants", "make_qp_quants",
+    "QkxGrid", "QKX2_GRID_Q2_K", "QKX2_GRID_Q4_K", "QKX2_GRID_Q5_K", "QKX3_GRID",
 ]
 
-GROUP_MAX_EPS = float(np.float32(1e-15))  # ggml-quants.c: a block whose max |x| is below this is "all zero"
+
+class QkxGrid(NamedTuple):
+    """make_qkx2/3_quants' candidates: iscale = (rmin + rdelta·is + nmax) / (max − min), is = 0 … nstep."""
+
+    rmin: float
+    rdelta: float
+    nstep: int
+
+
+# the grids libggml passes (ggml-quants.c), one name per call site
+QKX2_GRID_Q2_K = QkxGrid(-0.5, 0.1, 15)  # quantize_row_q2_K_ref: make_qkx2_quants(16, 3, …, -0.5f, 0.1f, 15, true)
+QKX2_GRID_Q4_K = QkxGrid(-1.0, 0.1, 20)  # quantize_row_q4_K_ref: make_qkx2_quants(32, 15, …, -1.f, 0.1f, 20, false)
+QKX2_GRID_Q5_K = QkxGrid(-0.5, 0.1, 15)  # quantize_row_q5_K_ref: make_qkx2_quants(32, 31, …, -0.5f, 0.1f, 15, false)
+QKX3_GRID = QkxGrid(-0.9, 0.05, 36)      # every imatrix path (q2_K, q4_K, q5_K, q4_1, q5_1 _impl): make_qkx3_quants(…, -0.9f, 0.05f, 36, false)
+QX_TRIES = 9        # make_qx_quants: for (int is = -9; is <= 9; ++is), iscale = -(nmax + 0.1f*is)/max
+QP_TRIES = 4        # make_qp_quants: for (int is = -4; is <= 4; ++is), iscale = (0.1f*is + nmax)/max
+CANDIDATE_STEP = 0.1  # the 0.1f of both loops
 _MAGIC = 12582912.0                        # 1.5 * 2**23: adding it leaves round(f) in the low mantissa bits
 _TWO_22 = 4194304.0                        # 2**22, the offset nearest_int subtracts from the mantissa field
 _SAFE = 4194303.0                          # |f| <= this: nearest_int(f) == round-half-even(f) (C's assert)
 
 
-def _rdiv(a: float, y: Any) -> Any:
+def rdiv(a: float, y: Any) -> Any:
     """``a / y`` for a Python scalar ``a``: one correctly rounded float32 division, as in C.
 
     (torch evaluates ``scalar / tensor`` as ``reciprocal(tensor) * scalar`` — two roundings.)
@@ -91,7 +110,10 @@ def nearest_int(f: Any) -> Any:
     as NaN -> 0 and ±inf -> -2**22, so that degenerate blocks give the same bytes as libggml.
 
     f: any shape, float32 -> same shape, float32 holding integers.
-    Example: nearest_int([0.5, 1.5, -2.5, 2.6]) -> [0, 2, -2, 3]
+
+    Example (ties to even; then NaN and +inf through the bit trick):
+        >>> nearest_int(np.float32([0.5, 1.5, -2.5, 2.6])).tolist(), nearest_int(np.float32([np.nan, np.inf])).tolist()
+        ([0.0, 2.0, -2.0, 3.0], [0.0, -4194304.0])
     """
     xp = namespace(f)
     fast = xp.round(f)                                    # round half to even
@@ -143,83 +165,6 @@ def round_bounded(f: Any) -> Any:
     return namespace(f).round(f)
 
 
-def _colsum(t: Any) -> Any:
-    """C's running sum ``s = 0; for i: s += t[i]`` down the first axis: (n, B) -> (B,).
-
-    Left to right in float32, starting at +0 (so a sum of -0.0 terms is +0.0, as in C) —
-    never a pairwise or tree sum. Each step adds one contiguous row; NumPy adds in place.
-    """
-    if is_numpy(t):
-        s = t[0, :] + np.float32(0.0)
-        for i in range(1, t.shape[0]):
-            np.add(s, t[i, :], out=s)
-        return s
-    xp = namespace(t)
-    s = t[0, :] + 0.0
-    for i in range(1, t.shape[0]):
-        s = s + t[i, :]
-    return s
-
-
-def _colsum_from_first(t: Any) -> Any:
-    """C's ``s = t[0]; for i >= 1: s += t[i]`` down the first axis (no leading +0): (n, B) -> (B,)."""
-    if is_numpy(t):
-        s = t[0, :].copy()
-        for i in range(1, t.shape[0]):
-            np.add(s, t[i, :], out=s)
-        return s
-    s = t[0, :]
-    for i in range(1, t.shape[0]):
-        s = s + t[i, :]
-    return s
-
-
-def _cols(x: Any) -> Any:
-    """(B, n) -> (n, B), a fresh C-ordered copy: element i of every block is one contiguous row."""
-    xp = namespace(x)
-    if is_numpy(x):
-        return np.ascontiguousarray(x.T)
-    n, B = x.shape[-1], x.shape[0]
-    return xp.reshape(xp.reshape(xp.permute_dims(x, (1, 0)), (n * B,)), (n, B))
-
-
-def _uncols(a: Any) -> Any:
-    """(n, B) -> (B, n)."""
-    xp = namespace(a)
-    if is_numpy(a):
-        return np.ascontiguousarray(a.T)
-    return xp.permute_dims(a, (1, 0))
-
-
-def sequential_sum(t: Any) -> Any:
-    """C's running float sum over the last axis: ``s = 0; for i: s += t[..., i]``.
-
-    Left to right in float32, starting at +0 — not ``np.sum``'s pairwise order, which
-    rounds differently. t: (B, n) float32 -> (B,) float32.
-    """
-    return _colsum(_cols(t))
-
-
-def _first_max_abs(xc: Any) -> tuple[Any, Any]:
-    """(amax, max) of each block: the largest |x| and the signed value that holds it (the first one).
-
-    C: ``if (ax > amax) { amax = ax; max = x[i]; }`` — strict '>' keeps the *first*
-    element of largest magnitude, so [-3, 3] gives max = -3; an all-zero block gives 0.
-    xc: (n, B) -> (B,), (B,)
-    """
-    xp = namespace(xc)
-    ax = xp.abs(xc)                                                       # (n, B)
-    amax = running_max(ax, axis=0)                                        # (B,)
-    mx = xp.zeros_like(amax)
-    found = xp.zeros(amax.shape, dtype=xp.bool)
-    for i in range(xc.shape[0]):                                          # the first i with |x_i| == amax
-        hit = (ax[i, :] == amax) & ~found
-        mx = xp.where(hit, xc[i, :], mx)
-        found = found | hit
-    mx = xp.where(amax > 0, mx, xp.zeros_like(mx))
-    return amax, mx
-
-
 # ---------------------------------------------------------------------------------------
 # Symmetric codes: make_qx_quants, make_q3_quants
 # ---------------------------------------------------------------------------------------
@@ -257,8 +202,8 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
     A block with max |x| < GROUP_MAX_EPS gives scale 0, L 0.
     """
     xp = namespace(x, qw)
-    xc = _cols(x)                                                 # (n, B)
-    amax, mx = _first_max_abs(xc)                                 # (B,), (B,)
+    xc = columns(x)                                                 # (n, B)
+    amax, mx = (v[0, :] for v in signed_absmax(xc, axis=0))       # (B,), (B,) the first largest |x|, signed
     zero = amax < GROUP_MAX_EPS                                   # (B,) "all zero" blocks
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)                # avoid 0/0 in blocks we discard
     # |iscale·x| <= nmax + 0.9 for finite x. Q3_K's second search runs over block scales that
@@ -269,29 +214,29 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
     def codes(iscale):                                            # iscale (B,) -> l (n, B) in -nmax..nmax-1
         return clamp(rounding(iscale[None, :] * xc), -nmax, nmax - 1)
 
-    iscale = _rdiv(-nmax, mx_safe)                                # (B,) C: -nmax / max
+    iscale = rdiv(-nmax, mx_safe)                                # (B,) C: -nmax / max
     l = codes(iscale)                                             # (n, B)
     if rmse_type == 0:
-        scale = _rdiv(1, iscale)
+        scale = rdiv(1, iscale)
     else:
-        w = _qx_weights(xc, abs(rmse_type), None if qw is None else _cols(qw))  # (n, B)
+        w = _qx_weights(xc, abs(rmse_type), None if qw is None else columns(qw))  # (n, B)
         wx = w * xc                                               # C: w*x[i]*l is (w*x)*l
-        sumlx = _colsum(wx * l)                                   # (B,) C: sumlx += w*x[i]*l
-        suml2 = _colsum(w * l * l)                                # (B,) C: suml2 += w*l*l
+        sumlx = column_sum(wx * l)                                   # (B,) C: sumlx += w*x[i]*l
+        suml2 = column_sum(w * l * l)                                # (B,) C: suml2 += w*l*l
         scale = xp.where(suml2 != 0, sumlx / xp.where(suml2 != 0, suml2, xp.ones_like(suml2)),
                          xp.zeros_like(suml2))
         if rmse_type < 0:
-            scale = xp.where(suml2 > 0, 0.5 * (scale + _rdiv(1, iscale)), _rdiv(1, iscale))
+            scale = xp.where(suml2 > 0, 0.5 * (scale + rdiv(1, iscale)), rdiv(1, iscale))
         else:
             best = scale * sumlx                                  # (B,)
-            for step in range(-9, 10):
+            for step in range(-QX_TRIES, QX_TRIES + 1):
                 if step == 0:
                     continue
-                num = _f32(nmax + _f32(_f32(0.1) * step))         # C: nmax + 0.1f*is, rounded to float32
-                iscale_is = _rdiv(-num, mx_safe)                  # C: -(nmax + 0.1f*is) / max
+                num = _f32(nmax + _f32(_f32(CANDIDATE_STEP) * step))         # C: nmax + 0.1f*is, rounded to float32
+                iscale_is = rdiv(-num, mx_safe)                  # C: -(nmax + 0.1f*is) / max
                 l_is = codes(iscale_is)                           # (n, B)
-                sumlx_is = _colsum(wx * l_is)
-                suml2_is = _colsum(w * l_is * l_is)
+                sumlx_is = column_sum(wx * l_is)
+                suml2_is = column_sum(w * l_is * l_is)
                 better = (suml2_is > 0) & (sumlx_is * sumlx_is > best * suml2_is)  # (B,)
                 if not bool(xp.any(better)):
                     continue
@@ -301,7 +246,7 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
                 best = xp.where(better, scale * sumlx_is, best)
     scale = xp.where(zero, xp.zeros_like(scale), scale)
     L = xp.where(zero[None, :], xp.zeros_like(l), l + nmax)
-    return scale, xp.astype(_uncols(L), xp.int8)
+    return scale, xp.astype(uncolumns(L), xp.int8)
 
 
 def _descend(xp: Any, xc: Any, w: Any, L: Any, sumlx: Any, suml2: Any, lo: int | None, hi: int,
@@ -377,24 +322,24 @@ def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
     x: (B, n) float32 -> scale (B,) float32, L (B, n) int8 in 0..2·nmax-1 (ŵ = scale·(L - nmax))
     """
     xp = namespace(x)
-    xc = _cols(x)                                                         # (n, B)
-    amax, mx = _first_max_abs(xc)
+    xc = columns(x)                                                         # (n, B)
+    amax, mx = (v[0, :] for v in signed_absmax(xc, axis=0))               # (B,), (B,)
     zero = amax < GROUP_MAX_EPS
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)
-    iscale = _rdiv(-nmax, mx_safe)                                        # (B,)
+    iscale = rdiv(-nmax, mx_safe)                                        # (B,)
     l = clamp(round_bounded(iscale[None, :] * xc), -nmax, nmax - 1)       # (n, B) |iscale·x| <= nmax
     if not do_rmse:
-        scale = _rdiv(1, iscale)
+        scale = rdiv(1, iscale)
     else:
         w = xc * xc                                                       # (n, B)
-        sumlx = _colsum(w * xc * l)                                       # (B,)
-        suml2 = _colsum(w * l * l)                                        # (B,)
+        sumlx = column_sum(w * xc * l)                                       # (B,)
+        suml2 = column_sum(w * l * l)                                        # (B,)
         l, sumlx, suml2 = _descend(xp, xc, w, l, sumlx, suml2, -nmax, nmax - 1, need_sl2=False)
         scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)),
                          xp.zeros_like(suml2))
     scale = xp.where(zero, xp.zeros_like(scale), scale)
     L = xp.where(zero[None, :], xp.zeros_like(l), l + nmax)
-    return scale, xp.astype(_uncols(L), xp.int8)
+    return scale, xp.astype(uncolumns(L), xp.int8)
 
 
 def _as_uint8(l: Any) -> Any:
@@ -413,27 +358,27 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
     """Shared body of make_qkx2_quants / make_qkx3_quants (they differ only in details
     named at the call sites: default weights and the "empty range" test)."""
     xp = namespace(x, weights)
-    xc = _cols(x)                                                 # (n, B)
-    w = xc * xc if weights is None else _cols(weights)            # (n, B) qkx3: NULL weights -> x²
+    xc = columns(x)                                                 # (n, B)
+    w = xc * xc if weights is None else columns(weights)            # (n, B) qkx3: NULL weights -> x²
     # C: min = max = x[0]; if (x[i] < min) min = x[i]; ... — exact values, but a zero min/max
     # keeps the sign of the *first* zero (−0 < +0 is false), which reaches the stored m of Q4_1/Q5_1
     mn = first_zero_sign(xc, xp.min(xc, axis=0, keepdims=True), axis=0)[0, :]  # (B,)
     x_min = mn
     mx = first_zero_sign(xc, xp.max(xc, axis=0, keepdims=True), axis=0)[0, :]  # (B,)
     # C: sum_w = w[0]; sum_x = sum_w*x[0]; then += over i >= 1 (the sum starts at element 0, not at +0)
-    sum_w = _colsum_from_first(w)                                 # (B,)
-    sum_x = _colsum_from_first(w * xc)                            # (B,)
+    sum_w = column_sum(w, from_zero=False)                                 # (B,)
+    sum_x = column_sum(w * xc, from_zero=False)                            # (B,)
     mn = xp.where(mn > 0, xp.zeros_like(mn), mn)                  # the min is never above 0
     empty = (mx == mn) if empty_if_equal else (mx <= mn)          # (B,) nothing to quantize
 
     def error(scale, min_, L):                                    # C: diff = scale*L + min - x; w*|diff| or w*diff²
         diff = scale[None, :] * L + min_[None, :] - xc
         diff = xp.abs(diff) if use_mad else diff * diff
-        return _colsum(w * diff)
+        return column_sum(w * diff)
 
     span = xp.where(empty, xp.ones_like(mx), mx - mn)             # (B,) max - min (1 where empty: unused)
-    iscale = _rdiv(nmax, span)                                    # (B,)
-    scale = _rdiv(1, iscale)
+    iscale = rdiv(nmax, span)                                    # (B,)
+    scale = rdiv(1, iscale)
     L = clamp(nearest_int(iscale[None, :] * (xc - mn[None, :])), 0, nmax)  # (n, B)
     best = error(scale, mn, L)                                    # (B,)
     if nstep >= 1:
@@ -443,7 +388,7 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
             # and the shift x - min follow the best min found so far.
             num = _f32(_f32(_f32(rmin) + _f32(_f32(rdelta) * step)) + nmax)  # C: rmin + rdelta*is + nmax (float32)
             span = xp.where(empty, xp.ones_like(mx), mx - mn)
-            iscale_is = _rdiv(num, span)                          # (B,)
+            iscale_is = rdiv(num, span)                          # (B,)
             f = iscale_is[None, :] * xm                           # (n, B)
             # float rounding is monotonic, so each block's f lies between iscale·(min x - min)
             # and iscale·(max - min): when those bounds are in nearest_int's exact range,
@@ -452,9 +397,9 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
             exact = float(xp.min(lo)) >= -_SAFE and float(xp.max(hi)) <= _SAFE
             Laux = clamp(round_bounded(f) if exact else nearest_int(f), 0, nmax)  # (n, B)
             wl = w * Laux
-            sum_l = _colsum(wl)                                   # C: sum_l  += w*l
-            sum_l2 = _colsum(wl * Laux)                           # C: sum_l2 += w*l*l
-            sum_xl = _colsum(wl * xc)                             # C: sum_xl += w*l*x[i]
+            sum_l = column_sum(wl)                                   # C: sum_l  += w*l
+            sum_l2 = column_sum(wl * Laux)                           # C: sum_l2 += w*l*l
+            sum_xl = column_sum(wl * xc)                             # C: sum_xl += w*l*x[i]
             D = sum_w * sum_l2 - sum_l * sum_l                    # (B,) determinant of the 2x2 normal equations
             ok = D > 0
             D_safe = xp.where(ok, D, xp.ones_like(D))
@@ -476,7 +421,7 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
     scale = xp.where(empty, xp.zeros_like(scale), scale)
     L = xp.where(empty[None, :], xp.zeros_like(L), L)
     # C returns *the_min = -min: a non-negative offset, ŵ = scale·L - the_min
-    return scale, -mn, xp.astype(_uncols(L), xp.uint8)
+    return scale, -mn, xp.astype(uncolumns(L), xp.uint8)
 
 
 def make_qkx2_quants(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep: int,
@@ -532,33 +477,33 @@ def make_qp_quants(x: Any, nmax: int, quant_weights: Any) -> tuple[Any, Any]:
     A block with max x < GROUP_MAX_EPS gives scale 0, L 0.
     """
     xp = namespace(x, quant_weights)
-    xc = _cols(x)                                                         # (n, B)
-    w = _cols(quant_weights)
+    xc = columns(x)                                                         # (n, B)
+    w = columns(quant_weights)
     mx = running_max(xc, axis=0)                                          # C: max = MAX(max, x[i]) from 0
     zero = mx < GROUP_MAX_EPS                                             # (B,)
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)
-    iscale = _rdiv(nmax, mx_safe)                                         # (B,)
+    iscale = rdiv(nmax, mx_safe)                                         # (B,)
     L0 = _as_uint8(nearest_int(iscale[None, :] * xc))                     # (n, B) stored in uint8_t L[]
-    scale0 = _rdiv(1, iscale)
+    scale0 = rdiv(1, iscale)
     diff = xc - scale0[None, :] * L0
-    best_mse = _colsum(w * diff * diff)                                   # C: w*diff*diff
-    for step in range(-4, 5):
+    best_mse = column_sum(w * diff * diff)                                   # C: w*diff*diff
+    for step in range(-QP_TRIES, QP_TRIES + 1):
         if step == 0:
             continue
-        iscale_is = _rdiv(_f32(_f32(_f32(0.1) * step) + nmax), mx_safe)  # C: (0.1f*is + nmax)/max
-        scale_is = _rdiv(1, iscale_is)
+        iscale_is = rdiv(_f32(_f32(_f32(CANDIDATE_STEP) * step) + nmax), mx_safe)  # C: (0.1f*is + nmax)/max
+        scale_is = rdiv(1, iscale_is)
         l = clamp(nearest_int(iscale_is[None, :] * xc), None, nmax)     # C: MIN(nmax, l)
         diff = xc - scale_is[None, :] * l
-        mse = _colsum(w * diff * diff)
+        mse = column_sum(w * diff * diff)
         better = mse < best_mse
         best_mse = xp.where(better, mse, best_mse)
         iscale = xp.where(better, iscale_is, iscale)
     l = clamp(nearest_int(iscale[None, :] * xc), None, nmax)            # (n, B) int l = MIN(nmax, ...)
     L = _as_uint8(l)                                                      # uint8_t L[i] = l
-    sumlx = _colsum(w * xc * L)
-    suml2 = _colsum(w * L * L)
+    sumlx = column_sum(w * xc * L)
+    suml2 = column_sum(w * L * L)
     L, sumlx, suml2 = _descend(xp, xc, w, L, sumlx, suml2, None, nmax, need_sl2=True, store=_as_uint8)
     scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)), xp.zeros_like(suml2))
     scale = xp.where(zero, xp.zeros_like(scale), scale)
     L = xp.where(zero[None, :], xp.zeros_like(L), L)
-    return scale, xp.astype(_uncols(L), xp.uint8)
+    return scale, xp.astype(uncolumns(L), xp.uint8)

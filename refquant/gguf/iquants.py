@@ -63,18 +63,18 @@ from typing import Any
 import numpy as np
 
 from .._backend import device, from_numpy, namespace, to_numpy
+from ._bytes import (GROUP_MAX_EPS, QK, QK_K, Layout, as_f32, check_blocks, fp16_bytes, fp16_field, inverse_or_zero,
+                     low_high_nibbles, pack_low_high, sequential_sum, signed_absmax, uint_le)
 from ._search import clamp, nearest_int
-from .legacy import (_as_f32, _first_absmax, _inverse_or_zero, _pack_4bit, fp16_bytes, half_at, low_high_nibbles,
-                     sequential_sum, uint_at)
 
-__all__ = ["KVALUES", "best_index", "quantize_iq4_nl", "dequantize_iq4_nl", "quantize_iq4_xs", "dequantize_iq4_xs"]
+__all__ = ["KVALUES", "best_index", "IQ4_NL_BLOCK", "IQ4_XS_BLOCK",
+           "quantize_iq4_nl", "dequantize_iq4_nl", "quantize_iq4_xs", "dequantize_iq4_xs"]
 
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _MIDPOINTS = ((KVALUES[:-1].astype(np.float32) + KVALUES[1:].astype(np.float32)) / 2).astype(np.float32)  # exact halves
-GROUP_MAX_EPS = float(np.float32(1e-15))  # the float32 1e-15f: a block whose max |x| is below it is stored as zeros
-NTRY = 7                           # ggml_quantize_chunk's ntry: 2·7 + 1 extra starting scales
+NTRY = 7                           # quantize_row_iq4_nl_impl's ntry: 2·7 + 1 extra starting scales
 NAN_INDEX = 15                     # best_index_int8(NaN): no comparison holds, the bisection ends on the top level
-SUB = 32                           # weights per block (sub-block of IQ4_XS)
+SUB = QK                           # weights per block (sub-block of IQ4_XS): QK4_NL = 32
 
 
 def best_index(v: Any) -> Any:
@@ -116,7 +116,7 @@ def _block_scales(x: Any, w: Any) -> Any:
     Blocks with max |x| < GROUP_MAX_EPS get d = 0.
     """
     xp = namespace(x)
-    amax, max_ = _first_absmax(x)                                       # (n, 1)
+    amax, max_ = signed_absmax(x)                                       # (n, 1)
     empty = amax < GROUP_MAX_EPS
     max_ = xp.where(empty, xp.ones_like(max_), max_)                    # keep empty blocks finite
     d = -max_ / float(KVALUES[0])                                       # ntry > 0: d = −max / K[0]
@@ -142,47 +142,46 @@ def _importance(x: Any, qw: Any | None, super_size: int) -> Any:
     xs = xp.reshape(x, (n_super, super_size))                            # (n_super, super_size)
     sigma2 = sequential_sum(xs * xs) * (2.0 / super_size)                # sigma2 *= 2.f/super_block_size
     sigma2 = xp.reshape(xp.broadcast_to(sigma2, (n_super, super_size // SUB)), (-1, 1))  # (n_blocks, 1)
-    return _as_f32(qw) * xp.sqrt(sigma2 + x * x)
-
-
-def _check(x: Any, qw: Any | None, qk: int, name: str) -> Any:
-    if x.ndim != 2 or x.shape[-1] != qk:
-        raise ValueError(f"x: expected {name} blocks of shape (n_blocks, {qk}), got {tuple(x.shape)}")
-    if qw is not None and tuple(qw.shape) != tuple(x.shape):
-        raise ValueError(f"qw: expected the shape of x {tuple(x.shape)}, got {tuple(qw.shape)}")
-    return _as_f32(x)
+    return as_f32(qw) * xp.sqrt(sigma2 + x * x)
 
 
 # ---------------------------------------------------------------------------------------
 # IQ4_NL — 4.5 bits per weight
 # ---------------------------------------------------------------------------------------
 
+IQ4_NL_BLOCK = Layout("IQ4_NL", d=2, qs=16)
+
+
 def quantize_iq4_nl(x: Any, qw: Any | None = None) -> Any:
     """x: (n_blocks, 32) float32 -> (n_blocks, 18) uint8 IQ4_NL blocks (quantize_iq4_nl).
 
     Example: x = 0.5·[K, K] (each level twice). The trial t = 0 has 1/d = −127/max = 2,
-    where every x/d is exactly a level: a perfect fit, d = 0.5, and the block decodes to x.
+    where every x/d is exactly a level: a perfect fit, d = 0.5 (fp16 0x3800), and the
+    block decodes to x.
+
+        >>> x = 0.5 * np.tile(KVALUES.astype(np.float32), 2)[None, :]
+        >>> raw = quantize_iq4_nl(x)
+        >>> raw[0, :2].tolist(), bool((dequantize_iq4_nl(raw) == x).all())
+        ([0, 56], True)
     """
-    x = _check(x, qw, SUB, "IQ4_NL")
-    qw = None if qw is None else _as_f32(qw)
+    x = check_blocks(x, qw, "IQ4_NL", SUB)
+    qw = None if qw is None else as_f32(qw)
     d = _block_scales(x, _importance(x, qw, SUB))                       # (n, 1)
-    q = best_index(_inverse_or_zero(d) * x)                              # (n, 32)
-    out = np.concatenate([fp16_bytes(d), _pack_4bit(to_numpy(q).astype(np.uint8))], axis=1)
-    return from_numpy(out, like=x)
+    q = best_index(inverse_or_zero(d) * x)                               # (n, 32)
+    return from_numpy(IQ4_NL_BLOCK.join(d=fp16_bytes(d), qs=pack_low_high(to_numpy(q).astype(np.uint8))), like=x)
 
 
 def dequantize_iq4_nl(raw: Any) -> Any:
     """(n_blocks, 18) uint8 -> (n_blocks, 32) float32: ŵ = d · K[q]."""
-    if raw.ndim != 2 or raw.shape[-1] != 18:
-        raise ValueError(f"raw: expected IQ4_NL blocks of shape (n_blocks, 18), got {tuple(raw.shape)}")
-    return half_at(raw, 0) * _levels(low_high_nibbles(raw[:, 2:18]))
+    b = IQ4_NL_BLOCK.split(raw)
+    return fp16_field(b.d) * _levels(low_high_nibbles(b.qs))
 
 
 # ---------------------------------------------------------------------------------------
 # IQ4_XS — 4.25 bits per weight
 # ---------------------------------------------------------------------------------------
 
-QK_K = 256
+IQ4_XS_BLOCK = Layout("IQ4_XS", d=2, scales_h=2, scales_l=4, qs=128)
 N_SUB = QK_K // SUB  # 8 blocks of 32 in a super-block
 
 
@@ -193,43 +192,40 @@ def quantize_iq4_xs(x: Any, qw: Any | None = None) -> Any:
     them)/32 is stored in float16 and block b keeps ls_b = clamp(round_half_even(d_b/d),
     −32, 31) + 32 in 6 bits; the codes are refit to the rounded scale d·(ls_b − 32).
     """
-    x = _check(x, qw, QK_K, "IQ4_XS")
+    x = check_blocks(x, qw, "IQ4_XS", QK_K)
     xp = namespace(x)
     n = x.shape[0]
     xb = xp.reshape(x, (n * N_SUB, SUB))                                 # (n*8, 32)
-    qwb = None if qw is None else xp.reshape(_as_f32(qw), (n * N_SUB, SUB))
+    qwb = None if qw is None else xp.reshape(as_f32(qw), (n * N_SUB, SUB))
     d_b = xp.reshape(_block_scales(xb, _importance(xb, qwb, QK_K)), (n, N_SUB))  # (n, 8)
-    _, max_scale = _first_absmax(d_b)                                    # (n, 1)
-    d = -max_scale / 32.0
+    d = -signed_absmax(d_b).signed / 32.0                                # (n, 1)
     # C: l = nearest_int(id*scales[ib]); MAX(-32, MIN(31, l)). A block scale that overflowed
     # to NaN or ±inf (|x| ~ 1e20, or an imatrix ~ 1e38) goes through nearest_int's bit trick:
     # NaN -> 0, ±inf -> −2^22 (then −32), not round()'s NaN
-    ls = clamp(nearest_int(_inverse_or_zero(d) * d_b), -32, 31)
+    ls = clamp(nearest_int(inverse_or_zero(d) * d_b), -32, 31)
     dl = xp.reshape(d * ls, (n * N_SUB, 1))                              # (n*8, 1)
-    q = best_index(_inverse_or_zero(dl) * xb)                            # (n*8, 32)
+    q = best_index(inverse_or_zero(dl) * xb)                             # (n*8, 32)
     # --- bytes (NumPy edge) ---
     ls_u = to_numpy(ls).astype(np.int64) + 32                             # (n, 8) in 0..63
     scales_l = (ls_u[:, 0::2] & 0xF) | ((ls_u[:, 1::2] & 0xF) << 4)     # (n, 4)
     scales_h = ((ls_u >> 4) << (2 * np.arange(N_SUB))).sum(axis=1)      # (n,) bits 2b, 2b+1
-    qs = _pack_4bit(to_numpy(q).astype(np.uint8)).reshape(n, N_SUB * 16)  # (n, 128)
-    out = np.concatenate([fp16_bytes(d), scales_h.astype("<u2").view(np.uint8).reshape(n, 2),
-                          scales_l.astype(np.uint8), qs], axis=1)
+    qs = pack_low_high(to_numpy(q).astype(np.uint8)).reshape(n, N_SUB * 16)  # (n, 128)
+    out = IQ4_XS_BLOCK.join(d=fp16_bytes(d), scales_h=scales_h.astype("<u2").view(np.uint8).reshape(n, 2),
+                            scales_l=scales_l.astype(np.uint8), qs=qs)
     return from_numpy(out, like=x)
 
 
 def dequantize_iq4_xs(raw: Any) -> Any:
     """(n_blocks, 136) uint8 -> (n_blocks, 256) float32: ŵ = (d · (ls_b − 32)) · K[q]."""
-    if raw.ndim != 2 or raw.shape[-1] != 136:
-        raise ValueError(f"raw: expected IQ4_XS blocks of shape (n_blocks, 136), got {tuple(raw.shape)}")
+    f = IQ4_XS_BLOCK.split(raw)
     xp = namespace(raw)
     n = raw.shape[0]
-    d = half_at(raw, 0)                                                  # (n, 1)
-    scales_h = uint_at(raw, 2, 2)                                        # (n, 1)
-    scales_l = xp.astype(raw[:, 4:8], xp.int64)                          # (n, 4)
+    scales_h = uint_le(f.scales_h)                                       # (n, 1)
+    scales_l = xp.astype(f.scales_l, xp.int64)                           # (n, 4)
     b = from_numpy(np.arange(N_SUB, dtype=np.int64), like=raw)           # (8,)
     low = (xp.repeat(scales_l, 2, axis=1) >> (4 * (b % 2))) & 0xF        # (n, 8)
     high = (scales_h >> (2 * b)) & 3                                      # (n, 8)
-    dl = d * xp.astype((low | (high << 4)) - 32, xp.float32)             # (n, 8)
-    qs = xp.reshape(raw[:, 8:136], (n * N_SUB, 16))                      # (n*8, 16)
+    dl = fp16_field(f.d) * xp.astype((low | (high << 4)) - 32, xp.float32)  # (n, 8)
+    qs = xp.reshape(f.qs, (n * N_SUB, 16))                               # (n*8, 16)
     levels = xp.reshape(_levels(low_high_nibbles(qs)), (n, N_SUB, SUB))  # (n, 8, 32)
     return xp.reshape(xp.reshape(dl, (n, N_SUB, 1)) * levels, (n, QK_K))

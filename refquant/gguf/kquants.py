@@ -53,8 +53,10 @@ from .._checks import check_finite, check_float
 from .._packing import pack_nibbles
 from .._rounding import to_fp16
 from . import _search
-from ._search import GROUP_MAX_EPS, _rdiv, clamp, nearest_int, running_max, sequential_sum
-from .legacy import float_from_bits, fp16_bytes, half_at
+from ._bytes import (GROUP_MAX_EPS, QK_K, Layout, f32_field, fp16_bytes, fp16_field, pack_planes, sequential_sum,
+                     signed_absmax, unpack_planes)
+from ._search import QKX2_GRID_Q2_K, QKX2_GRID_Q4_K, QKX2_GRID_Q5_K, QKX3_GRID, QkxGrid, clamp, nearest_int, rdiv, \
+    running_max
 
 __all__ = [
     "QK_K", "BLOCK_BYTES",
@@ -63,8 +65,14 @@ __all__ = [
     "quantize_q6_k", "dequantize_q6_k", "quantize_q8_k", "dequantize_q8_k",
 ]
 
-QK_K = 256  # weights per super-block
-BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "Q8_K": 292}
+# the fields of each super-block, as ggml-common.h's struct block_q*_K names them
+Q2_K_BLOCK = Layout("Q2_K", scales=16, qs=64, d=2, dmin=2)
+Q3_K_BLOCK = Layout("Q3_K", hmask=32, qs=64, scales=12, d=2)
+Q4_K_BLOCK = Layout("Q4_K", d=2, dmin=2, scales=12, qs=128)
+Q5_K_BLOCK = Layout("Q5_K", d=2, dmin=2, scales=12, qh=32, qs=128)
+Q6_K_BLOCK = Layout("Q6_K", ql=128, qh=64, scales=16, d=2)
+Q8_K_BLOCK = Layout("Q8_K", d=4, qs=256, bsums=32)
+BLOCK_BYTES = {b.qtype: b.type_size for b in (Q2_K_BLOCK, Q3_K_BLOCK, Q4_K_BLOCK, Q5_K_BLOCK, Q6_K_BLOCK, Q8_K_BLOCK)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -88,15 +96,6 @@ def _check_x(x: Any, qw: Any | None) -> tuple[Any, Any | None]:
     return x, qw
 
 
-def _check_raw(raw: Any, qtype: str) -> None:
-    nbytes = BLOCK_BYTES[qtype]
-    xp = namespace(raw)
-    if not hasattr(raw, "dtype") or raw.dtype != xp.uint8:
-        raise TypeError(f"raw: expected a uint8 array of {qtype} blocks, got dtype {getattr(raw, 'dtype', type(raw).__name__)}")
-    if raw.ndim != 2 or int(raw.shape[-1]) != nbytes:
-        raise ValueError(f"raw: expected {qtype} blocks of shape (n_blocks, {nbytes}), got {tuple(raw.shape)}")
-
-
 def _u8(v: Any) -> np.ndarray:
     """Integer-valued array (any namespace) -> NumPy uint8, wrapping modulo 256 like a C store."""
     return np.remainder(np.asarray(to_numpy(v)), 256).astype(np.uint8)
@@ -106,20 +105,6 @@ def _where0(cond: Any, y: Any) -> Any:
     """y where cond holds, else 1: a safe denominator for lanes whose result is discarded."""
     xp = namespace(y)
     return xp.where(cond, y, xp.ones_like(y))
-
-
-def _first_max_abs(v: Any) -> Any:
-    """The signed value of largest |v| along the last axis (first one; 0 if all zero).
-
-    C: ``if (fabsf(v) > amax) { amax = fabsf(v); max = v; }`` with amax = max = 0 at start.
-    v: (B, n) -> (B,)
-    """
-    xp = namespace(v)
-    av = xp.abs(v)
-    amax = running_max(av, axis=-1)                                       # (B,) NaN never wins, as in C
-    first = xp.argmax(xp.astype(av == amax[:, None], xp.int8), axis=-1)   # (B,) the first index reaching it
-    mx = xp.take_along_axis(v, first[:, None], axis=-1)[:, 0]             # (B,)
-    return xp.where(amax > 0, mx, xp.zeros_like(mx))
 
 
 def _requantize(x: Any, d: Any, dm: Any | None, L_search: Any, lo: int, hi: int, offset: int) -> Any:
@@ -136,23 +121,16 @@ def _requantize(x: Any, d: Any, dm: Any | None, L_search: Any, lo: int, hi: int,
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
-    """(B, 256) codes 0..3 -> (B, 64) bytes: byte 32c + l holds L[128c + 32k + l] in bits 2k..2k+1."""
+    """(B, 256) codes 0..3 -> (B, 64) bytes: byte 32c + l holds L[128c + 32k + l] in bits 2k..2k+1 (plane k)."""
     q = L.astype(np.uint8).reshape(-1, 2, 4, 32)                          # (B, half, k, l)
-    out = q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)  # (B, 2, 32)
-    return out.reshape(-1, 64)
+    return pack_planes(q, 2).reshape(-1, 64)                              # (B, 2, 32) -> (B, 64)
 
 
 def _unpack_2bit(qs: Any) -> Any:
     """Inverse of _pack_2bit in any namespace: (B, 64) uint8 -> (B, 256) uint8 codes 0..3."""
     xp = namespace(qs)
-    q = xp.reshape(qs, (-1, 2, 1, 32))                                    # (B, half, 1, l)
-    return xp.reshape((q >> _shifts(xp, 4)) & 3, (-1, QK_K))              # (B, 256)
-
-
-def _shifts(xp: Any, k: int) -> Any:
-    """uint8 shift amounts 0, 2, …, 2(k-1) (k = 4) or 0, 1, …, k-1 (k = 8) on an axis of their own."""
-    step = 2 if k == 4 else 1
-    return xp.reshape(xp.asarray([step * i for i in range(k)], dtype=xp.uint8), (1, 1, k, 1))
+    planes = unpack_planes(xp.reshape(qs, (-1, 2, 32)), 2)                # (B, half, k, l)
+    return xp.reshape(planes, (-1, QK_K))                                 # (B, 256)
 
 
 def _pack_nibble_pairs(L: np.ndarray) -> np.ndarray:
@@ -202,9 +180,9 @@ def _pack_scales_q3(l: np.ndarray) -> np.ndarray:
     l: (B, 16) -> (B, 12) uint8
     """
     l = l.astype(np.uint8)
-    low = (l[:, :8] & 0x0F) | ((l[:, 8:] & 0x0F) << 4)                    # (B, 8)
+    low = pack_nibbles(l[:, :8], l[:, 8:])                                # (B, 8)
     top = (l >> 4).reshape(-1, 4, 4)                                     # (B, j//4, j%4)
-    high = top[:, 0] | (top[:, 1] << 2) | (top[:, 2] << 4) | (top[:, 3] << 6)  # (B, 4)
+    high = pack_planes(top, 2)                                            # (B, 4) plane j//4 of byte j%4
     return np.concatenate([low, high], axis=1)
 
 
@@ -213,8 +191,7 @@ def _unpack_scales_q3(s: Any) -> Any:
     xp = namespace(s)
     s = xp.astype(s, xp.int32)
     low = xp.concat([s[:, 0:8] & 0x0F, s[:, 0:8] >> 4], axis=1)          # (B, 16)
-    shifts = xp.reshape(xp.asarray([0, 2, 4, 6], dtype=xp.int32), (1, 4, 1))
-    high = xp.reshape((s[:, None, 8:12] >> shifts) & 3, (-1, 16))        # (B, j//4 · 4 + j%4)
+    high = xp.reshape(unpack_planes(s[:, 8:12], 2), (-1, 16))            # (B, j//4 · 4 + j%4)
     return low | (high << 4)
 
 
@@ -240,28 +217,56 @@ def _encode(encode_chunk, x: Any, qw: Any | None) -> Any:
 DECODE_CHUNK = 1024  # blocks per decoding pass: 1 MiB of float32 output, cache-sized
 
 
-def _decode(decode_chunk, raw: Any) -> Any:
-    """Run ``decode_chunk`` over DECODE_CHUNK blocks at a time: (B, type_size) -> (B, 256).
+def _decode(layout: Layout, decode_fields, raw: Any) -> Any:
+    """Split ``raw`` into ``layout``'s fields and run ``decode_fields`` on DECODE_CHUNK blocks at a time.
 
-    Decoding is a few passes over the output (bits -> codes -> float32 -> scale, shift);
-    cache-sized pieces keep those passes out of main memory. NumPy fills one output array,
-    other namespaces concatenate.
+    (B, type_size) uint8 -> (B, 256) float32. Decoding is a few passes over the output
+    (bits -> codes -> float32 -> scale, shift); cache-sized pieces keep those passes out of
+    main memory. NumPy fills one output array, other namespaces concatenate.
     """
+    layout.split(raw)                                                     # checks dtype and shape
     n = int(raw.shape[0])
     if n <= DECODE_CHUNK:
-        return decode_chunk(raw)
+        return decode_fields(layout.split(raw))
+    pieces = [(i, min(i + DECODE_CHUNK, n)) for i in range(0, n, DECODE_CHUNK)]
     if is_numpy(raw):
         out = np.empty((n, QK_K), dtype=np.float32)
-        for i in range(0, n, DECODE_CHUNK):
-            out[i:i + DECODE_CHUNK] = decode_chunk(raw[i:i + DECODE_CHUNK])
+        for lo, hi in pieces:
+            out[lo:hi] = decode_fields(layout.split(raw[lo:hi]))
         return out
     xp = namespace(raw)
-    return xp.concat([decode_chunk(raw[i:min(i + DECODE_CHUNK, n), :]) for i in range(0, n, DECODE_CHUNK)], axis=0)
+    return xp.concat([decode_fields(layout.split(raw[lo:hi, :])) for lo, hi in pieces], axis=0)
+
+
+def _scaled(d: Any, sc: Any, q: Any, dmin: Any = None, m: Any = None) -> Any:
+    """The k-quant decode ŵ = (d·sc_j)·q − (dmin·m_j) (no min: ŵ = (d·sc_j)·q), float32 in C's order.
+
+    d, dmin: (B, 1); sc, m: (B, S) sub-block scale codes; q: (B, 256) codes -> (B, 256).
+    """
+    xp = namespace(q)
+    d_sub = d * xp.astype(sc, xp.float32)                                 # (B, S)
+    S = d_sub.shape[1]
+    w = d_sub[:, :, None] * xp.reshape(xp.astype(q, xp.float32), (-1, S, QK_K // S))  # (B, S, 256/S)
+    if dmin is not None:
+        w = w - (dmin * xp.astype(m, xp.float32))[:, :, None]
+    return xp.reshape(w, (-1, QK_K))
 
 
 def _sum_of_squares(x: Any) -> Any:
     """C's ``sumx2 += x[j]*x[j]`` over the last axis, sequentially: (..., n) -> (...)."""
-    return sequential_sum(x * x)
+    return sequential_sum(x * x)[..., 0]
+
+
+def _importance(x: Any, qw: Any, sigma2: Any, sub: int) -> Any:
+    """The *_impl weights qw·sqrt(σ² + x²) of every weight, cut into sub-blocks: (B, 256) -> (B·256/sub, sub).
+
+    σ²: (B,) per super-block (Q2_K: Σx²/256; Q3_K, Q4_K, Q5_K: 2·Σx²/256).
+    """
+    xp = namespace(x)
+    B = x.shape[0]
+    xs3 = xp.reshape(x, (B, QK_K // sub, sub))                            # (B, S, sub)
+    w = xp.reshape(qw, (B, QK_K // sub, sub)) * xp.sqrt(sigma2[:, None, None] + xs3 * xs3)
+    return xp.reshape(w, (B * (QK_K // sub), sub))                        # (B·S, sub)
 
 
 # =======================================================================================
@@ -285,7 +290,7 @@ def _sum_of_squares(x: Any) -> Any:
 # make_qp_quants, a weighted least-squares fit rather than plain rounding.
 # =======================================================================================
 
-def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, float, int]) -> tuple[Any, Any, Any, Any, Any]:
+def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_grid: QkxGrid) -> tuple[Any, Any, Any, Any]:
     """The shared quantizer of Q4_K and Q5_K (8 sub-blocks of 32, 6-bit scales and mins).
 
     Returns d, dmin: (B,) float32 (before fp16), the 12 packed scale bytes (B, 12) NumPy,
@@ -297,15 +302,14 @@ def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, floa
     if qw is None:                                                        # quantize_row_q{4,5}_K_ref
         av_x = xp.sqrt(_sum_of_squares(xs) / 32.0)                        # (B·8,) C: sqrtf(sum_x2/32)
         weights = av_x[:, None] + xp.abs(xs)                              # (B·8, 32)
-        rmin, rdelta, nstep = ref_search
-        scales, mins, L = _search.make_qkx2_quants(xs, nmax, weights, rmin, rdelta, nstep, False)
+        scales, mins, L = _search.make_qkx2_quants(xs, nmax, weights, *ref_grid, False)
         scales = xp.reshape(scales, (B, 8))
         mins = xp.reshape(mins, (B, 8))
         zero = xp.zeros((B,), dtype=xp.float32)
         max_scale = running_max(scales, axis=1)                           # C: if (scale > max_scale) from 0
         max_min = running_max(mins, axis=1)
-        inv_scale = xp.where(max_scale > 0, _rdiv(63.0, _where0(max_scale > 0, max_scale)), zero)
-        inv_min = xp.where(max_min > 0, _rdiv(63.0, _where0(max_min > 0, max_min)), zero)
+        inv_scale = xp.where(max_scale > 0, rdiv(63.0, _where0(max_scale > 0, max_scale)), zero)
+        inv_min = xp.where(max_min > 0, rdiv(63.0, _where0(max_min > 0, max_min)), zero)
         # C: uint8_t ls = nearest_int(inv_scale*scales[j]); ls = MIN(63, ls)  (the store wraps mod 256)
         ls = clamp(xp.remainder(nearest_int(inv_scale[:, None] * scales), 256.0), None, 63)  # (B, 8)
         lm = clamp(xp.remainder(nearest_int(inv_min[:, None] * mins), 256.0), None, 63)
@@ -313,10 +317,9 @@ def _k_with_min(x: Any, qw: Any | None, nmax: int, ref_search: tuple[float, floa
         dmin = max_min / 63.0
     else:                                                                 # quantize_row_q{4,5}_K_impl
         sigma2 = 2.0 * _sum_of_squares(x) / QK_K                          # (B,) C: 2*sum_x2/QK_K
-        xs3 = xp.reshape(x, (B, 8, 32))
-        weights = xp.reshape(xp.reshape(qw, (B, 8, 32)) * xp.sqrt(sigma2[:, None, None] + xs3 * xs3), (B * 8, 32))
+        weights = _importance(x, qw, sigma2, 32)                          # (B·8, 32)
         sw = xp.reshape(sequential_sum(weights), (B, 8))                  # (B, 8) C: sumw += weights[l]
-        scales, mins, L = _search.make_qkx3_quants(xs, nmax, weights, -0.9, 0.05, 36, False)
+        scales, mins, L = _search.make_qkx3_quants(xs, nmax, weights, *QKX3_GRID, False)
         d, ls = _search.make_qp_quants(xp.reshape(scales, (B, 8)), 63, sw)  # (B,), (B, 8)
         dmin, lm = _search.make_qp_quants(xp.reshape(mins, (B, 8)), 63, sw)
         ls, lm = xp.astype(ls, xp.float32), xp.astype(lm, xp.float32)
@@ -338,44 +341,44 @@ def quantize_q4_k(x: Any, qw: Any | None = None) -> Any:
     ŵ = d·sc_j·q − dmin·m_j with q in 0..15, sc_j, m_j in 0..63 (8 sub-blocks of 32).
     Error: within a sub-block |w − ŵ| ≤ d·sc_j/2 for weights inside [−dmin·m_j, −dmin·m_j + 15·d·sc_j].
     Ref: quantize_row_q4_K_ref (qw None) / quantize_row_q4_K_impl, ggml-quants.c.
+
     Example: a block of 256 zeros is 144 zero bytes.
+        >>> quantize_q4_k(np.zeros((1, 256), np.float32)).tolist() == [[0] * 144]
+        True
     """
     x, qw = _check_x(x, qw)
     return _encode(_encode_q4_k, x, qw)
 
 
 def _encode_q4_k(x: Any, qw: Any | None) -> np.ndarray:
-    d, dmin, scales_bytes, L = _k_with_min(x, qw, 15, (-1.0, 0.1, 20))
-    Ln = to_numpy(L)
-    block = np.concatenate([fp16_bytes(d), fp16_bytes(dmin), scales_bytes, _pack_nibble_pairs(Ln)], axis=1)  # (B, 144)
-    return block
-
-
-def _d_dmin(raw: Any) -> tuple[Any, Any]:
-    """The two float16 fields at bytes 0 and 2 (Q4_K, Q5_K): (B, 1) float32 each."""
-    return half_at(raw, 0), half_at(raw, 2)
+    d, dmin, scales_bytes, L = _k_with_min(x, qw, 15, QKX2_GRID_Q4_K)
+    return Q4_K_BLOCK.join(d=fp16_bytes(d), dmin=fp16_bytes(dmin), scales=scales_bytes,
+                           qs=_pack_nibble_pairs(to_numpy(L)))               # (B, 144)
 
 
 def dequantize_q4_k(raw: Any) -> Any:
     """uint8 (n_blocks, 144) -> float32 (n_blocks, 256):  ŵ = (d·sc_j)·q − (dmin·m_j).
 
     Example: d = 1.0, dmin = 0.5, sub-block 0 with sc = 2, m = 3 (scales bytes 0 and 4) and
-    weight 0's code q = 5 (low nibble of qs[0]) decode to 1·2·5 − 0.5·3 = 8.5.
+    weight 0's code q = 5 (low nibble of qs[0]) decode to 1·2·5 − 0.5·3 = 8.5; weight 1
+    (code 0) to −1.5.
+
+        >>> raw = np.zeros((1, 144), np.uint8)
+        >>> raw[0, :4] = [0x00, 0x3C, 0x00, 0x38]                       # d = 1.0, dmin = 0.5 (fp16)
+        >>> raw[0, Q4_K_BLOCK.offset("scales") + np.array([0, 4])] = [2, 3]
+        >>> raw[0, Q4_K_BLOCK.offset("qs")] = 5
+        >>> dequantize_q4_k(raw)[0, :2].tolist()
+        [8.5, -1.5]
+
     Ref: dequantize_row_q4_K (the same float32 products, in the same order).
     """
-    _check_raw(raw, "Q4_K")
-    return _decode(_decode_q4_k, raw)
+    return _decode(Q4_K_BLOCK, _decode_q4_k, raw)
 
 
-def _decode_q4_k(raw: Any) -> Any:
-    xp = namespace(raw)
-    d, dmin = _d_dmin(raw)                                                # (B, 1)
-    sc, m = _unpack_scales_k4(raw[:, 4:16])                               # (B, 8)
-    q = xp.astype(_unpack_nibble_pairs(raw[:, 16:144]), xp.float32)       # (B, 256)
-    d_sub = d * xp.astype(sc, xp.float32)                                 # (B, 8)
-    m_sub = dmin * xp.astype(m, xp.float32)
-    q = xp.reshape(q, (-1, 8, 32))
-    return xp.reshape(d_sub[:, :, None] * q - m_sub[:, :, None], (-1, QK_K))
+def _decode_q4_k(b: Any) -> Any:
+    sc, m = _unpack_scales_k4(b.scales)                                   # (B, 8)
+    q = _unpack_nibble_pairs(b.qs)                                        # (B, 256)
+    return _scaled(fp16_field(b.d), sc, q, fp16_field(b.dmin), m)
 
 
 # =======================================================================================
@@ -403,15 +406,11 @@ def quantize_q5_k(x: Any, qw: Any | None = None) -> Any:
 
 
 def _encode_q5_k(x: Any, qw: Any | None) -> np.ndarray:
-    d, dmin, scales_bytes, L = _k_with_min(x, qw, 31, (-0.5, 0.1, 15))
+    d, dmin, scales_bytes, L = _k_with_min(x, qw, 31, QKX2_GRID_Q5_K)
     Ln = to_numpy(L).astype(np.uint8)                                     # (B, 256) 0..31
-    high = (Ln >> 4).reshape(-1, 8, 32)                                   # (B, bit 2c / 2c+1, l)
-    qh = np.zeros((Ln.shape[0], 32), np.uint8)
-    for bit in range(8):                                                  # sub-block j -> bit j of qh[l]
-        qh |= high[:, bit] << bit
-    block = np.concatenate([fp16_bytes(d), fp16_bytes(dmin), scales_bytes, qh,
-                            _pack_nibble_pairs(Ln & 0x0F)], axis=1)       # (B, 176)
-    return block
+    high = (Ln >> 4).reshape(-1, 8, 32)                                   # (B, sub-block j, l): plane j of qh[l]
+    return Q5_K_BLOCK.join(d=fp16_bytes(d), dmin=fp16_bytes(dmin), scales=scales_bytes, qh=pack_planes(high, 1),
+                           qs=_pack_nibble_pairs(Ln & 0x0F))              # (B, 176)
 
 
 def dequantize_q5_k(raw: Any) -> Any:
@@ -419,21 +418,14 @@ def dequantize_q5_k(raw: Any) -> Any:
 
     Ref: dequantize_row_q5_K.
     """
-    _check_raw(raw, "Q5_K")
-    return _decode(_decode_q5_k, raw)
+    return _decode(Q5_K_BLOCK, _decode_q5_k, raw)
 
 
-def _decode_q5_k(raw: Any) -> Any:
-    xp = namespace(raw)
-    d, dmin = _d_dmin(raw)
-    sc, m = _unpack_scales_k4(raw[:, 4:16])
-    qh = xp.reshape(raw[:, 16:48], (-1, 1, 1, 32))                        # (B, 1, 1, 32)
-    high = xp.reshape((qh >> _shifts(xp, 8)) & 1, (-1, 8, 32))            # (B, 8, 32) sub-block j: bit j
-    low = xp.reshape(_unpack_nibble_pairs(raw[:, 48:176]), (-1, 8, 32))
-    q = xp.astype(low | (high << 4), xp.float32)                          # (B, 8, 32) 0..31
-    d_sub = d * xp.astype(sc, xp.float32)
-    m_sub = dmin * xp.astype(m, xp.float32)
-    return xp.reshape(d_sub[:, :, None] * q - m_sub[:, :, None], (-1, QK_K))
+def _decode_q5_k(b: Any) -> Any:
+    sc, m = _unpack_scales_k4(b.scales)                                   # (B, 8)
+    high = unpack_planes(b.qh, 1)                                         # (B, 8, 32) sub-block j: bit j of qh[l]
+    low = namespace(b.qs).reshape(_unpack_nibble_pairs(b.qs), (-1, 8, 32))
+    return _scaled(fp16_field(b.d), sc, low | (high << 4), fp16_field(b.dmin), m)  # q = low + 16·h in 0..31
 
 
 # =======================================================================================
@@ -473,10 +465,10 @@ def _encode_q6_k(x: Any, qw: Any | None) -> np.ndarray:
     xs = xp.reshape(x, (B * 16, 16))                                      # (B·16, 16)
     scales, L = _search.make_qx_quants(xs, 32, 1, None if qw is None else xp.reshape(qw, (B * 16, 16)))
     scales = xp.reshape(scales, (B, 16))
-    max_scale = _first_max_abs(scales)                                    # (B,) signed
+    max_scale = signed_absmax(scales).signed[:, 0]                    # (B,) signed
     empty = xp.abs(max_scale) < GROUP_MAX_EPS                             # C: the whole block is zeroed
-    iscale = _rdiv(-128.0, _where0(~empty, max_scale))                    # (B,)
-    d = _rdiv(1.0, iscale)                                                # C: y.d = fp16(1/iscale)
+    iscale = rdiv(-128.0, _where0(~empty, max_scale))                    # (B,)
+    d = rdiv(1.0, iscale)                                                # C: y.d = fp16(1/iscale)
     sc = clamp(nearest_int(iscale[:, None] * scales), None, 127)        # (B, 16) int8 scales
     sc = xp.remainder(sc + 128.0, 256.0) - 128.0                          # the int8_t store (never wraps here)
     d_sub = to_fp16(d)[:, None] * sc                                        # (B, 16)
@@ -488,10 +480,8 @@ def _encode_q6_k(x: Any, qw: Any | None) -> np.ndarray:
     Ln = to_numpy(xp.reshape(L, (B, QK_K))).astype(np.uint8).reshape(B, 2, 4, 32)  # (B, half, quarter, l)
     ql = np.concatenate([pack_nibbles(Ln[:, :, 0], Ln[:, :, 2]),          # ql[64h + l]
                          pack_nibbles(Ln[:, :, 1], Ln[:, :, 3])], axis=2)  # ql[64h + 32 + l]
-    top = Ln >> 4
-    qh = top[:, :, 0] | (top[:, :, 1] << 2) | (top[:, :, 2] << 4) | (top[:, :, 3] << 6)  # (B, 2, 32)
-    block = np.concatenate([ql.reshape(B, 128), qh.reshape(B, 64), _u8(sc), fp16_bytes(d)], axis=1)
-    return block
+    qh = pack_planes(Ln >> 4, 2)                                          # (B, half, l): plane = quarter
+    return Q6_K_BLOCK.join(ql=ql.reshape(B, 128), qh=qh.reshape(B, 64), scales=_u8(sc), d=fp16_bytes(d))
 
 
 def dequantize_q6_k(raw: Any) -> Any:
@@ -499,22 +489,18 @@ def dequantize_q6_k(raw: Any) -> Any:
 
     Ref: dequantize_row_q6_K.
     """
-    _check_raw(raw, "Q6_K")
-    return _decode(_decode_q6_k, raw)
+    return _decode(Q6_K_BLOCK, _decode_q6_k, raw)
 
 
-def _decode_q6_k(raw: Any) -> Any:
-    xp = namespace(raw)
-    d = half_at(raw, 208)                                                 # (B, 1)
-    ql = xp.reshape(raw[:, 0:128], (-1, 2, 2, 32))                        # (B, half, lo/hi 32, l)
-    qh = xp.reshape(raw[:, 128:192], (-1, 2, 1, 32))                      # (B, half, 1, l)
+def _decode_q6_k(b: Any) -> Any:
+    xp = namespace(b.ql)
+    ql = xp.reshape(b.ql, (-1, 2, 2, 32))                                 # (B, half, lo/hi 32, l)
     low = xp.concat([ql & 0x0F, ql >> 4], axis=2)                         # (B, half, quarter, l)
-    q = low | (((qh >> _shifts(xp, 4)) & 3) << 4)                         # (B, half, quarter, l) 0..63
-    q = xp.astype(xp.reshape(q, (-1, 16, 16)), xp.float32) - 32.0         # (B, 16, 16) exact
-    sc = xp.astype(raw[:, 192:208], xp.int32)
-    sc = xp.astype(xp.where(sc > 127, sc - 256, sc), xp.float32)          # int8
-    d_sub = d * sc                                                        # (B, 16)
-    return xp.reshape(d_sub[:, :, None] * q, (-1, QK_K))
+    high = unpack_planes(xp.reshape(b.qh, (-1, 2, 32)), 2)                # (B, half, quarter, l)
+    q = xp.astype(xp.reshape(low | (high << 4), (-1, QK_K)), xp.float32) - 32.0  # (B, 256) 0..63 − 32, exact
+    sc = xp.astype(b.scales, xp.int32)
+    sc = xp.where(sc > 127, sc - 256, sc)                                 # (B, 16) int8
+    return _scaled(fp16_field(b.d), sc, q)
 
 
 # =======================================================================================
@@ -553,19 +539,18 @@ def _encode_q3_k(x: Any, qw: Any | None) -> np.ndarray:
     if qw is None:                                                        # quantize_row_q3_K_ref
         scales, L = _search.make_q3_quants(xs, 4, True)
         scales = xp.reshape(scales, (B, 16))
-        max_scale = _first_max_abs(scales)                                # (B,) signed
+        max_scale = signed_absmax(scales).signed[:, 0]                # (B,) signed
         has = max_scale != 0
-        iscale = _rdiv(-32.0, _where0(has, max_scale))
+        iscale = rdiv(-32.0, _where0(has, max_scale))
         # C: int8_t l = nearest_int(iscale*scales[j]); l = MAX(-32, MIN(31, l)) + 32
         l = nearest_int(iscale[:, None] * scales)
         l = xp.remainder(l + 128.0, 256.0) - 128.0                        # the int8_t store
         ls = clamp(l, -32, 31) + 32                                     # (B, 16) 0..63
         ls = xp.where(has[:, None], ls, xp.zeros_like(ls))                # C: scales bytes stay 0
-        d = xp.where(has, _rdiv(1.0, iscale), xp.zeros_like(iscale))
+        d = xp.where(has, rdiv(1.0, iscale), xp.zeros_like(iscale))
     else:                                                                 # quantize_row_q3_K_impl
         sigma2 = 2.0 * _sum_of_squares(x) / QK_K                          # (B,)
-        xs3 = xp.reshape(x, (B, 16, 16))
-        weight = xp.reshape(xp.reshape(qw, (B, 16, 16)) * xp.sqrt(sigma2[:, None, None] + xs3 * xs3), (B * 16, 16))
+        weight = _importance(x, qw, sigma2, 16)                           # (B·16, 16)
         sw = xp.reshape(sequential_sum(weight), (B, 16))
         scales, L = _search.make_qx_quants(xs, 4, 1, weight)
         d, ls = _search.make_qx_quants(xp.reshape(scales, (B, 16)), 32, 1, sw)  # ls: 0..63
@@ -576,11 +561,8 @@ def _encode_q3_k(x: Any, qw: Any | None) -> np.ndarray:
                     xp.reshape(L, (B, 16, 16)), -4, 3, 4)                 # (B, 16, 16) 0..7
     Ln = to_numpy(xp.reshape(L, (B, QK_K))).astype(np.uint8)              # (B, 256)
     high = (Ln >> 2).reshape(B, 8, 32)                                    # (B, e // 32, e % 32)
-    hmask = np.zeros((B, 32), np.uint8)
-    for bit in range(8):
-        hmask |= high[:, bit] << bit
-    block = np.concatenate([hmask, _pack_2bit(Ln & 3), _pack_scales_q3(to_numpy(ls)), fp16_bytes(d)], axis=1)
-    return block
+    return Q3_K_BLOCK.join(hmask=pack_planes(high, 1), qs=_pack_2bit(Ln & 3), scales=_pack_scales_q3(to_numpy(ls)),
+                           d=fp16_bytes(d))
 
 
 def dequantize_q3_k(raw: Any) -> Any:
@@ -588,20 +570,16 @@ def dequantize_q3_k(raw: Any) -> Any:
 
     Ref: dequantize_row_q3_K.
     """
-    _check_raw(raw, "Q3_K")
-    return _decode(_decode_q3_k, raw)
+    return _decode(Q3_K_BLOCK, _decode_q3_k, raw)
 
 
-def _decode_q3_k(raw: Any) -> Any:
-    xp = namespace(raw)
-    d = half_at(raw, 108)                                                 # (B, 1)
-    low = _unpack_2bit(raw[:, 32:96])                                     # (B, 256)
-    hm = xp.reshape(raw[:, 0:32], (-1, 1, 1, 32))                         # (B, 1, 1, 32)
-    high = xp.reshape((hm >> _shifts(xp, 8)) & 1, (-1, QK_K))             # (B, 256) bit e//32 of hmask[e%32]
+def _decode_q3_k(b: Any) -> Any:
+    xp = namespace(b.qs)
+    low = _unpack_2bit(b.qs)                                              # (B, 256)
+    high = xp.reshape(unpack_planes(b.hmask, 1), (-1, QK_K))              # (B, 256) bit e//32 of hmask[e%32]
     q = xp.astype(low | (high << 2), xp.float32) - 4.0                    # (B, 256) in -4..3: C's q - (h ? 0 : 4)
-    sc = xp.astype(_unpack_scales_q3(raw[:, 96:108]) - 32, xp.float32)    # (B, 16)
-    d_sub = d * sc
-    return xp.reshape(d_sub[:, :, None] * xp.reshape(q, (-1, 16, 16)), (-1, QK_K))
+    sc = _unpack_scales_q3(b.scales) - 32                                 # (B, 16)
+    return _scaled(fp16_field(b.d), sc, q)
 
 
 # =======================================================================================
@@ -637,24 +615,23 @@ def _encode_q2_k(x: Any, qw: Any | None) -> np.ndarray:
     xs = xp.reshape(x, (B * 16, 16))
     zero = xp.zeros((B,), dtype=xp.float32)
     if qw is None:                                                        # quantize_row_q2_K_ref
-        scales, mins, L = _search.make_qkx2_quants(xs, 3, xp.abs(xs), -0.5, 0.1, 15, True)
+        scales, mins, L = _search.make_qkx2_quants(xs, 3, xp.abs(xs), *QKX2_GRID_Q2_K, True)
         scales = xp.reshape(scales, (B, 16))
         mins = xp.reshape(mins, (B, 16))
         max_scale = running_max(scales, axis=1)                           # C: if (scale > max_scale) from 0
         max_min = running_max(mins, axis=1)
         has_s, has_m = max_scale > 0, max_min > 0
-        ls = nearest_int(_rdiv(15.0, _where0(has_s, max_scale))[:, None] * scales)  # C: q4scale/max_scale
-        lm = nearest_int(_rdiv(15.0, _where0(has_m, max_min))[:, None] * mins)
+        ls = nearest_int(rdiv(15.0, _where0(has_s, max_scale))[:, None] * scales)  # C: q4scale/max_scale
+        lm = nearest_int(rdiv(15.0, _where0(has_m, max_min))[:, None] * mins)
         ls = xp.where(has_s[:, None], ls, xp.zeros_like(ls))
         lm = xp.where(has_m[:, None], lm, xp.zeros_like(lm))
         d = xp.where(has_s, max_scale / 15.0, zero)
         dmin = xp.where(has_m, max_min / 15.0, zero)
     else:                                                                 # quantize_row_q2_K_impl
         sigma2 = _sum_of_squares(x) / QK_K                                # (B,) C: sumx2/QK_K
-        xs3 = xp.reshape(x, (B, 16, 16))
-        weight = xp.reshape(xp.reshape(qw, (B, 16, 16)) * xp.sqrt(sigma2[:, None, None] + xs3 * xs3), (B * 16, 16))
+        weight = _importance(x, qw, sigma2, 16)                           # (B·16, 16)
         sw = xp.reshape(sequential_sum(weight), (B, 16))
-        scales, mins, L = _search.make_qkx3_quants(xs, 3, weight, -0.9, 0.05, 36, False)
+        scales, mins, L = _search.make_qkx3_quants(xs, 3, weight, *QKX3_GRID, False)
         d, ls = _search.make_qp_quants(xp.reshape(scales, (B, 16)), 15, sw)
         dmin, lm = _search.make_qp_quants(xp.reshape(mins, (B, 16)), 15, sw)
         ls, lm = xp.astype(ls, xp.float32), xp.astype(lm, xp.float32)
@@ -667,8 +644,7 @@ def _encode_q2_k(x: Any, qw: Any | None) -> np.ndarray:
     L = _requantize(xp.reshape(x, (B, 16, 16)), d_sub[:, :, None], m_sub[:, :, None],
                     xp.reshape(L, (B, 16, 16)), 0, 3, 0)
     Ln = to_numpy(xp.reshape(L, (B, QK_K))).astype(np.uint8)
-    block = np.concatenate([byte, _pack_2bit(Ln), fp16_bytes(d), fp16_bytes(dmin)], axis=1)
-    return block
+    return Q2_K_BLOCK.join(scales=byte, qs=_pack_2bit(Ln), d=fp16_bytes(d), dmin=fp16_bytes(dmin))
 
 
 def dequantize_q2_k(raw: Any) -> Any:
@@ -676,18 +652,12 @@ def dequantize_q2_k(raw: Any) -> Any:
 
     Ref: dequantize_row_q2_K.
     """
-    _check_raw(raw, "Q2_K")
-    return _decode(_decode_q2_k, raw)
+    return _decode(Q2_K_BLOCK, _decode_q2_k, raw)
 
 
-def _decode_q2_k(raw: Any) -> Any:
-    xp = namespace(raw)
-    d, dmin = half_at(raw, 80), half_at(raw, 82)                          # (B, 1)
-    s = xp.astype(raw[:, 0:16], xp.int32)
-    d_sub = d * xp.astype(s & 0x0F, xp.float32)                           # (B, 16)
-    m_sub = dmin * xp.astype(s >> 4, xp.float32)
-    q = xp.reshape(xp.astype(_unpack_2bit(raw[:, 16:80]), xp.float32), (-1, 16, 16))  # (B, 16, 16)
-    return xp.reshape(d_sub[:, :, None] * q - m_sub[:, :, None], (-1, QK_K))
+def _decode_q2_k(b: Any) -> Any:
+    s = namespace(b.scales).astype(b.scales, namespace(b.scales).int32)   # (B, 16) sc | m << 4
+    return _scaled(fp16_field(b.d), s & 0x0F, _unpack_2bit(b.qs), fp16_field(b.dmin), s >> 4)
 
 
 # =======================================================================================
@@ -718,18 +688,17 @@ def quantize_q8_k(x: Any, qw: Any | None = None) -> Any:
 
 def _encode_q8_k(x: Any, qw: Any | None) -> np.ndarray:
     xp = namespace(x)
-    mx = _first_max_abs(x)                                                # (B,)
+    mx = signed_absmax(x).signed[:, 0]                                    # (B,)
     has = mx != 0
-    iscale = _rdiv(-127.0, _where0(has, mx))                              # (B,)
+    iscale = rdiv(-127.0, _where0(has, mx))                              # (B,)
     q = clamp(nearest_int(iscale[:, None] * x), None, 127)              # (B, 256) (iscale may overflow to inf)
     q = xp.remainder(q + 128.0, 256.0) - 128.0                            # the int8_t store wraps
     q = xp.where(has[:, None], q, xp.zeros_like(q))
-    d = xp.where(has, _rdiv(1.0, iscale), xp.zeros_like(iscale))
+    d = xp.where(has, rdiv(1.0, iscale), xp.zeros_like(iscale))
     qn = to_numpy(q).astype(np.int8)
     bsums = qn.reshape(-1, 16, 16).sum(axis=2, dtype=np.int32).astype("<i2")  # (B, 16) exact integer sums
     dn = np.ascontiguousarray(to_numpy(d), dtype="<f4").reshape(-1, 1)
-    block = np.concatenate([dn.view(np.uint8), qn.view(np.uint8), bsums.view(np.uint8)], axis=1)
-    return block
+    return Q8_K_BLOCK.join(d=dn.view(np.uint8), qs=qn.view(np.uint8), bsums=bsums.view(np.uint8))
 
 
 def dequantize_q8_k(raw: Any) -> Any:
@@ -737,16 +706,11 @@ def dequantize_q8_k(raw: Any) -> Any:
 
     Ref: dequantize_row_q8_K.
     """
-    _check_raw(raw, "Q8_K")
-    return _decode(_decode_q8_k, raw)
+    return _decode(Q8_K_BLOCK, _decode_q8_k, raw)
 
 
-def _decode_q8_k(raw: Any) -> Any:
-    xp = namespace(raw)
-    bits = xp.zeros((raw.shape[0], 1), dtype=xp.int64)
-    for k in range(4):
-        bits = bits | (xp.astype(raw[:, k:k + 1], xp.int64) << (8 * k))
-    d = float_from_bits(bits, 8, 23)                                      # (B, 1) the float32 field
-    q = xp.astype(raw[:, 4:260], xp.int32)
-    q = xp.astype(xp.where(q > 127, q - 256, q), xp.float32)              # int8
-    return d * q
+def _decode_q8_k(b: Any) -> Any:
+    xp = namespace(b.qs)
+    q = xp.astype(b.qs, xp.int32)
+    q = xp.astype(xp.where(q > 127, q - 256, q), xp.float32)              # (B, 256) int8
+    return f32_field(b.d) * q
