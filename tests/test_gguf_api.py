@@ -15,9 +15,12 @@ ALL = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
 def test_every_supported_type_has_a_codec():
     assert set(rg.SUPPORTED) == set(ALL)
     for name in ALL:
-        quantize_blocks, dequantize_blocks = rg.codec(name)
-        assert quantize_blocks.__name__ == f"quantize_{name.lower()}"
-        assert dequantize_blocks.__name__ == f"dequantize_{name.lower()}"
+        c = rg.codec(name)
+        assert c.quantize.__name__ == f"quantize_{name.lower()}"
+        assert c.dequantize.__name__ == f"dequantize_{name.lower()}"
+        assert (c.imatrix != rg.IGNORED) == (name in rg.IMATRIX_TYPES)
+    # libggml's imatrix paths: Q8_0 and the plain floats ignore it; Q8_1 / Q8_K have none
+    assert set(rg.IMATRIX_TYPES) == set(ALL) - {"F32", "F16", "BF16", "Q8_0", "Q8_1", "Q8_K"}
 
 
 @pytest.mark.parametrize("qtype", ALL)

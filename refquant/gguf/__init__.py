@@ -20,8 +20,9 @@ namespace; quantization returns bytes of the input's namespace too.
 
 Every codec works on blocks — ``quantize_<t>(x (n_blocks, QK), qw (n_blocks, QK) | None)
 -> uint8 (n_blocks, type_size)`` and ``dequantize_<t>(raw (n_blocks, type_size)) ->
-float32 (n_blocks, QK)`` — and this module does the rows: validation, reshaping, and
-spreading the per-column importance matrix ``imatrix`` (n,) over the blocks of every row.
+float32 (n_blocks, QK)`` — listed per type in the plain table ``CODECS`` — and this module
+does the rows: validation, reshaping, and spreading the per-column importance matrix
+``imatrix`` (n,) over the blocks of every row.
 
 Which code path libggml takes (ggml_quantize_chunk, ggml.c): Q4_0 … Q5_1 use the
 *_ref quantizers when imatrix is NULL and the weighted search (*_impl) otherwise;
@@ -33,50 +34,79 @@ kernels quantize activations to); refquant encodes them as their *_ref functions
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from .._backend import device, from_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float, check_nonempty
-from .types import GGML_TYPES, SUPPORTED, GGMLType, ggml_type, row_bytes
+from . import iquants, kquants, legacy
+from .types import GGML_TYPES, GGMLType, ggml_type, row_bytes
 
 __all__ = ["quantize", "dequantize", "codec", "ggml_type", "row_bytes", "bits_per_weight", "validate_imatrix",
-           "SUPPORTED", "GGML_TYPES", "IMATRIX_TYPES"]
+           "Codec", "CODECS", "SUPPORTED", "GGML_TYPES", "IMATRIX_TYPES"]
 
-# the module holding each supported type's codec
-_MODULE = {
-    "F32": "legacy", "F16": "legacy", "BF16": "legacy",
-    "Q4_0": "legacy", "Q4_1": "legacy", "Q5_0": "legacy", "Q5_1": "legacy", "Q8_0": "legacy", "Q8_1": "legacy",
-    "Q2_K": "kquants", "Q3_K": "kquants", "Q4_K": "kquants", "Q5_K": "kquants", "Q6_K": "kquants", "Q8_K": "kquants",
-    "IQ4_NL": "iquants", "IQ4_XS": "iquants",
+# how libggml's ggml_quantize_chunk uses an importance matrix for a type
+IGNORED = "ignored"        # no imatrix path: the same bytes with or without one
+WEIGHTED = "weighted"      # the weighted search of quantize_row_<t>_impl
+WEIGHTED_ROW = "weighted, row σ²"  # the same, with weights qw·sqrt(σ² + x²) over the whole row's σ² (legacy _impl)
+
+
+class Codec(NamedTuple):
+    """A type's block functions and how it takes an imatrix (see the module docstring)."""
+
+    quantize: Callable[..., Any]     # (n_blocks, QK) float32, qw (n_blocks, QK) | None -> (n_blocks, type_size) uint8
+    dequantize: Callable[[Any], Any]  # (n_blocks, type_size) uint8 -> (n_blocks, QK) float32
+    imatrix: str
+
+
+# the codec table: every type refquant quantizes and dequantizes itself
+CODECS: dict[str, Codec] = {
+    "F32": Codec(legacy.quantize_f32, legacy.dequantize_f32, IGNORED),
+    "F16": Codec(legacy.quantize_f16, legacy.dequantize_f16, IGNORED),
+    "BF16": Codec(legacy.quantize_bf16, legacy.dequantize_bf16, IGNORED),
+    "Q4_0": Codec(legacy.quantize_q4_0, legacy.dequantize_q4_0, WEIGHTED_ROW),
+    "Q4_1": Codec(legacy.quantize_q4_1, legacy.dequantize_q4_1, WEIGHTED_ROW),
+    "Q5_0": Codec(legacy.quantize_q5_0, legacy.dequantize_q5_0, WEIGHTED_ROW),
+    "Q5_1": Codec(legacy.quantize_q5_1, legacy.dequantize_q5_1, WEIGHTED_ROW),
+    "Q8_0": Codec(legacy.quantize_q8_0, legacy.dequantize_q8_0, IGNORED),
+    "Q8_1": Codec(legacy.quantize_q8_1, legacy.dequantize_q8_1, IGNORED),
+    "Q2_K": Codec(kquants.quantize_q2_k, kquants.dequantize_q2_k, WEIGHTED),
+    "Q3_K": Codec(kquants.quantize_q3_k, kquants.dequantize_q3_k, WEIGHTED),
+    "Q4_K": Codec(kquants.quantize_q4_k, kquants.dequantize_q4_k, WEIGHTED),
+    "Q5_K": Codec(kquants.quantize_q5_k, kquants.dequantize_q5_k, WEIGHTED),
+    "Q6_K": Codec(kquants.quantize_q6_k, kquants.dequantize_q6_k, WEIGHTED),
+    "Q8_K": Codec(kquants.quantize_q8_k, kquants.dequantize_q8_k, IGNORED),
+    "IQ4_NL": Codec(iquants.quantize_iq4_nl, iquants.dequantize_iq4_nl, WEIGHTED),
+    "IQ4_XS": Codec(iquants.quantize_iq4_xs, iquants.dequantize_iq4_xs, WEIGHTED),
 }
-
+SUPPORTED = tuple(CODECS)
 # types whose bytes depend on the importance matrix (the others ignore it, as libggml does)
-IMATRIX_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS")
-
-# legacy types whose weighted search needs σ², the mean square of the whole row
-_ROW_SIGMA2 = ("Q4_0", "Q4_1", "Q5_0", "Q5_1")
+IMATRIX_TYPES = tuple(name for name, c in CODECS.items() if c.imatrix != IGNORED)
 
 
 def _supported(qtype: Any) -> GGMLType:
     t = ggml_type(qtype)
-    if t.name not in _MODULE:
+    if t.name not in CODECS:
         raise ValueError(f"qtype: refquant has no codec for {t.name}; supported: {', '.join(SUPPORTED)}")
     return t
 
 
-def codec(qtype: Any) -> tuple[Callable[..., Any], Callable[[Any], Any]]:
-    """(quantize_<t>, dequantize_<t>) block functions of a type (k-quants load on first use)."""
-    t = _supported(qtype)
-    module = importlib.import_module(f"{__name__}.{_MODULE[t.name]}")
-    name = t.name.lower()
-    return getattr(module, f"quantize_{name}"), getattr(module, f"dequantize_{name}")
+def codec(qtype: Any) -> Codec:
+    """The (quantize_<t>, dequantize_<t>, imatrix use) row of a type in CODECS.
+
+    >>> codec("q4_k").quantize.__name__, codec(8).dequantize.__name__, codec("Q8_0").imatrix
+    ('quantize_q4_k', 'dequantize_q8_0', 'ignored')
+    """
+    return CODECS[_supported(qtype).name]
 
 
 def bits_per_weight(qtype: Any) -> float:
-    """8 · type_size / QK: 4.5 for Q4_0, 4.5 for Q4_K, 6.5625 for Q6_K ..."""
+    """8 · type_size / QK: 4.5 for Q4_0, 4.5 for Q4_K, 6.5625 for Q6_K ...
+
+    >>> bits_per_weight("Q4_0"), bits_per_weight("Q4_K"), bits_per_weight("Q6_K")
+    (4.5, 4.5, 6.5625)
+    """
     return ggml_type(qtype).bits_per_weight
 
 
@@ -89,39 +119,19 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
     validate_imatrix); a block of columns that is all 0 warns (UserWarning) and still
     gives libggml's bytes. Returns uint8 (..., row_bytes) in x's namespace.
 
-    Example: quantize(np.full((1, 32), -1.0, np.float32), "Q4_0") is one 18-byte block:
-    d = −1/−8 = 0.125 (bytes 00 30) and 16 bytes of code 0.
+    Example: 32 copies of −1.0 in Q4_0 are one 18-byte block: d = −1/−8 = 0.125
+    (fp16 bytes 00 30) and 16 bytes of code 0.
+
+        >>> quantize(np.full((1, 32), -1.0, np.float32), "Q4_0").tolist() == [[0x00, 0x30] + [0] * 16]
+        True
     """
     t = _supported(qtype)
-    check_float(x, "x")
-    check_nonempty(x, "x")
-    n = int(x.shape[-1])
-    if n % t.block_size:
-        raise ValueError(f"x: row length {n} is not a multiple of {t.name}'s block size {t.block_size}")
-    xp = namespace(x)
-    x32 = xp.astype(x, xp.float32, copy=False)
-    lead = tuple(int(s) for s in x.shape[:-1])
-    rows = xp.reshape(x32, (-1, n))                                           # (n_rows, n)
-    n_rows = rows.shape[0]
+    rows = _rows(x, t)                                                        # (n_rows, n) float32
+    xp = namespace(rows)
+    n_rows, n = rows.shape
     blocks = xp.reshape(rows, (-1, t.block_size))                             # (n_rows*n/QK, QK)
-    quantize_blocks, _ = codec(t)
-    qw = None
-    if imatrix is not None:
-        check_float(imatrix, "imatrix")
-        if tuple(imatrix.shape) != (n,):
-            raise ValueError(f"imatrix: expected shape ({n},) (one value per column), got {tuple(imatrix.shape)}")
-        imat32 = validate_imatrix(to_numpy(imatrix))                          # (n,) float32, finite, >= 0
-        if t.name in IMATRIX_TYPES:
-            _warn_zero_blocks(imat32, t)
-            imat = from_numpy(imat32, like=x32)                                # (n,) in x's namespace
-            qw = xp.reshape(xp.broadcast_to(imat, (n_rows, n)), (-1, t.block_size))  # (n_blocks, QK)
-    sigma2 = None
-    if qw is not None and t.name in _ROW_SIGMA2:
-        from .legacy import row_mean_square
-
-        with np.errstate(over="ignore", invalid="ignore"):                    # |x| > 1.8e19: x² is inf, as in C
-            sigma2 = row_mean_square(rows)                                    # (n_rows, 1)
-        sigma2 = xp.reshape(xp.broadcast_to(sigma2, (n_rows, n // t.block_size)), (-1, 1))  # (n_blocks, 1)
+    qw = None if imatrix is None else _block_weights(imatrix, t, rows)        # (n_blocks, QK) | None
+    sigma2 = _block_sigma2(rows, t) if qw is not None and codec(t).imatrix == WEIGHTED_ROW else None
     parts = []
     for lo, hi in _chunks(blocks.shape[0], t.block_size, xp, t.name):
         check_finite(blocks[lo:hi, ...], "x")  # chunk by chunk, while it is in the cache
@@ -129,9 +139,45 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
         # |x| ~ 1e20 (or an imatrix ~ 1e38) overflows x², the weights and the searches' sums
         # to inf and NaN in float32 — in libggml's C as here, on purpose: no NumPy warnings
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            parts.append(quantize_blocks(blocks[lo:hi, ...], None if qw is None else qw[lo:hi, ...], **extra))
+            parts.append(codec(t).quantize(blocks[lo:hi, ...], None if qw is None else qw[lo:hi, ...], **extra))
     raw = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)           # (n_blocks, type_size)
-    return xp.reshape(raw, (*lead, row_bytes(t, n)))
+    return xp.reshape(raw, (*tuple(int(s) for s in x.shape[:-1]), row_bytes(t, n)))
+
+
+def _rows(x: Any, t: GGMLType) -> Any:
+    """x: (..., n) real floating, n a multiple of t's block -> float32 rows (n_rows, n), or an error naming x."""
+    check_float(x, "x")
+    check_nonempty(x, "x")
+    n = int(x.shape[-1])
+    if n % t.block_size:
+        raise ValueError(f"x: row length {n} is not a multiple of {t.name}'s block size {t.block_size}")
+    xp = namespace(x)
+    return xp.reshape(xp.astype(x, xp.float32, copy=False), (-1, n))         # (n_rows, n)
+
+
+def _block_weights(imatrix: Any, t: GGMLType, rows: Any) -> Any | None:
+    """The (n,) importance vector checked and spread over every row's blocks: (n_blocks, QK), or None
+    for a type that ignores it (checked all the same)."""
+    xp = namespace(rows)
+    n_rows, n = rows.shape
+    check_float(imatrix, "imatrix")
+    if tuple(imatrix.shape) != (n,):
+        raise ValueError(f"imatrix: expected shape ({n},) (one value per column), got {tuple(imatrix.shape)}")
+    imat32 = validate_imatrix(to_numpy(imatrix))                              # (n,) float32, finite, >= 0
+    if codec(t).imatrix == IGNORED:
+        return None
+    _warn_zero_blocks(imat32, t)
+    imat = from_numpy(imat32, like=rows)                                      # (n,) in x's namespace
+    return xp.reshape(xp.broadcast_to(imat, (n_rows, n)), (-1, t.block_size))  # (n_blocks, QK)
+
+
+def _block_sigma2(rows: Any, t: GGMLType) -> Any:
+    """σ², the mean square of each block's whole row (the legacy *_impl weights): (n_blocks, 1)."""
+    xp = namespace(rows)
+    n_rows, n = rows.shape
+    with np.errstate(over="ignore", invalid="ignore"):                        # |x| > 1.8e19: x² is inf, as in C
+        sigma2 = legacy.row_mean_square(rows)                                 # (n_rows, 1)
+    return xp.reshape(xp.broadcast_to(sigma2, (n_rows, n // t.block_size)), (-1, 1))  # (n_blocks, 1)
 
 
 def validate_imatrix(imatrix: Any, where: str = "") -> np.ndarray:
@@ -144,8 +190,11 @@ def validate_imatrix(imatrix: Any, where: str = "") -> np.ndarray:
     of Q2_K … Q5_K and make_qp_quants assume w ≥ 0), which no caller means. ``where``
     prefixes the column (recipes.load_imatrix passes the tensor name).
 
-    Example: validate_imatrix(np.array([1.0, -2.0])) raises
-    ValueError("imatrix: column 1 is -2.0; importance values must be finite and >= 0 ...").
+    Example:
+        >>> validate_imatrix(np.array([1.0, -2.0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: imatrix: column 1 is -2.0; importance values must be finite and >= 0 (llama-imatrix writes mean squared activations)
     """
     with np.errstate(over="ignore"):  # a float64 entry beyond FLT_MAX becomes inf, then is refused
         imat = np.asarray(imatrix, dtype=np.float32)
@@ -210,7 +259,7 @@ def dequantize(raw: Any, qtype: Any) -> Any:
                          f"{t.type_size}-byte block")
     lead = tuple(int(s) for s in raw.shape[:-1])
     n = int(raw.shape[-1]) // t.type_size * t.block_size
-    _, dequantize_blocks = codec(t)
+    dequantize_blocks = codec(t).dequantize
     blocks = xp.reshape(raw, (-1, t.type_size))                                # (n_blocks, type_size)
     chunks = _chunks(blocks.shape[0], t.block_size, xp, t.name)
     # a stored d of ±inf times code 0 is NaN, in libggml's to_float as here: no NumPy warnings

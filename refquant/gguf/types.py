@@ -5,15 +5,15 @@ Ids are ``enum ggml_type`` (ggml.h); block size ``QK`` is how many weights one b
 encodes and ``type_size`` its bytes, so a row of n weights takes n / QK * type_size bytes
 and the type spends 8 * type_size / QK bits per weight.
 
-Only a subset has a refquant codec (``SUPPORTED``); the reader still knows the sizes of
-every type so it can validate any file.
+Only a subset has a refquant codec (``refquant.gguf.CODECS``); the reader still knows the
+sizes of every type so it can validate any file.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["GGMLType", "GGML_TYPES", "BY_ID", "SUPPORTED", "ggml_type", "row_bytes"]
+__all__ = ["GGMLType", "GGML_TYPES", "BY_ID", "ggml_type", "row_bytes"]
 
 
 class GGMLType(NamedTuple):
@@ -42,10 +42,6 @@ _TABLE = [
 
 GGML_TYPES: dict[str, GGMLType] = {name: GGMLType(name, i, qk, size) for name, i, qk, size in _TABLE}
 BY_ID: dict[int, GGMLType] = {t.id: t for t in GGML_TYPES.values()}
-
-# types refquant can quantize and dequantize itself
-SUPPORTED = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-             "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS")
 
 
 def ggml_type(qtype) -> GGMLType:
