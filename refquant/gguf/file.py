@@ -106,7 +106,7 @@ import secrets
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -435,10 +435,31 @@ def _read_value(cur: _Cursor, vt: int, key: str, type_offset: int):
 
 
 def _parse(buf: memoryview) -> GGUFFile:
+    """The whole file, in the order of the format: header, metadata, tensor table, data section."""
     cur = _Cursor(buf)
-    # --- header
+    header = _read_header(cur)
+    metadata, types, value_at = _read_metadata(cur, header)
+    alignment = _alignment(metadata, types, value_at)
+    entries = _read_tensor_table(cur, header.n_tensors, alignment)
+    data_offset = _align(cur.pos, alignment)
+    end = data_offset + _align(_check_data_section(entries, cur.size - data_offset), alignment)
+    tensors = {e.name: TensorInfo(e.name, e.type.name, e.type.id, e.shape, data_offset + e.offset, e.nbytes, buf)
+               for e in entries}
+    return GGUFFile(header.version, metadata, types, tensors, alignment, data_offset, cur.size,
+                    max(0, cur.size - end), buf)
+
+
+class _Header(NamedTuple):
+    version: int
+    n_tensors: int
+    n_tensors_at: int  # where the count stands, for error messages
+    n_kv: int
+
+
+def _read_header(cur: _Cursor) -> _Header:
+    """magic, version, n_tensors, n_kv — each count bounded by the bytes left before it is used."""
     cur.need(_HEADER_BYTES, "header", f"a {_HEADER_BYTES}-byte header")
-    magic = bytes(buf[0:4])
+    magic = bytes(cur.buf[0:4])
     if magic != GGUF_MAGIC:
         raise GGUFFormatError("magic", 0, f"expected b'GGUF', got {magic!r}")
     cur.pos = 4
@@ -452,105 +473,129 @@ def _parse(buf: memoryview) -> GGUFFile:
     n_tensors = cur.u64("n_tensors")
     n_kv_at = cur.pos
     n_kv = cur.u64("n_kv")
+    _check_tensor_count(cur, n_tensors, n_tensors_at)
     left = cur.size - cur.pos
-    if n_tensors > left // _MIN_TENSOR_INFO_BYTES:
-        raise GGUFFormatError("n_tensors", n_tensors_at, f"{n_tensors} tensor infos cannot fit in the {left} bytes left")
     if n_kv > left // _MIN_KV_BYTES:
         raise GGUFFormatError("n_kv", n_kv_at, f"{n_kv} key/values cannot fit in the {left} bytes left")
+    return _Header(version, n_tensors, n_tensors_at, n_kv)
 
-    # --- metadata
+
+def _check_tensor_count(cur: _Cursor, n_tensors: int, at: int) -> None:
+    """n_tensors tensor infos of at least _MIN_TENSOR_INFO_BYTES must fit in the bytes left."""
+    left = cur.size - cur.pos
+    if n_tensors > left // _MIN_TENSOR_INFO_BYTES:
+        raise GGUFFormatError("n_tensors", at, f"{n_tensors} tensor infos cannot fit in the {left} bytes left")
+
+
+def _check_name(name: str, seen: Any, field: str, at: int, max_bytes: int, noun: str) -> None:
+    """A metadata key or tensor name: not empty, at most ``max_bytes`` of UTF-8, not seen before."""
+    if not name:
+        raise GGUFFormatError(field, at, f"empty {noun}")
+    if len(name.encode("utf-8")) > max_bytes:
+        raise GGUFFormatError(field, at, f"{noun} {name[:40]!r} is longer than {max_bytes} bytes")
+    if name in seen:
+        raise GGUFFormatError(field, at, f"duplicate {noun} {name!r}")
+
+
+def _read_metadata(cur: _Cursor, header: _Header) -> tuple[dict[str, Any], dict[str, TypeSpec], dict[str, int]]:
+    """n_kv key/value pairs -> (metadata, value types, where each value's type field starts)."""
     metadata: dict[str, Any] = {}
     types: dict[str, TypeSpec] = {}
-    value_at: dict[str, int] = {}  # where each value's type field starts, for error messages
-    for i in range(n_kv):
+    value_at: dict[str, int] = {}  # for error messages about a value
+    for i in range(header.n_kv):
         key_at = cur.pos
         key = cur.string(f"metadata key #{i}")
-        if not key:
-            raise GGUFFormatError(f"metadata key #{i}", key_at, "empty key")
-        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-            raise GGUFFormatError(f"metadata key #{i}", key_at, f"key longer than {MAX_KEY_BYTES} bytes")
-        if key in metadata:
-            raise GGUFFormatError(f"metadata key #{i}", key_at, f"duplicate key {key!r}")
+        _check_name(key, metadata, f"metadata key #{i}", key_at, MAX_KEY_BYTES, "key")
         vt_at = value_at[key] = cur.pos
         vt = cur.u32(f"metadata[{key!r}] value type")
         metadata[key], types[key] = _read_value(cur, vt, key, vt_at)
-        if n_tensors > (cur.size - cur.pos) // _MIN_TENSOR_INFO_BYTES:
-            raise GGUFFormatError("n_tensors", n_tensors_at,
-                                  f"{n_tensors} tensor infos cannot fit in the {cur.size - cur.pos} bytes left")
+        _check_tensor_count(cur, header.n_tensors, header.n_tensors_at)
+    return metadata, types, value_at
 
-    alignment = DEFAULT_ALIGNMENT
-    if ALIGNMENT_KEY in metadata:
-        alignment = metadata[ALIGNMENT_KEY]
-        if types[ALIGNMENT_KEY] != ValueType.UINT32:
-            raise GGUFFormatError(f"metadata[{ALIGNMENT_KEY!r}]", value_at[ALIGNMENT_KEY],
-                                  f"must be UINT32, got {_spec_name(types[ALIGNMENT_KEY])}")
-        if alignment == 0 or alignment & (alignment - 1):
-            raise GGUFFormatError(f"metadata[{ALIGNMENT_KEY!r}]", value_at[ALIGNMENT_KEY], f"{alignment} is not a power of two")
 
-    # --- tensor infos
-    infos = []
+def _alignment(metadata: dict[str, Any], types: dict[str, TypeSpec], value_at: dict[str, int]) -> int:
+    """general.alignment (a UINT32 power of two) or the default 32."""
+    if ALIGNMENT_KEY not in metadata:
+        return DEFAULT_ALIGNMENT
+    alignment, at = metadata[ALIGNMENT_KEY], value_at[ALIGNMENT_KEY]
+    if types[ALIGNMENT_KEY] != ValueType.UINT32:
+        raise GGUFFormatError(f"metadata[{ALIGNMENT_KEY!r}]", at, f"must be UINT32, got {_spec_name(types[ALIGNMENT_KEY])}")
+    if alignment == 0 or alignment & (alignment - 1):
+        raise GGUFFormatError(f"metadata[{ALIGNMENT_KEY!r}]", at, f"{alignment} is not a power of two")
+    return alignment
+
+
+class _Entry(NamedTuple):
+    """One row of the tensor table, checked; offset relative to the data section."""
+
+    name: str
+    type: Any         # GGMLType
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    offset_at: int    # where the offset field stands, for error messages
+
+
+def _read_tensor_table(cur: _Cursor, n_tensors: int, alignment: int) -> list[_Entry]:
+    """n_tensors tensor infos: name, n_dims, ne[n_dims], type, offset."""
+    entries: list[_Entry] = []
     names: set[str] = set()
     for i in range(n_tensors):
         name_at = cur.pos
         name = cur.string(f"tensor #{i} name")
-        if not name:
-            raise GGUFFormatError(f"tensor #{i} name", name_at, "empty name")
-        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-            raise GGUFFormatError(f"tensor #{i} name", name_at, f"{name!r} is longer than {MAX_NAME_BYTES} bytes")
-        if name in names:
-            raise GGUFFormatError(f"tensor #{i} name", name_at, f"duplicate tensor name {name!r}")
+        _check_name(name, names, f"tensor #{i} name", name_at, MAX_NAME_BYTES, "tensor name")
         names.add(name)
-        f = f"tensor {name!r}"
-        nd_at = cur.pos
-        n_dims = cur.u32(f"{f} n_dims")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise GGUFFormatError(f"{f} n_dims", nd_at, f"{n_dims} dimensions; expected 1..{MAX_DIMS}")
-        ne = []
-        n_elements = 1
-        for j in range(n_dims):
-            at = cur.pos
-            d = cur.u64(f"{f} ne[{j}]")
-            if d == 0 or d > _INT64_MAX:
-                raise GGUFFormatError(f"{f} ne[{j}]", at, f"dimension {d}; expected 1..{_INT64_MAX}")
-            n_elements *= d
-            if n_elements > _INT64_MAX:
-                raise GGUFFormatError(f"{f} ne[{j}]", at, "element count overflows int64")
-            ne.append(d)
-        type_at = cur.pos
-        type_id = cur.u32(f"{f} type")
-        if type_id not in BY_ID:
-            raise GGUFFormatError(f"{f} type", type_at, f"unknown ggml type id {type_id}")
-        t = BY_ID[type_id]
-        if ne[0] % t.block_size:
-            raise GGUFFormatError(f"{f} ne[0]", nd_at + 4,
-                                  f"row length {ne[0]} is not a multiple of {t.name}'s block size {t.block_size}")
-        nbytes = n_elements // t.block_size * t.type_size
-        off_at = cur.pos
-        offset = cur.u64(f"{f} offset")
-        if offset % alignment:
-            raise GGUFFormatError(f"{f} offset", off_at, f"{offset} is not a multiple of the alignment {alignment}")
-        infos.append((name, t, tuple(reversed(ne)), offset, nbytes, off_at))
+        entries.append(_read_tensor_info(cur, name, alignment))
+    return entries
 
-    # --- data section: every tensor inside the file, none overlapping
-    data_offset = _align(cur.pos, alignment)
-    data_size = max(0, cur.size - data_offset)
+
+def _read_tensor_info(cur: _Cursor, name: str, alignment: int) -> _Entry:
+    """The rest of one tensor info, after its name."""
+    f = f"tensor {name!r}"
+    nd_at = cur.pos
+    n_dims = cur.u32(f"{f} n_dims")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise GGUFFormatError(f"{f} n_dims", nd_at, f"{n_dims} dimensions; expected 1..{MAX_DIMS}")
+    ne = []
+    n_elements = 1
+    for j in range(n_dims):
+        at = cur.pos
+        d = cur.u64(f"{f} ne[{j}]")
+        if d == 0 or d > _INT64_MAX:
+            raise GGUFFormatError(f"{f} ne[{j}]", at, f"dimension {d}; expected 1..{_INT64_MAX}")
+        n_elements *= d
+        if n_elements > _INT64_MAX:
+            raise GGUFFormatError(f"{f} ne[{j}]", at, "element count overflows int64")
+        ne.append(d)
+    type_at = cur.pos
+    type_id = cur.u32(f"{f} type")
+    if type_id not in BY_ID:
+        raise GGUFFormatError(f"{f} type", type_at, f"unknown ggml type id {type_id}")
+    t = BY_ID[type_id]
+    if ne[0] % t.block_size:
+        raise GGUFFormatError(f"{f} ne[0]", nd_at + 4,
+                              f"row length {ne[0]} is not a multiple of {t.name}'s block size {t.block_size}")
+    off_at = cur.pos
+    offset = cur.u64(f"{f} offset")
+    if offset % alignment:
+        raise GGUFFormatError(f"{f} offset", off_at, f"{offset} is not a multiple of the alignment {alignment}")
+    return _Entry(name, t, tuple(reversed(ne)), offset, n_elements // t.block_size * t.type_size, off_at)
+
+
+def _check_data_section(entries: list[_Entry], data_size: int) -> int:
+    """Every tensor inside the data section of ``data_size`` bytes, none overlapping; returns the last end."""
+    data_size = max(0, data_size)
     prev_end, prev_name = 0, None
-    for name, t, shape, offset, nbytes, off_at in sorted(infos, key=lambda r: r[3]):
-        if offset + nbytes > data_size:
-            raise GGUFFormatError(f"tensor {name!r} offset", off_at,
-                                  f"data [{offset}, {offset + nbytes}) runs past the end of the "
-                                  f"{data_size}-byte data section")
-        if offset < prev_end:
-            raise GGUFFormatError(f"tensor {name!r} offset", off_at,
-                                  f"data [{offset}, {offset + nbytes}) overlaps tensor {prev_name!r} "
-                                  f"ending at {prev_end}")
-        prev_end, prev_name = offset + nbytes, name
-    end = data_offset + _align(prev_end, alignment)
-    trailing = max(0, cur.size - end)
-
-    tensors = {name: TensorInfo(name, t.name, t.id, shape, data_offset + offset, nbytes, buf)
-               for name, t, shape, offset, nbytes, _ in infos}
-    return GGUFFile(version, metadata, types, tensors, alignment, data_offset, cur.size, trailing, buf)
+    for e in sorted(entries, key=lambda e: e.offset):
+        span = f"data [{e.offset}, {e.offset + e.nbytes})"
+        if e.offset + e.nbytes > data_size:
+            raise GGUFFormatError(f"tensor {e.name!r} offset", e.offset_at,
+                                  f"{span} runs past the end of the {data_size}-byte data section")
+        if e.offset < prev_end:
+            raise GGUFFormatError(f"tensor {e.name!r} offset", e.offset_at,
+                                  f"{span} overlaps tensor {prev_name!r} ending at {prev_end}")
+        prev_end, prev_name = e.offset + e.nbytes, e.name
+    return prev_end
 
 
 def _release(view: memoryview, mm: mmap.mmap) -> None:
