@@ -52,8 +52,8 @@ def blockwise_inputs(draw, max_blocks: int = 3):
     picks = draw(st.lists(st.sampled_from(st_rq.KINDS + ("near_midpoint",)), min_size=n_blocks, max_size=n_blocks))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     scale = draw(st.sampled_from([1e-3, 0.02, 1.0, 30.0]))
-    x = np.concatenate([_near_midpoint_block(rng, blocksize) if k == "near_midpoint" else st_rq._block(k, rng, blocksize, scale)
-                        for k in picks])
+    x = np.concatenate([_near_midpoint_block(rng, blocksize) if k == "near_midpoint"
+                        else draw(st_rq.ordinary_block(k, blocksize, scale)) for k in picks])
     x = x[: max(1, x.size - draw(st.sampled_from([0, 0, 1, 7, blocksize // 3])))]
     x = np.clip(x, -6.5e4, 6.5e4).astype(np.float32)
     if x.size % 4 == 0 and draw(st.booleans()):

@@ -40,8 +40,8 @@ def bnb_inputs(draw, max_blocks: int = 3):
     seed = draw(st.integers(0, 2**32 - 1))
     scale = draw(st.sampled_from([1e-3, 0.02, 1.0, 30.0]))
     rng = np.random.default_rng(seed)
-    parts = [_midpoint_block(rng, blocksize, quant_type) if k == "midpoints" else st_rq._block(k, rng, blocksize, scale)
-             for k in picks]
+    parts = [_midpoint_block(rng, blocksize, quant_type) if k == "midpoints"
+             else draw(st_rq.ordinary_block(k, blocksize, scale)) for k in picks]
     x = np.concatenate(parts)
     cut = draw(st.sampled_from([0, 0, 1, 3, blocksize // 2]))  # leave a tail block
     x = x[: max(1, x.size - cut)]
