@@ -48,14 +48,15 @@ import os
 import re
 import struct
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
 from .types import ggml_type
 
 __all__ = ["FTYPES", "ModelInfo", "use_more_bits", "category", "allows_quantization", "fallback", "tensor_type",
-           "mixture_type", "tensor_types", "llama_order", "load_imatrix", "quantize_file", "QuantizeSummary"]
+           "mixture_type", "MIXTURE_RULES", "MIXTURE_AFTER", "tensor_types", "llama_order", "load_imatrix",
+           "quantize_file", "QuantizeSummary"]
 
 # file type name -> (llama_ftype value written to general.file_type, default ggml type)
 FTYPES: dict[str, tuple[int, str]] = {
@@ -170,9 +171,15 @@ def tensor_type(name: str, shape: tuple[int, ...], ftype: str, info: ModelInfo, 
     i_ffn: the ffn_down / ffn_gate / ffn_up counter (the layer index in a dense model).
     Returns the ggml type name.
 
-    Example: tensor_type("blk.0.ffn_down.weight", (576, 1536), "Q4_K_M", ModelInfo(n_layer=30))
-    is "Q6_K" (layer 0 < 30/8 uses more bits), and for attn_v of shape (192, 576) the Q6_K
-    becomes "Q8_0" because 576 is not a multiple of 256.
+    Example: ffn_down of layer 0 in a 30-layer Q4_K_M file is Q6_K (layer 0 < 30/8 uses
+    more bits); attn_v of shape (192, 576) would be Q6_K too, and becomes Q8_0 because 576
+    is not a multiple of 256.
+
+        >>> info = ModelInfo(n_layer=30)
+        >>> tensor_type("blk.0.ffn_down.weight", (576, 1536), "Q4_K_M", info)
+        'Q6_K'
+        >>> tensor_type("blk.0.attn_v.weight", (192, 576), "Q4_K_M", info, n_attn_v=30)
+        'Q8_0'
     """
     return fallback(mixture_type(name, shape, ftype, info, i_attn_v=i_attn_v, n_attn_v=n_attn_v, i_ffn=i_ffn,
                                  tied_embeddings=tied_embeddings, has_imatrix=has_imatrix), int(shape[-1]))
@@ -180,96 +187,146 @@ def tensor_type(name: str, shape: tuple[int, ...], ftype: str, info: ModelInfo, 
 
 def mixture_type(name: str, shape: tuple[int, ...], ftype: str, info: ModelInfo, *, i_attn_v: int = 0,
                  n_attn_v: int = 0, i_ffn: int = 0, tied_embeddings: bool = False, has_imatrix: bool = False) -> str:
-    """llama_tensor_get_type_impl: the mixture's choice before the row-length fallback."""
-    ftype = _ftype_name(ftype)
-    new = FTYPES[ftype][1]
-    if not ggml_type(new).block_size > 1:  # F32 / F16 / BF16 files: every weight matrix gets that type
-        return new
-    cat = category(name)
-    n_cols = int(shape[-1])
-    n_layer = info.n_layer
-    i_layer = i_ffn
-    if info.n_expert > 1 and cat in ("ffn_down", "ffn_gate", "ffn_up"):
-        m = re.match(r"blk\.(\d+)\.", name)  # expert tensors are not consecutive: read the layer from the name
-        if not m or not 0 <= int(m.group(1)) < n_layer:
-            raise ValueError(f"name: cannot tell the layer of {name!r} (n_layer={n_layer})")
-        i_layer = int(m.group(1))
+    """llama_tensor_get_type_impl: the mixture's choice before the row-length fallback.
 
-    if cat == "output" or (tied_embeddings and cat == "token_embd"):
-        if info.arch == "falcon" or n_cols % ggml_type(new).block_size:
-            new = "Q8_0"
-        elif new != "Q8_0":
-            new = "Q6_K"
-    elif cat == "token_embd":
-        pass  # only the IQ1/IQ2/IQ3 mixtures (not implemented here) change an untied token embedding
-    elif cat in ("attn_v", "attn_qkv", "attn_kv_b"):
-        if ftype == "Q2_K":
-            new = "Q4_K" if info.n_gqa >= 4 else "Q3_K"
-        elif ftype == "Q2_K_S" and info.n_gqa >= 4:
-            new = "Q4_K"
-        elif ftype == "Q3_K_M":
-            new = "Q5_K" if i_attn_v < 2 else "Q4_K"
-        elif ftype == "Q3_K_L":
-            new = "Q5_K"
-        elif ftype in ("IQ4_NL", "IQ4_XS") and info.n_gqa >= 4:
-            new = "Q5_K"
-        elif ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(i_attn_v, n_attn_v):
-            new = "Q6_K"
-        elif ftype == "Q4_K_S" and i_attn_v < 4:
-            new = "Q5_K"
-        if info.is_70b and new in ("Q3_K", "Q4_K"):
-            new = "Q5_K"  # 8 heads share attn_v in a 70B model: a cheap place to spend bits
-        if info.n_expert == 8:
-            new = "Q8_0"
-    elif cat == "attn_k":
-        if info.n_expert == 8:
-            new = "Q8_0"
-    elif cat == "ffn_down":
-        falcon = info.arch == "falcon"
-        if ftype == "Q2_K":
-            new = "Q3_K"
-        elif ftype == "Q2_K_S":
-            if i_layer < n_layer // 8:
-                new = "Q4_K"
-        elif ftype == "Q3_K_M":
-            new = ("Q5_K" if i_layer < n_layer // 16
-                   else "Q4_K" if not falcon or use_more_bits(i_layer, n_layer) else "Q3_K")
-        elif ftype == "Q3_K_L":
-            new = "Q4_K" if falcon else "Q5_K"
-        elif ftype == "Q4_K_M":
-            if falcon:
-                new = "Q6_K" if i_layer < n_layer // 16 else "Q5_K" if use_more_bits(i_layer, n_layer) else "Q4_K"
-            elif use_more_bits(i_layer, n_layer):
-                new = "Q6_K"
-        elif i_layer < n_layer // 8 and ftype in ("IQ4_NL", "IQ4_XS") and not has_imatrix:
-            new = "Q5_K"
-        elif ftype == "Q5_K_M" and use_more_bits(i_layer, n_layer):
-            new = "Q6_K"
-        elif ftype == "Q4_K_S" and not falcon and i_layer < n_layer // 8:
-            new = "Q5_K"
-        elif ftype in ("Q4_0", "Q5_0") and has_imatrix and i_layer < n_layer // 8:
-            new = "Q4_1" if ftype == "Q4_0" else "Q5_1"
-    elif cat == "attn_output":
-        if info.arch != "falcon":
-            if info.n_expert == 8:
-                if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS"):
-                    new = "Q5_K"
-            elif ftype == "Q2_K":
-                new = "Q3_K"
-            elif ftype == "Q3_K_M":
-                new = "Q4_K"
-            elif ftype == "Q3_K_L":
-                new = "Q5_K"
-        elif ftype == "Q3_K_L":
-            new = "Q4_K"
-    if cat == "attn_qkv":  # fused QKV: the attn_v rules above, then these
-        if ftype in ("Q3_K_M", "Q3_K_L"):
-            new = "Q4_K"
-        elif ftype == "Q4_K_M":
-            new = "Q5_K"
-        elif ftype == "Q5_K_M":
-            new = "Q6_K"
+    The first row of ``MIXTURE_RULES[group]`` that names the file type and whose
+    condition holds gives the type (none: the file type's default); then every row of
+    ``MIXTURE_AFTER`` that applies changes it again, in order.
+
+    >>> mixture_type("blk.0.attn_v.weight", (192, 576), "Q4_K_M", ModelInfo(n_layer=30), n_attn_v=30)
+    'Q6_K'
+    """
+    ftype = _ftype_name(ftype)
+    default = FTYPES[ftype][1]
+    if not ggml_type(default).block_size > 1:  # F32 / F16 / BF16 files: every weight matrix gets that type
+        return default
+    cat = category(name)
+    w = _Where(ftype, default, int(shape[-1]), info, i_attn_v, n_attn_v, _layer_index(name, cat, info, i_ffn),
+               has_imatrix)
+    group = "output" if cat == "output" or (tied_embeddings and cat == "token_embd") else _RULE_GROUP.get(cat, "")
+    new = next((r.new for r in MIXTURE_RULES.get(group, ()) if _names(r.ftypes, ftype) and r.when(w)), default)
+    for r in MIXTURE_AFTER:
+        if cat in r.categories and _names(r.ftypes, ftype) and r.when(w, new):
+            new = r.new
     return new
+
+
+def _layer_index(name: str, cat: str, info: ModelInfo, i_ffn: int) -> int:
+    """The layer a ffn tensor belongs to: the ffn counter, or (MoE) the layer in its name."""
+    if not (info.n_expert > 1 and cat in ("ffn_down", "ffn_gate", "ffn_up")):
+        return i_ffn
+    m = re.match(r"blk\.(\d+)\.", name)  # expert tensors are not consecutive: read the layer from the name
+    if not m or not 0 <= int(m.group(1)) < info.n_layer:
+        raise ValueError(f"name: cannot tell the layer of {name!r} (n_layer={info.n_layer})")
+    return int(m.group(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Where:
+    """What the mixture rules look at for one tensor (llama_tensor_get_type_impl's locals)."""
+
+    ftype: str
+    default: str       # the file type's default block type
+    n_cols: int        # row length
+    info: ModelInfo
+    i_attn_v: int      # attn_v-like tensors before this one, of n_attn_v
+    n_attn_v: int
+    i_layer: int       # the ffn layer index
+    has_imatrix: bool
+
+    falcon = property(lambda w: w.info.arch == "falcon")
+    n_gqa = property(lambda w: w.info.n_gqa)
+    n_expert = property(lambda w: w.info.n_expert)
+    more_bits = property(lambda w: use_more_bits(w.i_layer, w.info.n_layer))       # ffn layers
+    more_bits_v = property(lambda w: use_more_bits(w.i_attn_v, w.n_attn_v))       # attn_v tensors
+    first_8th = property(lambda w: w.i_layer < w.info.n_layer // 8)
+    first_16th = property(lambda w: w.i_layer < w.info.n_layer // 16)
+
+
+class Rule(NamedTuple):
+    """``ftypes`` (ANY: every file type) and ``when`` hold -> ``new``."""
+
+    ftypes: tuple[str, ...]
+    when: Callable[[_Where], bool]
+    new: str
+
+
+class After(NamedTuple):
+    """For a tensor of ``categories``: ``ftypes`` and ``when(w, chosen type)`` hold -> ``new``."""
+
+    categories: tuple[str, ...]
+    ftypes: tuple[str, ...]
+    when: Callable[[_Where, str], bool]
+    new: str
+
+
+ANY: tuple[str, ...] = ()
+
+
+def _names(ftypes: tuple[str, ...], ftype: str) -> bool:
+    return not ftypes or ftype in ftypes
+
+
+def _always(w: _Where) -> bool:
+    return True
+
+
+_RULE_GROUP = {"attn_v": "attn_v", "attn_qkv": "attn_v", "attn_kv_b": "attn_v", "ffn_down": "ffn_down",
+               "attn_output": "attn_output"}
+_MOE8_ATTN_OUTPUT = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS")
+
+# llama_tensor_get_type_impl's if/else chains, one table per group of tensors; the first row that applies wins
+MIXTURE_RULES: dict[str, tuple[Rule, ...]] = {
+    "output": (  # output.weight, or token_embd.weight when the two are tied
+        Rule(ANY, lambda w: w.falcon or w.n_cols % ggml_type(w.default).block_size != 0, "Q8_0"),
+        Rule(ANY, lambda w: w.default != "Q8_0", "Q6_K"),
+    ),
+    "attn_v": (  # attn_v, attn_qkv, attn_kv_b
+        Rule(("Q2_K",), lambda w: w.n_gqa >= 4, "Q4_K"),
+        Rule(("Q2_K",), _always, "Q3_K"),
+        Rule(("Q2_K_S",), lambda w: w.n_gqa >= 4, "Q4_K"),
+        Rule(("Q3_K_M",), lambda w: w.i_attn_v < 2, "Q5_K"),
+        Rule(("Q3_K_M",), _always, "Q4_K"),
+        Rule(("Q3_K_L",), _always, "Q5_K"),
+        Rule(("IQ4_NL", "IQ4_XS"), lambda w: w.n_gqa >= 4, "Q5_K"),
+        Rule(("Q4_K_M", "Q5_K_M"), lambda w: w.more_bits_v, "Q6_K"),
+        Rule(("Q4_K_S",), lambda w: w.i_attn_v < 4, "Q5_K"),
+    ),
+    "ffn_down": (
+        Rule(("Q2_K",), _always, "Q3_K"),
+        Rule(("Q2_K_S",), lambda w: w.first_8th, "Q4_K"),
+        Rule(("Q3_K_M",), lambda w: w.first_16th, "Q5_K"),
+        Rule(("Q3_K_M",), lambda w: not w.falcon or w.more_bits, "Q4_K"),
+        Rule(("Q3_K_L",), lambda w: w.falcon, "Q4_K"),
+        Rule(("Q3_K_L",), _always, "Q5_K"),
+        Rule(("Q4_K_M",), lambda w: w.falcon and w.first_16th, "Q6_K"),
+        Rule(("Q4_K_M",), lambda w: w.falcon and w.more_bits, "Q5_K"),
+        Rule(("Q4_K_M",), lambda w: not w.falcon and w.more_bits, "Q6_K"),
+        Rule(("IQ4_NL", "IQ4_XS"), lambda w: w.first_8th and not w.has_imatrix, "Q5_K"),
+        Rule(("Q5_K_M",), lambda w: w.more_bits, "Q6_K"),
+        Rule(("Q4_K_S",), lambda w: not w.falcon and w.first_8th, "Q5_K"),
+        Rule(("Q4_0",), lambda w: w.has_imatrix and w.first_8th, "Q4_1"),
+        Rule(("Q5_0",), lambda w: w.has_imatrix and w.first_8th, "Q5_1"),
+    ),
+    "attn_output": (
+        Rule(_MOE8_ATTN_OUTPUT, lambda w: not w.falcon and w.n_expert == 8, "Q5_K"),
+        Rule(("Q2_K",), lambda w: not w.falcon and w.n_expert != 8, "Q3_K"),
+        Rule(("Q3_K_M",), lambda w: not w.falcon and w.n_expert != 8, "Q4_K"),
+        Rule(("Q3_K_L",), lambda w: not w.falcon and w.n_expert != 8, "Q5_K"),
+        Rule(("Q3_K_L",), lambda w: w.falcon, "Q4_K"),
+    ),
+}
+# then, in order: changes to the type chosen above (a token_embd that is not tied keeps its default:
+# only the IQ1/IQ2/IQ3 mixtures, not implemented here, change it)
+_ATTN_V_LIKE = ("attn_v", "attn_qkv", "attn_kv_b")
+MIXTURE_AFTER: tuple[After, ...] = (
+    # 8 heads share attn_v in a 70B model: a cheap place to spend bits
+    After(_ATTN_V_LIKE, ANY, lambda w, new: w.info.is_70b and new in ("Q3_K", "Q4_K"), "Q5_K"),
+    After((*_ATTN_V_LIKE, "attn_k"), ANY, lambda w, new: w.n_expert == 8, "Q8_0"),
+    After(("attn_qkv",), ("Q3_K_M", "Q3_K_L"), lambda w, new: True, "Q4_K"),  # fused QKV
+    After(("attn_qkv",), ("Q4_K_M",), lambda w, new: True, "Q5_K"),
+    After(("attn_qkv",), ("Q5_K_M",), lambda w, new: True, "Q6_K"),
+)
 
 
 def _layer_of(name: str) -> int:
