@@ -147,7 +147,8 @@ def round_to_format(x: Any, fmt: Any, saturate: bool = True) -> Any:  # (...) ->
     xp = namespace(x)
     if not saturate and fmt.specials == "none":
         raise ValueError(f"saturate: {fmt.name} has no inf or NaN to overflow to; use saturate=True")
-    a = xp.abs(x)  # (...)
+    # beyond 2·max every value saturates (or overflows) alike; capping there keeps 2^e finite in float32
+    a = xp.clip(xp.abs(x), None, 2 * fmt.max)  # (...)
     e = _floor_log2(xp, a)  # (...) binade of each |x|; log2(0) never taken
     e = xp.clip(e, fmt.emin, None)  # subnormals share the smallest binade's spacing
     spacing = 2.0 ** (e - fmt.man_bits)  # exact powers of two
