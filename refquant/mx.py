@@ -49,11 +49,12 @@ import numpy as np
 
 from ._backend import namespace, to_numpy
 from ._checks import check_float_input, check_float32_range, check_int
+from ._rounding import round_half_away
 from .fp8 import E2M1, E2M3, E3M2, E4M3, E5M2, FloatFormat, _floor_log2, encode, round_to_format
 
 __all__ = ["ELEMENTS", "SCALE_MODES", "MX_BLOCK", "E8M0_BIAS", "MXQuantized", "scale_exponent", "mx_quantize",
            "mx_dequantize", "e8m0_bytes", "mx_stored_bytes", "NVFP4_BLOCK", "NVFP4Quantized",
-           "nvfp4_tensor_scale", "nvfp4_quantize", "nvfp4_dequantize", "nvfp4_stored_bytes"]
+           "nvfp4_tensor_scale", "NVFP4_SCALE_MODES", "nvfp4_block_scale", "nvfp4_quantize", "nvfp4_dequantize", "nvfp4_stored_bytes", "nvfp4_scale_bytes"]
 
 #: the MX element formats (OCP MX v1.0 Table 1), by torchao's short names
 ELEMENTS = {"fp8_e4m3": E4M3, "fp8_e5m2": E5M2, "fp6_e3m2": E3M2, "fp6_e2m3": E2M3, "fp4_e2m1": E2M1}
@@ -203,17 +204,51 @@ def nvfp4_tensor_scale(x: Any) -> Any:
     return xp.max(xp.abs(xp.astype(x, xp.float32))) / (E4M3.max * E2M1.max)
 
 
-def nvfp4_quantize(x: Any, tensor_scale: Any = None) -> NVFP4Quantized:
+NVFP4_SCALE_MODES = ("torchao", "ggml")
+
+
+def nvfp4_block_scale(ratio: Any, mode: str = "torchao") -> Any:  # (...) -> (...) float32 E4M3 values
+    """The E4M3 block scale d_b for amax_b / 6 / t, in the two roundings implementations use.
+
+    Example: 0.53125 is halfway between E4M3's 0.5 and 0.5625 (ties: even -> 0.5, half up -> 0.5625);
+    0.0155 is below 2^-6: torchao lifts it to 2^-6, ggml takes (int)(7.94 + 0.5) = 8, capped at 7 · 2^-9.
+
+    torchao: clamp to [2^-6, 448] (no subnormal scales), then ties to even.
+    ggml (``ggml_fp32_to_ue4m3``): no lower clamp; normal values round half up on the fourth mantissa
+    bit (ties away from zero); below 2^-6 the code is (int)(r · 2^9 + 0.5) in float32, capped at 7 (the
+    largest subnormal, never carried into 2^-6) and 0 when it rounds to 0; above 448 it saturates.
+
+    >>> [nvfp4_block_scale(np.float32([0.53125, 0.0155]), m).tolist() for m in NVFP4_SCALE_MODES]
+    [[0.5, 0.015625], [0.5625, 0.013671875]]
+    """
+    if mode not in NVFP4_SCALE_MODES:
+        raise ValueError(f"scale_mode: expected one of {NVFP4_SCALE_MODES}, got {mode!r}")
+    xp = namespace(ratio)
+    if mode == "torchao":
+        return round_to_format(xp.clip(ratio, E4M3_TINY, E4M3.max), E4M3)
+    r = xp.clip(ratio, 0.0, E4M3.max)
+    e = xp.clip(_floor_log2(xp, r), E4M3.emin, None)
+    spacing = 2.0 ** (e - E4M3.man_bits)
+    normal = xp.clip(round_half_away(r / spacing) * spacing, None, E4M3.max)
+    sub_code = xp.clip(xp.trunc(r * 2.0 ** (E4M3.man_bits - E4M3.emin) + 0.5), 0.0, 2.0**E4M3.man_bits - 1)
+    return xp.where(r >= E4M3_TINY, normal, sub_code * E4M3.min_subnormal)
+
+
+def nvfp4_quantize(x: Any, tensor_scale: Any = None, scale_mode: str = "torchao") -> NVFP4Quantized:
     """NVFP4 of the last axis: E2M1 elements, an E4M3 scale per 16, a float32 tensor scale.
 
     ``tensor_scale``: None for single-level scaling (t = 1), "amax" for ``nvfp4_tensor_scale(x)``, or
-    a positive float32 value. The data are multiplied by a reciprocal, (1/t)/d_b, not divided, as
+    a positive float32 value. ``scale_mode`` rounds the block scales as torchao or as ggml's NVFP4
+    (``nvfp4_block_scale``); ggml's type is single level (no tensor scale) with E2M1 elements chosen
+    by least error (ties to the lower code), which is not modelled here. The data are multiplied by a reciprocal, (1/t)/d_b, not divided, as
     torchao does to match its Triton kernel; the two differ in the last bit and then at ties.
 
     >>> r = nvfp4_quantize(np.float32([0.5, 1.0, 3.0, 6.0] * 4))
     >>> r.d.ravel().tolist(), r.q[0, :4].tolist()
     ([1.0], [0.5, 1.0, 3.0, 6.0])
     """
+    if scale_mode not in NVFP4_SCALE_MODES:
+        raise ValueError(f"scale_mode: expected one of {NVFP4_SCALE_MODES}, got {scale_mode!r}")
     check_float_input(x, "x")
     check_float32_range(x, "x", "NVFP4 quantization")
     _check_blocks(x, NVFP4_BLOCK, "NVFP4 block")
@@ -230,13 +265,14 @@ def nvfp4_quantize(x: Any, tensor_scale: Any = None) -> NVFP4Quantized:
     xb = xp.reshape(x, (*x.shape[:-1], x.shape[-1] // NVFP4_BLOCK, NVFP4_BLOCK))  # (..., n/16, 16)
     amax = xp.max(xp.abs(xb), axis=-1, keepdims=True)  # (..., n/16, 1)
     if tensor_scale is None:
-        d = round_to_format(xp.clip(amax / E2M1.max, E4M3_TINY, E4M3.max), E4M3)  # (..., n/16, 1)
+        d = nvfp4_block_scale(amax / E2M1.max, scale_mode)  # (..., n/16, 1)
         reciprocal = 1.0 / d
     else:
-        t_safe = xp.where(t > 0, t, xp.ones_like(t))  # an all-zero tensor under "amax"
-        d = round_to_format(xp.clip(amax / E2M1.max / t_safe, E4M3_TINY, E4M3.max), E4M3)
-        reciprocal = (1.0 / t_safe) / d
-        t = t_safe
+        t = xp.where(t > 0, t, xp.ones_like(t))  # an all-zero tensor under "amax"
+        d = nvfp4_block_scale(amax / E2M1.max / t, scale_mode)
+        reciprocal = (1.0 / t) / d
+    # ggml's scale can be 0 (an all-zero or tiny block): its elements are then 0
+    reciprocal = xp.where(d > 0, reciprocal, xp.zeros_like(reciprocal))
     q = round_to_format(xp.clip(xb * reciprocal, -E2M1.max, E2M1.max), E2M1)  # (..., n/16, 16)
     return NVFP4Quantized(q, d, t)
 
