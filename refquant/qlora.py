@@ -52,7 +52,7 @@ from .model.loader import LINEAR_NAMES
 
 __all__ = ["prepare", "QLoraModel", "Quantized", "LoraConfig", "Adapter", "init_adapters", "loss_and_grads",
            "logits", "AdamW", "train", "TrainResult", "merge", "unmerge", "merge_cost", "MergeCost",
-           "parameter_count", "ParameterCount", "llama_shapes", "prefix", "save_adapters", "load_adapters",
+           "parameter_count", "ParameterCount", "llama_shapes", "prefix", "prefixes", "save_adapters", "load_adapters",
            "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = LINEAR_NAMES  # QLoRA adapts every linear layer of the blocks (§4 of the paper)
@@ -148,7 +148,11 @@ class LoraConfig:
 
     @property
     def scale(self) -> float:
-        """s = α/r, or α/√r with rsLoRA (peft ``LoraLayer.update_layer``)."""
+        """s = α/r, or α/√r with rsLoRA (peft ``LoraLayer.update_layer``).
+
+        >>> LoraConfig(r=16, alpha=32).scale, LoraConfig(r=16, alpha=32, use_rslora=True).scale
+        (2.0, 8.0)
+        """
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
 
@@ -272,21 +276,28 @@ def _first_adapted_block(adapters: Mapping[str, Adapter]) -> int:
     return min(int(name.split(".")[1]) for name in adapters)
 
 
-def prefix(qm: QLoraModel, tokens: Any, first_block: int) -> np.ndarray:
-    """The hidden state entering block ``first_block`` through the frozen base (no adapters).
+def prefixes(qm: QLoraModel, windows: Sequence[Any], first_block: int) -> list:
+    """The hidden state entering block ``first_block`` through the frozen base, per window.
 
-    tokens: (T,) -> (T, d). Blocks before the first adapted one never change during training,
-    so a loop over fixed windows can compute this once per window (``loss_and_grads(h=...)``).
+    windows: n windows (T,) -> n arrays (T, d). Blocks before the first adapted one never
+    change during training, so a loop over fixed windows computes this once. The loop is
+    block-outer: each base weight is decoded once for all the windows, then dropped.
     """
-    ids = _check_tokens(qm, tokens)
+    ids = [_check_tokens(qm, w) for w in windows]
     c, w = qm.config, qm.model.weights
-    cos, sin = qm.model.angles(ids.shape[0])
-    h = qm.model.embed(ids)  # (T, d)
-    layers = _layers(qm, {}, None)
+    hs = [qm.model.embed(t) for t in ids]  # n × (T, d)
     for i in range(first_block):
-        h, _ = bw.block_forward(h, w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.ffn_norm.weight"], layers(i),
-                                c.n_head, c.n_head_kv, c.rms_eps, cos, sin)
-    return h
+        dense = {kind: bw.Dense(qm.base[f"blk.{i}.{kind}.weight"].dequantize()) for kind in LINEAR_NAMES}
+        for j, t in enumerate(ids):
+            cos, sin = qm.model.angles(t.shape[0])
+            hs[j], _ = bw.block_forward(hs[j], w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.ffn_norm.weight"],
+                                        dense, c.n_head, c.n_head_kv, c.rms_eps, cos, sin)
+    return hs
+
+
+def prefix(qm: QLoraModel, tokens: Any, first_block: int) -> np.ndarray:
+    """``prefixes`` of one window: tokens (T,) -> (T, d)."""
+    return prefixes(qm, [tokens], first_block)[0]
 
 
 def loss_and_grads(qm: QLoraModel, adapters: Mapping[str, Adapter], tokens: Any,
@@ -433,20 +444,17 @@ def train(qm: QLoraModel, adapters: Mapping[str, Adapter], windows: Sequence[Any
         raise ValueError("windows: expected at least one token window")
     rng = np.random.default_rng(seed)
     first = _first_adapted_block(adapters)
-    prefixes: dict = {}
+    used = windows[: steps * accumulate]  # the windows the loop will visit
+    cached = prefixes(qm, used, first) if cache_prefix and first > 0 else None
     losses = []
     ticks = progress(range(steps)) if progress is not None else range(steps)
     k = 0
     for step in ticks:
         total, acc = 0.0, None
         for _ in range(accumulate):
-            j = k % len(windows)
+            j = k % len(used)
             k += 1
-            h = None
-            if cache_prefix and first > 0:
-                if j not in prefixes:
-                    prefixes[j] = prefix(qm, windows[j], first)
-                h = prefixes[j]
+            h = cached[j] if cached is not None else None
             loss, grads = loss_and_grads(qm, adapters, windows[j], rng=rng, h=h)
             total += loss
             acc = grads if acc is None else {n: (acc[n][0] + g[0], acc[n][1] + g[1]) for n, g in grads.items()}
@@ -567,6 +575,12 @@ def parameter_count(shapes: Mapping[str, tuple], r: int, targets: Iterable[str])
 
     Every block linear weight is 4-bit (bitsandbytes' Linear4bit); the embedding, norms and
     the output head stay 16-bit, as transformers' ``load_in_4bit`` leaves lm_head.
+
+    Example: Llama-2-7B, r = 64 on q and v: 2 · 32 · 64 · (4096 + 4096) adapter weights.
+
+    >>> count = parameter_count(llama_shapes(32, 4096, 32, 32, 11008, 32000), 64, ("attn_q", "attn_v"))
+    >>> f"trainable params: {count.trainable:,} || all params: {count.all:,}"
+    'trainable params: 33,554,432 || all params: 6,771,970,048'
     """
     LoraConfig(r=r, targets=tuple(targets))  # the same checks as a real config
     targets = set(targets)

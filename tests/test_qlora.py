@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -435,3 +436,46 @@ def test_save_and_load_adapters(tiny_qm, tmp_path):
     for n in ads:
         np.testing.assert_array_equal(back[n].B, ads[n].B)
         assert back[n].scale == ads[n].scale
+
+
+# --- the command ----------------------------------------------------------------------------
+SMALL = ["--n-layers", "2", "--blocks", "1", "--window", "8", "--train-windows", "2", "--eval-window", "16",
+         "--eval-windows", "1", "--r", "4", "--no-progress"]
+
+
+def test_finetune_command_runs_20_steps(tmp_path, capsys):
+    from refquant.cli import main
+
+    out, plot = tmp_path / "adapters.npz", tmp_path / "loss.png"
+    assert main(["finetune", "--steps", "20", "--lr", "3e-3", *SMALL, "--out", str(out), "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    # r = 4 on one SmolLM2 block: 4 · (q 1152 + k 768 + v 768 + o 1152 + 3 · 2112 for gate, up, down)
+    assert "trainable params: 40,704 ||" in text
+    assert plot.stat().st_size > 0 and "peak RSS" in text
+    first, last = map(float, re.search(r"loss: (\S+) \(step 1\) -> (\S+) \(step 20\)", text).groups())
+    assert last < first  # 20 steps on 2 cycled windows lower the training loss
+    ads = qlora.load_adapters(str(out))
+    assert sorted(ads) == [f"blk.1.{k}.weight" for k in sorted(LINEAR_NAMES)]
+
+
+@pytest.mark.parametrize("argv, word", [(["--r", "0"], "--r:"), (["--targets", "q_proj"], "--targets:"),
+                                        (["--targets", ","], "--targets:"), (["--lr", "nan"], "--lr:"),
+                                        (["--blocks", "99"], "--blocks:"),
+                                        (["--steps", "3", "--lr", "1e30"], "loss")])  # a NaN in the batch's loss
+def test_finetune_bad_input_is_one_line_exit_2(argv, word, tmp_path, capsys):
+    from refquant.cli import main
+
+    code = main(["finetune", *SMALL, *argv, "--out", str(tmp_path / "a.npz"), "--plot", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and word in err and len(err.splitlines()) == 1
+
+
+def test_finetune_resume_with_adapters_of_the_wrong_shape(tmp_path, capsys):
+    from refquant.cli import main
+
+    wrong = {"blk.1.attn_q.weight": qlora.Adapter(np.zeros((4, 7), np.float32), np.zeros((576, 4), np.float32), 1.0)}
+    qlora.save_adapters(str(tmp_path / "wrong.npz"), wrong)
+    code = main(["finetune", *SMALL, "--steps", "1", "--resume", str(tmp_path / "wrong.npz"),
+                 "--out", str(tmp_path / "a.npz"), "--plot", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--resume:" in err and "(r, 576)" in err
