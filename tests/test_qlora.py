@@ -220,13 +220,15 @@ def test_finite_differences_of_the_loss_in_A(tiny_qm):
     assert abs(numeric - analytic) <= 1e-7 * abs(analytic)
 
 
-def test_B_zero_gives_the_base_model_bit_for_bit(tiny_qm):
+@pytest.mark.parametrize("quant_type, double_quant", [("nf4", True), ("nf4", False), ("fp4", True)])
+def test_B_zero_gives_the_base_model_bit_for_bit(quant_type, double_quant):
     """B = 0 ⇒ the adapted model's logits equal the base model's: LlamaModel on Ŵ."""
-    ads = qlora.init_adapters(tiny_qm, qlora.LoraConfig(r=4))
+    qm = qlora.prepare(tiny_model(), quant_type, double_quant=double_quant, blocksize=64)
+    ads = qlora.init_adapters(qm, qlora.LoraConfig(r=4))
     tokens = np.arange(12) % TINY.vocab_size
-    dense = llama.LlamaModel(TINY, {**tiny_qm.model.weights,
-                                    **{n: q.dequantize() for n, q in tiny_qm.base.items()}})
-    np.testing.assert_array_equal(qlora.logits(tiny_qm, ads, tokens), dense.forward(tokens))
+    dense = llama.LlamaModel(TINY, {**qm.model.weights, **{n: q.dequantize() for n, q in qm.base.items()}})
+    np.testing.assert_array_equal(qlora.logits(qm, ads, tokens), dense.forward(tokens))
+    assert not np.array_equal(dense.forward(tokens), tiny_model().forward(tokens))  # the base is really 4-bit
 
 
 def test_base_never_gets_a_gradient_and_loss_decreases(tiny_qm):
