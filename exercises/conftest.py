@@ -11,11 +11,15 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 # derandomized under CI (reproducible), random locally; no deadline: 2 shared cores are slow
 settings.register_profile("exercises", derandomize=bool(os.environ.get("CI")), deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# a checker run on a starter fails at its first example; shrinking an input that fails every
+# time only costs a minute per checker, so tests/test_exercises.py runs starters with this one
+settings.register_profile("exercises-starter", parent=settings.get_profile("exercises"), max_examples=5,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "exercises"))
 
 
