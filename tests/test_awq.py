@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 
 from refquant import awq, blockwise, uniform
 from refquant._backend import to_numpy
+from refquant.testing.llama import tiny_llama
 from refquant.testing.strategies import KINDS, rows
 
 
@@ -59,29 +60,13 @@ def layers(draw):
 
 
 def tiny_model(seed: int = 0, n_layer: int = 2, gqa: bool = True):
-    """A random Llama small enough for CI (d=64, 4 heads, 2 or 4 kv heads, n_ff=96, vocab 97),
-    built from bare weights through refquant.model's own forward pass."""
-    from refquant.model import LlamaConfig, LlamaModel
-
-    rng = np.random.default_rng(seed)
-    d, n_ff, vocab, n_head = 64, 96, 97, 4
-    n_kv = 2 if gqa else 4
-    hd = d // n_head
-    c = LlamaConfig(n_layer=n_layer, n_embd=d, n_head=n_head, n_head_kv=n_kv, n_ff=n_ff, n_rot=hd, rope_base=10000.0,
-                    rms_eps=1e-5, vocab_size=vocab, n_ctx_train=256, tied_embeddings=True)
-    f = lambda *shape: (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)  # noqa: E731
-    w = {"token_embd.weight": f(vocab, d), "output_norm.weight": np.ones(d, np.float32)}
+    """refquant.testing.llama.tiny_llama at d=64 (4 heads, 2 or 4 kv heads, n_ff=96, vocab 97), with
+    one salient input channel, as real models have: a large attention-norm gain."""
+    model = tiny_llama(seed, n_layer=n_layer, d=64, n_head=4, n_kv=2 if gqa else 4, n_ff=96, vocab=97, n_ctx=256,
+                       norm_gains=(0.5, 2.0))
     for i in range(n_layer):
-        w.update({f"blk.{i}.attn_norm.weight": rng.uniform(0.5, 2, d).astype(np.float32),
-                  f"blk.{i}.ffn_norm.weight": rng.uniform(0.5, 2, d).astype(np.float32),
-                  f"blk.{i}.attn_q.weight": f(d, d), f"blk.{i}.attn_k.weight": f(n_kv * hd, d),
-                  f"blk.{i}.attn_v.weight": f(n_kv * hd, d), f"blk.{i}.attn_output.weight": f(d, d),
-                  f"blk.{i}.ffn_gate.weight": f(n_ff, d), f"blk.{i}.ffn_up.weight": f(n_ff, d),
-                  f"blk.{i}.ffn_down.weight": f(d, n_ff)})
-    # one salient input channel, as real models have: a large norm gain
-    for i in range(n_layer):
-        w[f"blk.{i}.attn_norm.weight"][3] = 20.0
-    return LlamaModel(c, w)
+        model.weights[f"blk.{i}.attn_norm.weight"][3] = 20.0
+    return model
 
 
 # ----------------------------------------------------------------------------- pieces

@@ -150,12 +150,8 @@ def test_swiglu_hand_worked():
 
 # --- a tiny random model: the whole forward pass on every backend ---------------------------------
 
-def tiny_model(seed=0):
-    return tiny_llama(seed)
-
-
-def test_backend_parity_tiny_model(xp):
-    ref = tiny_model()
+def test_backend_parity_tiny_llama(xp):
+    ref = tiny_llama()
     other = LlamaModel(ref.config, {k: from_numpy(v, xp=xp) for k, v in ref.weights.items()})
     tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]
     got = to_numpy(other.forward(tokens))
@@ -194,7 +190,7 @@ def test_gpu_matches_numpy(smollm2_path):
 # --- capture, weight swapping ---------------------------------------------------------------
 
 def test_capture_sees_every_linear_input():
-    model = tiny_model()
+    model = tiny_llama()
     seen = {}
     h = model.embed([1, 2, 3, 4])
     out = model.block(1, h, capture=lambda name, x: seen.setdefault(name, x))
@@ -208,7 +204,7 @@ def test_capture_sees_every_linear_input():
 
 
 def test_forward_is_embed_blocks_head():
-    model = tiny_model()
+    model = tiny_llama()
     tokens = [7, 8, 9]
     h = model.embed(tokens)
     for i in range(model.config.n_layer):
@@ -217,7 +213,7 @@ def test_forward_is_embed_blocks_head():
 
 
 def test_with_weights_swaps_one_weight_only():
-    model = tiny_model()
+    model = tiny_llama()
     name = "blk.0.ffn_up.weight"
     same = model.with_weights({name: model.weights[name].copy()})
     zero = model.with_weights({name: np.zeros_like(model.weights[name])})
@@ -230,13 +226,13 @@ def test_with_weights_swaps_one_weight_only():
 
 def test_with_weights_shares_float32_arrays():
     # a block-by-block driver hands each new weight over once: no cast, no copy
-    model = tiny_model()
+    model = tiny_llama()
     W = np.zeros_like(model.weights["blk.0.attn_q.weight"])
     assert model.with_weights({"blk.0.attn_q.weight": W}).weights["blk.0.attn_q.weight"] is W
 
 
 def test_with_weights_rejects_bad_replacements():
-    model = tiny_model()
+    model = tiny_llama()
     with pytest.raises(ValueError, match="unknown weight"):
         model.with_weights({"blk.9.attn_q.weight": np.zeros((16, 16), np.float32)})
     with pytest.raises(ValueError, match="shape"):
@@ -244,7 +240,7 @@ def test_with_weights_rejects_bad_replacements():
 
 
 def test_bad_tokens_and_block_index():
-    model = tiny_model()
+    model = tiny_llama()
     with pytest.raises(ValueError, match="tokens: ids must lie in 0..49"):
         model.forward([1, 50])
     with pytest.raises(ValueError, match="tokens: expected a non-empty 1-D"):

@@ -28,7 +28,7 @@ class TinyModel:
         return TinyModel({**self.weights, **changed})
 
 
-def tiny_model(rng, xp=np, blocks=2, d=64, ff=128):
+def fake_model(rng, xp=np, blocks=2, d=64, ff=128):
     w = {"token_embd.weight": rng.standard_normal((96, d)), "output_norm.weight": np.ones(d)}
     for i in range(blocks):
         w[f"blk.{i}.attn_norm.weight"] = np.ones(d)
@@ -73,7 +73,7 @@ FAKES = {"baseline": report.METHODS["baseline"], "fine": rtn(0.01, 8), "coarse":
 
 
 def test_run_methods_fills_every_column(rng):
-    model = tiny_model(rng)
+    model = fake_model(rng)
     rows = report.run_methods(["fine", "coarse"], model, Context(), fake_perplexity(model), methods=FAKES)
     assert [r.method for r in rows] == ["baseline", "fine", "coarse"]  # baseline always first
     base, fine, coarse = rows
@@ -86,7 +86,7 @@ def test_run_methods_fills_every_column(rng):
 
 
 def test_model_bytes_hand_worked(rng):
-    model = tiny_model(rng, blocks=1, d=64, ff=128)
+    model = fake_model(rng, blocks=1, d=64, ff=128)
     rows = report.run_methods(["coarse"], model, Context(), fake_perplexity(model), methods=FAKES)
     # linears: q 64·64 + k,v 2·32·64 + o 64·64 + gate,up 2·128·64 + down 64·128 = 45056 weights at 4 bits
     linear = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64
@@ -114,7 +114,7 @@ def with_embedding(step, bits):
 def test_bpw_compares_the_same_tensor_set(rng):
     """A method that also quantizes the embedding has the higher q.bpw (its 8-bit embedding
     counts in) but the smaller model: bpw, the plot's axis and the Pareto front's, follows MB."""
-    model = tiny_model(rng, blocks=1, d=64, ff=128)
+    model = fake_model(rng, blocks=1, d=64, ff=128)
     methods = {**FAKES, "linears-4": rtn(0.05, 4), "all-4": with_embedding(0.05, 4)}
     rows = {r.method: r for r in report.run_methods(["linears-4", "all-4"], model, Context(),
                                                     fake_perplexity(model), methods=methods)}
@@ -129,7 +129,7 @@ def test_bpw_compares_the_same_tensor_set(rng):
 
 def test_failed_methods_are_rows_not_crashes(rng):
     """A mistyped import is no "unavailable" row: it fails, named, like any other error."""
-    model = tiny_model(rng)
+    model = fake_model(rng)
     rows = report.run_methods(["missing", "broken", "fine"], model, Context(), fake_perplexity(model), methods=FAKES)
     status = {r.method: r.status for r in rows}
     assert status["missing"] == "failed: ModuleNotFoundError: No module named 'refquant.no_such_family'"
@@ -147,7 +147,7 @@ def test_relative_error_hand_worked():
 
 
 def test_relative_error_backend_parity(xp, rng):
-    model = tiny_model(rng)
+    model = fake_model(rng)
     changed = rtn(0.05, 4)(model, Context()).weights
     expected = report.relative_error(model.weights, changed)
     on_xp = {k: xp.asarray(np.asarray(v)) for k, v in model.weights.items()}
@@ -158,13 +158,13 @@ def test_relative_error_backend_parity(xp, rng):
 @pytest.mark.parametrize("method", ["INT8", "INT4-G128", "NF4", "NF4-DQ"])
 def test_method_bytes_backend_parity(method, xp, rng):
     """The bytes counted on any backend's codes and statistics are NumPy's (array-API dtype widths)."""
-    model = tiny_model(rng, blocks=1)
+    model = fake_model(rng, blocks=1)
     on_xp = TinyModel({k: xp.asarray(np.asarray(v)) for k, v in model.weights.items()})
     assert report.METHODS[method](on_xp, Context()).nbytes == report.METHODS[method](model, Context()).nbytes
 
 
 def test_block_linear_names_in_block_order(rng):
-    names = report.block_linear_names(tiny_model(rng, blocks=12).weights)
+    names = report.block_linear_names(fake_model(rng, blocks=12).weights)
     assert len(names) == 12 * 7
     assert names[:2] == ["blk.0.attn_q.weight", "blk.0.attn_k.weight"]
     assert names[-1] == "blk.11.ffn_down.weight"  # numeric, not lexical, block order
@@ -199,7 +199,7 @@ def test_pareto_front_skips_rows_without_numbers():
 
 
 def _rows(rng):
-    model = tiny_model(rng)
+    model = fake_model(rng)
     return report.run_methods(["fine", "coarse", "missing"], model, Context(), fake_perplexity(model), methods=FAKES)
 
 
@@ -257,10 +257,10 @@ def test_every_registered_method_describes_itself():
         assert report.describe(fn), name
 
 
-def test_real_per_tensor_methods_on_the_tiny_model(rng):
+def test_real_per_tensor_methods_on_the_fake_model(rng):
     """The registry's INT8, INT4-G128, NF4 and NF4-DQ on a synthetic model: byte accounting as
     each format stores it, and errors in the expected order."""
-    model = tiny_model(rng, blocks=1, d=64, ff=128)
+    model = fake_model(rng, blocks=1, d=64, ff=128)
     names = report.block_linear_names(model.weights)
     n = sum(model.weights[k].size for k in names)
     rows_out = sum(model.weights[k].shape[0] for k in names)
@@ -293,7 +293,7 @@ def test_group_bytes_from_the_shape_equal_the_packed_codes(rng):
 
 
 def test_selected_tensors_only(rng):
-    model = tiny_model(rng, blocks=3)
+    model = fake_model(rng, blocks=3)
     ctx = Context(tensors=__import__("re").compile(r"^blk\.1\.ffn"))
     q = report.METHODS["INT8"](model, ctx)
     assert sorted(q.weights) == ["blk.1.ffn_down.weight", "blk.1.ffn_gate.weight", "blk.1.ffn_up.weight"]
@@ -301,7 +301,7 @@ def test_selected_tensors_only(rng):
 
 
 def test_tensor_set_names_what_was_quantized(rng):
-    weights = tiny_model(rng, blocks=3).weights
+    weights = fake_model(rng, blocks=3).weights
     linears = report.block_linear_names(weights)
     assert report.tensor_set(weights, weights) == "all tensors"
     assert report.tensor_set(weights, linears[:3]) == "3 of 21 block linears"
@@ -335,7 +335,7 @@ def test_methods_on_cupy_match_numpy(rng):
     cupy = pytest.importorskip("cupy")
     import array_api_compat.cupy as cp_xp
 
-    model = tiny_model(rng)
+    model = fake_model(rng)
     on_gpu = TinyModel({k: cp_xp.asarray(cupy.asarray(v)) for k, v in model.weights.items()})
     for m in ("INT8", "INT4-G128", "NF4"):
         cpu, gpu = report.METHODS[m](model, Context()), report.METHODS[m](on_gpu, Context())

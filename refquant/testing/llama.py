@@ -106,23 +106,27 @@ def write_float32_gguf(weights: dict, src_path: str, dst_path: str, n_layer: int
 
 
 def tiny_llama(seed: int = 0, n_layer: int = 2, d: int = 16, n_head: int = 4, n_kv: int = 2, n_ff: int = 24,
-               vocab: int = 50):
+               vocab: int = 50, n_ctx: int = 64, norm_gains: tuple[float, float] = (0.5, 1.5)):
     """A random Llama of a few thousand parameters (float32 NumPy), for fast tests of anything
-    built on ``refquant.model`` (calibration, weight swapping, quantizers at model level)."""
+    built on ``refquant.model`` (calibration, weight swapping, quantizers at model level).
+
+    Linear weights N(0, 1/n_in) (unit-variance outputs), embeddings N(0, 1), the blocks' RMSNorm
+    gains uniform in ``norm_gains`` ((1, 1): all ones), tied output head.
+    """
     import math
 
     from ..model import LlamaConfig, LlamaModel
 
     rng = np.random.default_rng(seed)
     cfg = LlamaConfig(n_layer=n_layer, n_embd=d, n_head=n_head, n_head_kv=n_kv, n_ff=n_ff, n_rot=d // n_head,
-                      rope_base=1e4, rms_eps=1e-5, vocab_size=vocab, n_ctx_train=64, tied_embeddings=True)
+                      rope_base=1e4, rms_eps=1e-5, vocab_size=vocab, n_ctx_train=n_ctx, tied_embeddings=True)
     D = d // n_head
     shapes = {"attn_q": (d, d), "attn_k": (n_kv * D, d), "attn_v": (n_kv * D, d), "attn_output": (d, d),
               "ffn_gate": (n_ff, d), "ffn_up": (n_ff, d), "ffn_down": (d, n_ff)}
     w = {"token_embd.weight": rng.standard_normal((vocab, d)), "output_norm.weight": rng.uniform(0.5, 1.5, d)}
     for i in range(n_layer):
-        w[f"blk.{i}.attn_norm.weight"] = rng.uniform(0.5, 1.5, d)
-        w[f"blk.{i}.ffn_norm.weight"] = rng.uniform(0.5, 1.5, d)
+        w[f"blk.{i}.attn_norm.weight"] = rng.uniform(*norm_gains, d)
+        w[f"blk.{i}.ffn_norm.weight"] = rng.uniform(*norm_gains, d)
         for name, shape in shapes.items():
             w[f"blk.{i}.{name}.weight"] = rng.standard_normal(shape) / math.sqrt(shape[1])  # unit-variance outputs
     return LlamaModel(cfg, {k: v.astype(np.float32) for k, v in w.items()})
