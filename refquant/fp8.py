@@ -162,12 +162,13 @@ def round_to_format(x: Any, fmt: Any, saturate: bool = True) -> Any:  # (...) ->
 
 
 def _floor_log2(xp: Any, a: Any) -> Any:
-    """floor(log2 a) for a ≥ 0 (0 for a = 0), exact: float32 log2 may round 2^k - tiny up to k, so the
+    """floor(log2 a) for float32 a ≥ 0 (0 for a = 0), exact: float32 log2 may round 2^k - tiny up to k, so the
     estimate is checked against the power of two it claims and moved by one where it is off."""
     positive = a > 0
     e = xp.floor(xp.log2(xp.where(positive, a, xp.ones_like(a))))
+    e = xp.clip(e, -149.0, 127.0)  # float32's binades (log2 of ~3.4e38 rounds up to 128: 2^128 is inf)
     e = xp.where(2.0**e > a, e - 1, e)
-    e = xp.where(2.0 ** (e + 1) <= a, e + 1, e)
+    e = xp.where(a / 2.0**e >= 2, e + 1, e)  # a / 2^e is exact; 2^(e+1) could overflow
     return xp.where(positive, e, xp.zeros_like(e))
 
 

@@ -15,6 +15,7 @@ The scale-rounding modes (``emax`` is the element format's largest binade, E2M1:
 | even  | floor(log2 ⟨amax rounded to m mantissa bits⟩) - emax | torchao EVEN                          |
 | rceil | ceil(log2(amax / max))                             | torchao RCEIL, NVIDIA's cvt.rp.ue8m0    |
 | ggml  | floorf(log2f(amax)) - emax, float32 log2, 0 -> -127 | ggml's MXFP4 (``quantize_row_mxfp4_ref``)|
+|       | (and below 2^-125 the byte wraps modulo 256)       |                                         |
 
 floor can clip: amax·2^-X < 2^(emax+1) may exceed max (E2M1: up to 8 > 6), and those values saturate.
 ggml's MXFP4 is the floor mode (e = floor(log2 amax) - 2 + 127), evaluated with float32 ``log2f``: an
@@ -121,6 +122,9 @@ def scale_exponent(amax: Any, element: Any, mode: str = "floor") -> Any:  # (...
     else:  # ggml: floorf(log2f(amax)) as the C code evaluates it, no correction; amax = 0 -> byte 0
         safe = xp.where(positive, amax, xp.ones_like(amax))
         X = xp.floor(xp.log2(safe)) - fmt.emax
+        # ggml casts the biased exponent, a float, to uint8_t without a clamp: below amax = 2^-125 it is
+        # negative and wraps (on x86) to 256 + e, a huge scale whose elements are all 0
+        X = xp.where(X < -E8M0_BIAS, X + 256, X)
     X = xp.where(positive, X, xp.full_like(X, -E8M0_BIAS))  # an all-zero block: the smallest scale
     return xp.clip(X, -E8M0_BIAS, E8M0_BIAS)
 
@@ -216,7 +220,8 @@ def nvfp4_block_scale(ratio: Any, mode: str = "torchao") -> Any:  # (...) -> (..
     torchao: clamp to [2^-6, 448] (no subnormal scales), then ties to even.
     ggml (``ggml_fp32_to_ue4m3``): no lower clamp; normal values round half up on the fourth mantissa
     bit (ties away from zero); below 2^-6 the code is (int)(r · 2^9 + 0.5) in float32, capped at 7 (the
-    largest subnormal, never carried into 2^-6) and 0 when it rounds to 0; above 448 it saturates.
+    largest subnormal, never carried into 2^-6) and 0 when it rounds to 0; it returns the code 0x7E
+    (448) for every value whose binade would be E4M3's top one, so [256, 448) jumps to 448.
 
     >>> [nvfp4_block_scale(np.float32([0.53125, 0.0155]), m).tolist() for m in NVFP4_SCALE_MODES]
     [[0.5, 0.015625], [0.5625, 0.013671875]]
@@ -229,7 +234,10 @@ def nvfp4_block_scale(ratio: Any, mode: str = "torchao") -> Any:  # (...) -> (..
     r = xp.clip(ratio, 0.0, E4M3.max)
     e = xp.clip(_floor_log2(xp, r), E4M3.emin, None)
     spacing = 2.0 ** (e - E4M3.man_bits)
-    normal = xp.clip(round_half_away(r / spacing) * spacing, None, E4M3.max)
+    normal = round_half_away(r / spacing) * spacing
+    # ggml keeps E4M3's top exponent field for its 0x7E code only: anything rounding to 2^8 or more
+    # (the whole binade [256, 448]) becomes 448
+    normal = xp.where(normal >= 2.0**E4M3.emax, xp.full_like(normal, E4M3.max), normal)
     sub_code = xp.clip(xp.trunc(r * 2.0 ** (E4M3.man_bits - E4M3.emin) + 0.5), 0.0, 2.0**E4M3.man_bits - 1)
     return xp.where(r >= E4M3_TINY, normal, sub_code * E4M3.min_subnormal)
 
@@ -266,11 +274,14 @@ def nvfp4_quantize(x: Any, tensor_scale: Any = None, scale_mode: str = "torchao"
     amax = xp.max(xp.abs(xb), axis=-1, keepdims=True)  # (..., n/16, 1)
     if tensor_scale is None:
         d = nvfp4_block_scale(amax / E2M1.max, scale_mode)  # (..., n/16, 1)
-        reciprocal = 1.0 / d
+        reciprocal = 1.0 / xp.where(d > 0, d, xp.ones_like(d))
     else:
         t = xp.where(t > 0, t, xp.ones_like(t))  # an all-zero tensor under "amax"
+        if not bool(t >= F32_MIN_NORMAL):  # torchao goes on: 1/t = inf, and 0 · inf = NaN elements
+            raise ValueError(f"tensor_scale: t = {float(t):.3g} is a float32 subnormal and 1/t overflows; "
+                             f"two-level NVFP4 needs a tensor amax of at least 448·6·2^-126 ≈ 3.2e-35")
         d = nvfp4_block_scale(amax / E2M1.max / t, scale_mode)
-        reciprocal = (1.0 / t) / d
+        reciprocal = (1.0 / t) / xp.where(d > 0, d, xp.ones_like(d))
     # ggml's scale can be 0 (an all-zero or tiny block): its elements are then 0
     reciprocal = xp.where(d > 0, reciprocal, xp.zeros_like(reciprocal))
     q = round_to_format(xp.clip(xb * reciprocal, -E2M1.max, E2M1.max), E2M1)  # (..., n/16, 16)
