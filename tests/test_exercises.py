@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from refquant import exercises as E
-from refquant.cli import UserError
+from refquant._errors import UserError
 
 NAMES = ("awq_scale_search", "gptq_column_update", "gptq_vs_awq_3bit", "group_quant", "int8_per_channel",
          "memory_math", "mixed_precision", "nf4_codebook", "q4k_superblock")
