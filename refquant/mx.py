@@ -13,10 +13,13 @@ The scale-rounding modes (``emax`` is the element format's largest binade, E2M1:
 | floor | floor(log2 amax) - emax                            | the OCP spec; torchao FLOOR (default)   |
 | ceil  | ceil(log2 amax) - emax                             | torchao CEIL: never clips, wastes range |
 | even  | floor(log2 ⟨amax rounded to m mantissa bits⟩) - emax | torchao EVEN                          |
-| rceil | ceil(log2(amax / max))                             | torchao RCEIL, NVIDIA's cvt.rp.ue8m0    |
+| rceil | ceil(log2(amax / max)), exactly                    | NVIDIA's cvt.rp.ue8m0; torchao RCEIL    |
 | ggml  | floorf(log2f(amax)) - emax, float32 log2, 0 -> -127 | ggml's MXFP4 (``quantize_row_mxfp4_ref``)|
 |       | (and below 2^-125 the byte wraps modulo 256)       |                                         |
 
+torchao's eager (CPU) RCEIL evaluates ceil(log2(amax / max)) with float32 ``log2``, which returns the
+integer k for amax / max = 2^k (1 + 2^-23) once k ≥ 4: its X is then one lower than the exact round-up
+and the block's largest value saturates. refquant's rceil is the exact one (tested both ways).
 floor can clip: amax·2^-X < 2^(emax+1) may exceed max (E2M1: up to 8 > 6), and those values saturate.
 ggml's MXFP4 is the floor mode (e = floor(log2 amax) - 2 + 127), evaluated with float32 ``log2f``: an
 amax within an ulp below a power of two rounds up to it. Its elements are chosen by least error with

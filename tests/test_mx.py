@@ -84,6 +84,19 @@ def test_ggml_mode_is_floor_but_for_float32_log2_just_below_a_power_of_two_and_t
     assert (ggml - floor).tolist() == [1.0, 0.0, 0.0, 251.0]
 
 
+@pytest.mark.parametrize("k", [5, 10, 20])
+def test_rceil_is_exact_where_torchaos_float32_log2_rounds_down(k):
+    # descale = amax / 6 = 2^k (1 + 2^-23): float32 log2 gives k + 1.7e-7, which rounds to k once the
+    # spacing of float32 near k (2^-21 for k ≥ 4) exceeds it; torchao's eager ceil(log2) then picks
+    # X = k and saturates amax / 2^k > 6, while the exact round-up (NVIDIA's cvt.rp) picks k + 1
+    amax = np.float32(6 * 2.0**k) * np.float32(1 + 2**-23)
+    x = np.zeros((1, 32), np.float32)
+    x[0, 0] = amax
+    r = mx.mx_quantize(x, "fp4_e2m1", "rceil")
+    assert int(mx.e8m0_bytes(r)[0, 0]) == int(T.torchao_to_mx(x, "fp4_e2m1", "rceil").scale_bytes[0, 0]) + 1
+    assert float(np.asarray(r.X).ravel()[0]) == k + 1 and amax / 2.0 ** (k + 1) <= fp8.E2M1.max
+
+
 @given(x=mx_blocks(block=16, rows=3))
 def test_nvfp4_matches_torchao_single_and_two_level(x):
     for two_level in (False, True):
