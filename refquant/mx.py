@@ -58,7 +58,8 @@ from .fp8 import E2M1, E2M3, E3M2, E4M3, E5M2, FloatFormat, _floor_log2, encode,
 
 __all__ = ["ELEMENTS", "SCALE_MODES", "MX_BLOCK", "E8M0_BIAS", "MXQuantized", "scale_exponent", "mx_quantize",
            "mx_dequantize", "e8m0_bytes", "mx_stored_bytes", "NVFP4_BLOCK", "NVFP4Quantized",
-           "nvfp4_tensor_scale", "NVFP4_SCALE_MODES", "nvfp4_block_scale", "nvfp4_quantize", "nvfp4_dequantize", "nvfp4_stored_bytes", "nvfp4_scale_bytes"]
+           "nvfp4_tensor_scale", "NVFP4_SCALE_MODES", "nvfp4_block_scale", "nvfp4_quantize", "nvfp4_dequantize",
+           "nvfp4_stored_bytes", "nvfp4_scale_bytes"]
 
 #: the MX element formats (OCP MX v1.0 Table 1), by torchao's short names
 ELEMENTS = {"fp8_e4m3": E4M3, "fp8_e5m2": E5M2, "fp6_e3m2": E3M2, "fp6_e2m3": E2M3, "fp4_e2m1": E2M1}
@@ -251,8 +252,9 @@ def nvfp4_quantize(x: Any, tensor_scale: Any = None, scale_mode: str = "torchao"
     ``tensor_scale``: None for single-level scaling (t = 1), "amax" for ``nvfp4_tensor_scale(x)``, or
     a positive float32 value. ``scale_mode`` rounds the block scales as torchao or as ggml's NVFP4
     (``nvfp4_block_scale``); ggml's type is single level (no tensor scale) with E2M1 elements chosen
-    by least error (ties to the lower code), which is not modelled here. The data are multiplied by a reciprocal, (1/t)/d_b, not divided, as
-    torchao does to match its Triton kernel; the two differ in the last bit and then at ties.
+    by least error (ties to the lower code), which is not modelled here. The data are multiplied by a
+    reciprocal, (1/t)/d_b, not divided, as torchao does to match its Triton kernel; the two differ in
+    the last bit and then at ties. A tensor scale below 2^-126 (1/t overflows float32) is an error.
 
     >>> r = nvfp4_quantize(np.float32([0.5, 1.0, 3.0, 6.0] * 4))
     >>> r.d.ravel().tolist(), r.q[0, :4].tolist()
