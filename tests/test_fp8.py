@@ -258,3 +258,13 @@ def test_stored_bytes_count_one_byte_per_weight_and_a_float32_per_scale():
 def test_bad_input_names_the_argument(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+@pytest.mark.parametrize("granularity", fp8.GRANULARITIES)
+def test_fp8_weights_backends_agree(xp, granularity):
+    W = (np.random.default_rng(3).standard_normal((256, 128)) * np.float32(0.05)).astype(np.float32)
+    W[7, 3] = 40.0  # an outlier sets its row's, block's and the tensor's scale
+    r = fp8.quantize(from_numpy(W, xp=xp), "e4m3", granularity)
+    ref = fp8.quantize(W, "e4m3", granularity)
+    assert np.array_equal(to_numpy(fp8.dequantize(r)), fp8.dequantize(ref))
+    assert np.array_equal(to_numpy(r.s), ref.s)
