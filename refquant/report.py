@@ -14,12 +14,15 @@ forward pass then evaluates. The columns:
              is always a smaller bpw
     MB       those model bytes: quantized tensors at their stored size (codes, scales and
              zero-points, as the library counts them: ``uniform.stored_bytes``,
-             ``nf4.stored_bytes``, the bytes ``gguf.quantize`` writes), tensors the method
-             leaves alone at float16 (matrices) or float32 (norm vectors), 1 MB = 10⁶ B
+             ``nf4.stored_bytes``, ``hqq.hqq_stored_bytes``, ``mx.mx_stored_bytes``,
+             ``mx.nvfp4_stored_bytes``, ``fp8.stored_bytes``, the bytes ``gguf.quantize``
+             writes), tensors the method leaves alone at float16 (matrices) or float32
+             (norm vectors), 1 MB = 10⁶ B
     q.bpw    bits per weight over the tensors the method quantizes only, named in the next
-             column: the block linears for INT / NF4 / GPTQ / AWQ, and for the llama.cpp
-             mixtures the token embedding too (tied to the output, llama-quantize gives it
-             Q8_0 or Q6_K), so q.bpw of two families compare different tensor sets
+             column: the block linears for INT / NF4 / GPTQ / AWQ / HQQ / MXFP4 / NVFP4 /
+             FP8, and for the llama.cpp mixtures the token embedding too (tied to the
+             output, llama-quantize gives it Q8_0 or Q6_K), so q.bpw of two families
+             compare different tensor sets
     tensors  that tensor set
     rel.err  ‖W − Ŵ‖_F / ‖W‖_F summed over every tensor the method changed
     ppl      perplexity exp(−mean log p(token | context)) on the evaluation text
@@ -255,6 +258,57 @@ def _nf4(double_quant: bool) -> Callable[[Any, Context], Quantized]:
     return method
 
 
+def _hqq(bits: int, G: int) -> Callable[[Any, Context], Quantized]:
+    def method(model: Any, ctx: Context) -> Quantized:
+        from . import hqq
+
+        def one(name, W):
+            r = hqq.hqq_quantize(W, bits, G)
+            # hqq keeps s and z in the compute dtype (float16) once quantized, and its kernel reads
+            # those; the codes are chosen with the float32 values, as hqq does before the cast
+            r = r._replace(s=to_fp16(r.s), z=to_fp16(r.z))
+            return hqq.hqq_dequantize(r), hqq.hqq_stored_bytes(r)
+
+        return _per_tensor(model, ctx, block_linear_names(model.weights), f"HQQ-{bits}-G{G}", one)
+
+    method.__doc__ = (f"HQQ {bits}-bit, asymmetric, groups of {G}, zero-points by the half-quadratic lp solver "
+                      f"(no calibration), float16 scale and zero")
+    return method
+
+
+def _mxfp4(model: Any, ctx: Context) -> Quantized:
+    """OCP MXFP4: E2M1 elements, an E8M0 power-of-two scale per 32 inputs (floor rounding, the spec's)"""
+    from . import mx
+
+    def one(name, W):
+        r = mx.mx_quantize(W, "fp4_e2m1", "floor", mx.MX_BLOCK)
+        return mx.mx_dequantize(r), mx.mx_stored_bytes(r)
+
+    return _per_tensor(model, ctx, block_linear_names(model.weights), "MXFP4", one)
+
+
+def _nvfp4(model: Any, ctx: Context) -> Quantized:
+    """NVFP4: E2M1 elements, an E4M3 scale per 16 inputs and a float32 scale per tensor (torchao's rounding)"""
+    from . import mx
+
+    def one(name, W):
+        r = mx.nvfp4_quantize(W, tensor_scale="amax", scale_mode="torchao")
+        return mx.nvfp4_dequantize(r), mx.nvfp4_stored_bytes(r)
+
+    return _per_tensor(model, ctx, block_linear_names(model.weights), "NVFP4", one)
+
+
+def _fp8_row(model: Any, ctx: Context) -> Quantized:
+    """FP8 E4M3 (OCP, saturating), a float32 scale amax/448 per output row"""
+    from . import fp8
+
+    def one(name, W):
+        r = fp8.quantize(W, "e4m3", "row")
+        return fp8.dequantize(r), fp8.stored_bytes(r)
+
+    return _per_tensor(model, ctx, block_linear_names(model.weights), "FP8-E4M3", one)
+
+
 def _selected_blocks(model: Any, ctx: Context) -> list[int]:
     """Indices of the blocks holding a linear weight that --tensors lets through."""
     return sorted({int(_BLOCK_RE.match(n).group(1)) for n in ctx.select(block_linear_names(model.weights))})
@@ -307,6 +361,10 @@ METHODS: dict[str, Callable[[Any, Context], Quantized]] = {
     "AWQ-4-G128": _awq,
     "NF4": _nf4(False),
     "NF4-DQ": _nf4(True),
+    "HQQ-4-G64": _hqq(4, 64),
+    "MXFP4": _mxfp4,
+    "NVFP4": _nvfp4,
+    "FP8-E4M3": _fp8_row,
     "Q8_0": _gguf("Q8_0"),
     "Q6_K": _gguf("Q6_K"),
     "Q5_K_M": _gguf("Q5_K_M"),

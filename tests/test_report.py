@@ -155,7 +155,7 @@ def test_relative_error_backend_parity(xp, rng):
     assert got == pytest.approx(expected, rel=1e-12)  # float64 sums; only the summation order may differ
 
 
-@pytest.mark.parametrize("method", ["INT8", "INT4-G128", "NF4", "NF4-DQ"])
+@pytest.mark.parametrize("method", ["INT8", "INT4-G128", "NF4", "NF4-DQ", "HQQ-4-G64", "MXFP4", "NVFP4", "FP8-E4M3"])
 def test_method_bytes_backend_parity(method, xp, rng):
     """The bytes counted on any backend's codes and statistics are NumPy's (array-API dtype widths)."""
     model = fake_model(rng, blocks=1)
@@ -344,3 +344,65 @@ def test_methods_on_cupy_match_numpy(rng):
             np.testing.assert_array_equal(np.asarray(w), cupy.asnumpy(gpu.weights[k]))
         assert report.relative_error(on_gpu.weights, gpu.weights) == pytest.approx(
             report.relative_error(model.weights, cpu.weights), rel=1e-12)
+
+
+NEW_FORMATS = ("HQQ-4-G64", "MXFP4", "NVFP4", "FP8-E4M3")
+
+
+def _library_bytes(method, W):
+    """Each new row's bytes for one weight, counted by its own module's stored-bytes function."""
+    from refquant import fp8, hqq, mx
+
+    if method == "HQQ-4-G64":
+        return hqq.hqq_stored_bytes(hqq.hqq_quantize(W, 4, 64))
+    if method == "MXFP4":
+        return mx.mx_stored_bytes(mx.mx_quantize(W, "fp4_e2m1", "floor"))
+    if method == "NVFP4":
+        return mx.nvfp4_stored_bytes(mx.nvfp4_quantize(W, tensor_scale="amax"))
+    return fp8.stored_bytes(fp8.quantize(W, "e4m3", "row"))
+
+
+@pytest.mark.parametrize("method", NEW_FORMATS)
+def test_new_format_rows_count_the_library_bytes(method, rng):
+    """HQQ, MXFP4, NVFP4 and FP8 rows: every block linear quantized, the bytes the sum of each
+    module's own accounting, and that accounting the format's closed form (bits per weight)."""
+    model = fake_model(rng, blocks=1, d=64, ff=128)
+    names = report.block_linear_names(model.weights)
+    q = report.METHODS[method](model, Context())
+    assert sorted(q.weights) == sorted(names)
+    assert q.nbytes == sum(_library_bytes(method, model.weights[n]) for n in names)
+    n = sum(model.weights[k].size for k in names)
+    rows_out = sum(model.weights[k].shape[0] for k in names)
+    closed_form = {"HQQ-4-G64": n // 2 + 4 * (n // 64),        # 4-bit codes, float16 s and z per 64
+                   "MXFP4": n // 2 + n // 32,                  # E2M1 nibbles, an E8M0 byte per 32
+                   "NVFP4": n // 2 + n // 16 + 4 * len(names),  # + an E4M3 byte per 16, float32 t per tensor
+                   "FP8-E4M3": n + 4 * rows_out}                # a byte per weight, float32 s per row
+    assert q.nbytes == closed_form[method]
+    err = report.relative_error(model.weights, q.weights)
+    assert 0 < err < (0.05 if method == "FP8-E4M3" else 0.2)
+
+
+def test_new_format_rows_measure_their_bits(rng):
+    """Through run_methods: q.bpw is 8 · the library's bytes / weights (4.5, 4.25, ≈4.5, ≈8)."""
+    model = fake_model(rng, blocks=1, d=64, ff=128)
+    rows = {r.method: r for r in report.run_methods(list(NEW_FORMATS), model, Context(), fake_perplexity(model))
+            if r.method != "baseline"}
+    assert list(rows) == list(NEW_FORMATS)
+    assert all(r.status == "ok" and r.tensors == "block linears" for r in rows.values())
+    assert rows["HQQ-4-G64"].bits_per_weight == 4.5 and rows["MXFP4"].bits_per_weight == 4.25
+    assert 4.5 < rows["NVFP4"].bits_per_weight < 4.51 and 8 < rows["FP8-E4M3"].bits_per_weight < 8.6
+    assert set(NEW_FORMATS) <= set(report.DEFAULT_METHODS)
+
+
+def test_hqq_row_stores_float16_scale_and_zero(rng):
+    """The HQQ row's Ŵ is (q - z)·s with s and z at float16, as hqq keeps them after quantizing."""
+    from refquant import hqq
+    from refquant._rounding import to_fp16
+
+    model = fake_model(rng, blocks=1, d=64, ff=128)
+    W = model.weights["blk.0.ffn_up.weight"]
+    r = hqq.hqq_quantize(W, 4, 64)
+    expected = hqq.hqq_dequantize(r._replace(s=to_fp16(r.s), z=to_fp16(r.z)))
+    got = report.METHODS["HQQ-4-G64"](model, Context()).weights["blk.0.ffn_up.weight"]
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got, hqq.hqq_dequantize(r))  # the float16 rounding does change Ŵ
