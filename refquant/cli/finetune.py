@@ -1,14 +1,17 @@
 """``refquant finetune``: QLoRA on SmolLM2 — LoRA adapters trained on a frozen 4-bit base (``refquant.qlora``).
 
     base   every linear layer of the blocks quantized to NF4 (or FP4), double-quantized, B = 64
-    train  adapters on the last --blocks blocks (targets by tensor kind), AdamW, --steps steps
-           over --train-windows windows of --window tokens of the calibration split
+    train  adapters on the last --blocks blocks (targets by tensor kind), AdamW, --steps steps,
+           each on a new window of --window tokens of the calibration split (one epoch)
     eval   perplexity on the evaluation split before (B = 0: the 4-bit base) and after
     write  the adapters (.npz), the loss curve (.png); print peak RSS
 
-Defaults take a few minutes on 2 cores: the blocks before the first adapted one are frozen,
-so their output for each training window is computed once; each step then runs only the
-adapted blocks and the head, decoding each 4-bit weight as it is reached.
+Defaults (200 steps, 32-token windows, adapters on the last 4 blocks) took about 500 s of
+CPU time here, single-threaded: the blocks before the first adapted one are frozen, so their
+output for each training window is computed once (≈1.3 s a window), block by block; each step
+then runs only the adapted blocks and the head (≈0.8 s), decoding each 4-bit weight as it is
+reached. Cycling a few windows for many epochs overfits them: 200 steps over 32 windows at
+lr 1e-3 took the evaluation perplexity from 35.4 to 111; one epoch over 64 windows, to 31.5.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-layers", type=int, default=None,
                         help="use only the model's first N blocks (a smaller model, for quick checks)")
     parser.add_argument("--window", type=int, default=32, help="tokens per training window (default 32)")
-    parser.add_argument("--train-windows", type=int, default=64, help="training windows, cycled (default 64)")
+    parser.add_argument("--train-windows", type=int, default=None,
+                        help="distinct training windows, cycled (default: steps x accumulate, none repeated; "
+                             "repeating a few windows for many epochs overfits them)")
     parser.add_argument("--accumulate", type=int, default=1, help="windows per optimizer step (default 1)")
     parser.add_argument("--eval-window", type=int, default=128, help="tokens per evaluation window (default 128)")
     parser.add_argument("--eval-windows", type=int, default=4, help="evaluation windows (default 4)")
@@ -155,7 +160,11 @@ def run(args: argparse.Namespace) -> int:
 
     train_tokens = model.tokenize(data.calibration_text())
     eval_tokens = model.tokenize(data.evaluation_text())
-    train_windows = windows(train_tokens, args.window, args.train_windows)
+    n_windows = args.train_windows if args.train_windows is not None else args.steps * args.accumulate
+    train_windows = windows(train_tokens, args.window, n_windows)
+    if args.train_windows is None and len(train_windows) < n_windows:
+        print(f"note: the calibration split holds {len(train_windows)} windows of {args.window} tokens; "
+              f"they are cycled", file=sys.stderr)
 
     def evaluate(ads) -> float:
         return perplexity(lambda t: qlora.logits(qm, ads, t), eval_tokens, window=args.eval_window,
