@@ -65,11 +65,11 @@ class Result:
 def sample_rows(n_rows: int, n_per_row: int, block: int, seed: int = SEED) -> np.ndarray:
     """(n_rows, n_per_row) float32: consecutive blocks of ``block`` values cycle through every
     kind of ``refquant.testing.strategies.KINDS`` (zeros, outliers, ties ...), scales 10^-3..10^1."""
-    from .testing.strategies import KINDS, _block
+    from .testing.strategies import KINDS, seeded_block
 
     rng = np.random.default_rng(seed)
     n_blocks = n_rows * n_per_row // block
-    blocks = [_block(KINDS[i % len(KINDS)], rng, block, float(10.0 ** rng.uniform(-3, 1))) for i in range(n_blocks)]
+    blocks = [seeded_block(KINDS[i % len(KINDS)], rng, block, float(10.0 ** rng.uniform(-3, 1))) for i in range(n_blocks)]
     return np.concatenate(blocks).astype(np.float32).reshape(n_rows, n_per_row)
 
 

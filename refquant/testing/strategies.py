@@ -43,8 +43,8 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-__all__ = ["KINDS", "EDGE_KINDS", "GGUF_KINDS", "ordinary_block", "edge_block", "block_values", "rows", "float_arrays",
-           "matrices"]
+__all__ = ["KINDS", "EDGE_KINDS", "GGUF_KINDS", "ordinary_block", "edge_block", "seeded_block", "block_values", "rows",
+           "float_arrays", "matrices"]
 
 KINDS = ("normal", "zeros", "constant", "outlier", "ties", "same_sign", "heavy_tails", "fp16_edge", "uniform_int")
 EDGE_KINDS = ("signed_zeros", "all_signed_zeros", "zero_extreme", "subnormal", "fp16_overflow", "huge")
@@ -153,6 +153,41 @@ def edge_block(draw, kind: str, n: int) -> np.ndarray:
     v = np.where(labels == 0, np.float32(0.0), np.where(labels == 1, special, ordinary))
     return (v * np.where(negative, np.float32(-1.0), np.float32(1.0))).astype(np.float32)
 
+
+
+def seeded_block(kind: str, rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
+    """(n,) float64 values of one block of ``kind`` (one of KINDS) from a NumPy generator: the
+    same kinds as ``ordinary_block``, for fixed-seed samples outside Hypothesis (``refquant verify``
+    draws its rows with it, so that a run on any machine compares the same values).
+
+    >>> seeded_block("zeros", np.random.default_rng(0), 4, 1.0).tolist()
+    [0.0, 0.0, 0.0, 0.0]
+    >>> seeded_block("uniform_int", np.random.default_rng(0), 4, 1.0).tolist()
+    [5.0, 2.0, 0.0, -4.0]
+    """
+    if kind == "normal":
+        return rng.standard_normal(n) * scale
+    if kind == "zeros":
+        return np.zeros(n)
+    if kind == "constant":
+        return np.full(n, rng.choice([-1.0, 1.0]) * scale * rng.uniform(0.1, 10))
+    if kind == "outlier":
+        x = rng.standard_normal(n) * scale
+        x[rng.integers(n)] = rng.choice([-1.0, 1.0]) * scale * rng.uniform(20, 1000)
+        return x
+    if kind == "ties":  # k/2 times a power of two: exact midpoints for power-of-two scales
+        x = rng.integers(-8, 8, n) / 2.0 * 2.0 ** rng.integers(-6, 3)
+        x[rng.integers(n)] = np.abs(x).max() + 1.0 if np.any(x) else 1.0
+        return x
+    if kind == "same_sign":
+        return np.abs(rng.standard_normal(n) * scale) * rng.choice([-1.0, 1.0])
+    if kind == "heavy_tails":
+        return rng.standard_t(2.5, n) * scale
+    if kind == "fp16_edge":
+        return rng.choice([-1.0, 1.0], n) * rng.choice([6e4, 6.5e4, 1e-8, 5.9e-8, 3e-5, 1.0], n) * rng.uniform(0.5, 1.0, n)
+    if kind == "uniform_int":
+        return rng.integers(-8, 8, n).astype(np.float64)
+    raise ValueError(f"kind: unknown block kind {kind!r}; expected one of {KINDS}")
 
 @st.composite
 def block_values(draw, n_blocks: int, block: int, kinds=KINDS, dtype=np.float32) -> np.ndarray:
