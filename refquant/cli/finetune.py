@@ -6,12 +6,14 @@
     eval   perplexity on the evaluation split before (B = 0: the 4-bit base) and after
     write  the adapters (.npz), the loss curve (.png); print peak RSS
 
-Defaults (200 steps, 32-token windows, adapters on the last 4 blocks) took about 500 s of
-CPU time here, single-threaded: the blocks before the first adapted one are frozen, so their
-output for each training window is computed once (≈1.3 s a window), block by block; each step
-then runs only the adapted blocks and the head (≈0.8 s), decoding each 4-bit weight as it is
-reached. Cycling a few windows for many epochs overfits them: 200 steps over 32 windows at
-lr 1e-3 took the evaluation perplexity from 35.4 to 111; one epoch over 64 windows, to 31.5.
+Defaults (200 steps, 32-token windows, r = 8 on every kind of the last 4 blocks) ran in
+193 s (218 s of CPU) on 2 shared cores, peak RSS 827 MiB, and took the evaluation perplexity
+of the NF4-DQ base from 35.37 to 28.80 (4 windows of 128 tokens). The blocks before the first
+adapted one are frozen, so their output for each training window is computed once, block by
+block; each step then runs only the adapted blocks and the head, decoding each 4-bit weight
+as it is reached. Cycling a few windows for many epochs overfits them: 200 steps over 32
+windows at lr 1e-3 took the evaluation perplexity from 35.4 to 111; one epoch over 64
+windows, to 31.5.
 """
 
 from __future__ import annotations
