@@ -161,6 +161,7 @@ MISTAKES = [
     (["inspect", "/no/such/file.gguf", "--items", "-1"], "refquant inspect: error: --items: expected a count >= 0"),
     (["exercises", "check"], "refquant exercises: error: check: expected the NAME of an exercise"),
     (["exercises", "check", "no_such_exercise"], "refquant exercises: error: "),
+    (["finetune", "--r", "0"], "refquant finetune: error: --r: expected a positive number"),
     (["frobnicate"], "refquant: error: argument COMMAND: invalid choice"),
 ]
 

@@ -35,7 +35,14 @@ __all__ = ["add_arguments", "run", "DESCRIPTION"]
 DESCRIPTION = __doc__
 
 
+EPILOG = """examples:
+  refquant finetune
+  refquant finetune --steps 400 --r 16 --targets attn_q,attn_v --lr 5e-4 --out adapters.npz
+  refquant finetune --quant fp4 --blocks 0 --steps 50 --window 64"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
     parser.add_argument("--model", metavar="FILE.gguf", default=None, help="Llama GGUF file (default: SmolLM2-135M)")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
     parser.add_argument("--r", type=int, default=8, help="LoRA rank (default 8)")
