@@ -471,7 +471,8 @@ def train(qm: QLoraModel, adapters: Mapping[str, Adapter], windows: Sequence[Any
 # --------------------------------------------------------------------------------------
 
 
-def _requantized(qm: QLoraModel, name: str, W: np.ndarray) -> Quantized:
+def _requantized(qm: QLoraModel, W: np.ndarray) -> Quantized:
+    """Q(W) with the base's type, block size and double quantization."""
     return Quantized(*nf4.quantize_4bit(W, qm.blocksize, qm.quant_type, qm.double_quant))
 
 
@@ -480,7 +481,7 @@ def merge(qm: QLoraModel, adapters: Mapping[str, Adapter]) -> QLoraModel:
     _check_adapters(qm, adapters)
     base = dict(qm.base)
     for name, ad in adapters.items():
-        base[name] = _requantized(qm, name, qm.base[name].dequantize() + ad.delta())
+        base[name] = _requantized(qm, qm.base[name].dequantize() + ad.delta())
     return dataclasses.replace(qm, base=base)
 
 
@@ -489,7 +490,7 @@ def unmerge(qm: QLoraModel, adapters: Mapping[str, Adapter]) -> QLoraModel:
     _check_adapters(qm, adapters)
     base = dict(qm.base)
     for name, ad in adapters.items():
-        base[name] = _requantized(qm, name, qm.base[name].dequantize() - ad.delta())
+        base[name] = _requantized(qm, qm.base[name].dequantize() - ad.delta())
     return dataclasses.replace(qm, base=base)
 
 

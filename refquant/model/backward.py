@@ -309,7 +309,7 @@ def cross_entropy_backward(cache: CrossEntropyCache) -> Any:
     xp = namespace(cache.p)
     p, targets, T = cache
     N, V = p.shape
-    d = to_numpy(p).copy()  # (N, vocab)
+    d = to_numpy(p).copy()  # (N, vocab); the scattered −1 is a NumPy-edge index assignment
     d[np.arange(N), targets] -= 1.0
     d /= N
     dz = np.concatenate([d, np.zeros((T - N, V), dtype=d.dtype)])  # (T, vocab)
