@@ -38,6 +38,47 @@ Options, as the reference code and its descendants have them:
   (Dead columns are sorted with H_jj = 1, as the reference does; llm-compressor sorts
   them with H_jj = 0, i.e. last.)
 
+The newer variants (options of ``gptq_quantize``; each off by default, and each in its
+neutral setting plain GPTQ bit for bit, tests/test_gptq_variants.py):
+
+* ``act_group_aware`` — GAR, group-aware reordering (Gafni, Karnieli, Hanani, CVPRW 2025;
+  GPTQModel ``quantization/gar.py``). Act-order without its cost: groups stay the original
+  runs of G consecutive columns (so g_idx is trivial, j // G, and a kernel needs no
+  reordering), but the loop visits them in a better order:
+
+      inside each full group g:  columns by decreasing H_jj                    (local order)
+      the groups:                by decreasing score_g = max_{j ∈ g} H_jj      (global order)
+      a last, shorter group (partial_group) stays last, its columns in order   (GPTQModel's tail)
+
+  Both sorts are stable here (GPTQModel's local sort is ``torch.sort``, unspecified on ties).
+  One group (G = in) makes it act-order. The scales are found on the group as the loop meets
+  it and returned in the original group order.
+* ``mse`` — range clipping by an L^p search (GPTQ reference quant.py ``find_params``;
+  GPTQModel's ``mse`` option, whose value is the norm p, 2.4 in the reference): for every
+  group, once its weights are known (when the loop reaches it, or up front when static),
+
+      for i = 0 .. ⌊maxshrink · grid⌋ - 1:    f_i = 1 - i / grid
+          s_i = f_i (x_max - x_min) / q_max,  z_i = round(-f_i x_min / s_i)   (symmetric: z fixed)
+          err_i = Σ_j |w_j - s_i (clamp(round(w_j / s_i) + z_i) - z_i)|^p    (per row of the group)
+      keep (s_i, z_i) of the first i with the least err_i            (strictly less replaces)
+
+  f_0 = 1 is the min/max grid, so one factor (``mse_maxshrink · mse_grid = 1``) is plain GPTQ.
+  (GPTQModel also tries the other neighbouring integer zero at 2 bits, asymmetric; not modelled.)
+* GPTAQ / GPTQ v2 — asymmetric calibration (Li, Yin, Panda et al., "GPTAQ: Efficient
+  Finetuning-Free Quantization for Asymmetric Calibration", ICML 2025; GPTQModel
+  ``quantization/gptaq.py``). The layer's input in the quantized model, X̃, differs from the
+  float model's X; GPTAQ minimizes ‖W X - Ŵ X̃‖² instead of ‖(W - Ŵ) X̃‖²:
+
+      H  = 2 X̃ X̃ᵀ / n,      ΔXX̃ᵀ = 2 (X - X̃) X̃ᵀ / n                 (``AsymmetricHessian``)
+      P  = α · triu₁(ΔXX̃ᵀ Uᵀ) U        (strictly upper: row j, right of j; α = 1/4 by default)
+      W_{:, j:i2} -= e_j U_{j, j:i2} - w_j P_{j, j:i2}                   (in-block, w_j before rounding)
+      W_{:, i2:}  -= E U_{i1:i2, i2:} - W1 P_{i1:i2, i2:}                (lazy batch)
+
+  where W1 is the block's columns at the end of the block: each has received its own update
+  e_j U_jj, so it holds ŵ_j up to rounding — the reference multiplies P by that, not by the
+  w_j of the in-block line (so, unlike plain GPTQ, the block size changes the result).
+  X̃ = X gives ΔXX̃ᵀ = 0, P = 0: plain GPTQ.
+
 This module is layer level: arrays in, arrays out, no model. ``refquant.blockwise`` walks a
 model's blocks, builds one ``Hessian`` and one ``prepare_hessian`` per shared input and calls
 ``gptq_quantize`` on each linear.
@@ -67,7 +108,8 @@ from .uniform import dequantize_codes, quantize_codes
 __all__ = [
     "PERCDAMP", "BLOCKSIZE", "Hessian", "GPTQResult", "hessian_factor", "minmax_params",
     "quantize_column", "PreparedHessian", "prepare_hessian", "gptq_quantize", "rtn_quantize",
-    "layer_loss", "tutorial_update",
+    "layer_loss", "tutorial_update", "MSE_GRID", "MSE_MAXSHRINK", "GPTAQ_ALPHA", "MSEGrid", "mse_params",
+    "act_group_aware_perm", "AsymmetricHessian", "asymmetric_layer_loss",
 ]
 
 PERCDAMP = 0.01   # λ = 1 % of the mean diagonal of H (reference default)
@@ -77,6 +119,9 @@ MAX_DAMP_TRIES = 8  # each failed Cholesky multiplies the damping by 10
 # max |H - Hᵀ| <= √eps · max |H|  (float32: 3.5e-4, float64: 1.5e-8), far above any BLAS
 # reordering and far below a matrix that is not a Hessian at all
 SYMMETRY_RTOL_POWER = 0.5
+MSE_GRID = 100        # GPTQ quant.py / GPTQModel Quantizer.configure: grid=100 ...
+MSE_MAXSHRINK = 0.8   # ... maxshrink=0.8: factors 1.00, 0.99, ..., 0.21
+GPTAQ_ALPHA = 0.25    # GPTAQ's α (fasterquant(alpha=0.25); GPTQModel GPTAQConfig.alpha)
 
 
 # --------------------------------------------------------------------------- Hessian
@@ -131,6 +176,57 @@ class Hessian:
         self.n += n_i
         Xs = math.sqrt(2 / self.n) * X      # (n_i, in)
         self.H = self.H + Xs.T @ Xs         # (in, in)
+
+
+class AsymmetricHessian:
+    """GPTAQ's two statistics of one linear input, streamed as ``Hessian`` streams H.
+
+        H     = (2/n) Σ X̃ᵢᵀ X̃ᵢ                 (the quantized model's inputs X̃: what the layer will see)
+        ΔXX̃ᵀ = (2/n) Σ (Xᵢ - X̃ᵢ)ᵀ X̃ᵢ           (X: the float model's inputs for the same tokens)
+
+    ``add(X_q, X_fp)``, both (n_i, in), rows the same tokens. Rows layout: ΔXX̃ᵀ[a, b] =
+    Σ_t (x_t - x̃_t)_a x̃_t,b, GPTAQ's ``dXXT`` (``(fp_inp - inp) @ inp.T`` in columns layout).
+    Both are rescaled by n/(n + n_i) before each batch, as GPTAQ's ``add_batch`` does.
+    Example: ``Hessian``'s batches as X̃ (H = 3.25 I); the first with X = X̃ adds nothing to
+    ΔXX̃ᵀ, the second, X̃ = 2I three times, with X = 2X̃: ΔXX̃ᵀ = (2/8) · 3 · (2I)(2I) = 3I:
+    >>> import numpy as np
+    >>> acc = AsymmetricHessian(2)
+    >>> X_q = np.array([[2, 0], [0, 2]] * 3, np.float32)
+    >>> acc.add(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32)); acc.add(X_q, 2 * X_q)
+    >>> acc.H.tolist(), acc.dXXt.tolist()
+    ([[3.25, 0.0], [0.0, 3.25]], [[3.0, 0.0], [0.0, 3.0]])
+    """
+
+    def __init__(self, n_in: int, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        self.hessian = Hessian(n_in, xp, dtype, device)
+        self.dXXt = self.hessian.xp.zeros((n_in, n_in), dtype=self.hessian.dtype, device=device)  # (in, in)
+
+    @property
+    def H(self) -> Any:
+        return self.hessian.H
+
+    @property
+    def n(self) -> int:
+        return self.hessian.n
+
+    def add(self, X_q: Any, X_fp: Any) -> None:
+        """Fold a batch: X_q (n_i, in) the quantized model's inputs, X_fp (n_i, in) the float model's."""
+        xp = self.hessian.xp
+        check_float(X_fp, "X_fp")
+        if tuple(X_fp.shape) != tuple(X_q.shape):
+            raise ValueError(f"X_fp: expected the shape of X_q {tuple(X_q.shape)} (the same tokens), "
+                             f"got {tuple(X_fp.shape)}")
+        check_finite(X_fp, "X_fp")
+        n_old = self.hessian.n
+        self.hessian.add(X_q)  # checks X_q, rescales H, adds its batch
+        n_i = self.hessian.n - n_old
+        if n_i == 0:
+            return
+        self.dXXt = self.dXXt * (n_old / self.hessian.n)
+        c = math.sqrt(2 / self.hessian.n)
+        Xq = c * xp.astype(X_q, self.hessian.dtype)                     # (n_i, in)
+        dX = c * xp.astype(X_fp, self.hessian.dtype) - Xq               # (n_i, in)
+        self.dXXt = self.dXXt + dX.T @ Xq                               # (in, in)
 
 
 # --------------------------------------------------------------------------- the factor U
@@ -199,8 +295,14 @@ def minmax_params(Wg: Any, bits: int, symmetric: bool) -> tuple[Any, Any]:
     x_min = 0 in symmetric mode, as the reference does.)
     Ref: IST-DASLab/gptq quant.py ``Quantizer.find_params`` (perchannel, weight=True).
     """
-    xp = namespace(Wg)
     q_max = 2**bits - 1
+    x_min, x_max = _minmax_range(Wg, symmetric)                       # (out, 1) each
+    return _range_params(x_min, x_max, q_max, symmetric)
+
+
+def _minmax_range(Wg: Any, symmetric: bool) -> tuple[Any, Any]:
+    """The reference quantizer's range per row: widened to hold 0, symmetric if asked, ±1 if empty."""
+    xp = namespace(Wg)
     zero = xp.zeros((Wg.shape[0], 1), dtype=Wg.dtype, device=device(Wg))
     x_min = xp.minimum(xp.min(Wg, axis=1, keepdims=True), zero)    # (out, 1)
     x_max = xp.maximum(xp.max(Wg, axis=1, keepdims=True), zero)    # (out, 1)
@@ -210,12 +312,70 @@ def minmax_params(Wg: Any, bits: int, symmetric: bool) -> tuple[Any, Any]:
     empty = (x_min == 0) & (x_max == 0)
     x_min = xp.where(empty, -xp.ones_like(x_min), x_min)
     x_max = xp.where(empty, xp.ones_like(x_max), x_max)
-    s = range_scale(x_min, x_max, q_max)                              # (x_max - x_min) / q_max
+    return x_min, x_max
+
+
+def _range_params(x_min: Any, x_max: Any, q_max: int, symmetric: bool) -> tuple[Any, Any]:
+    """s = (x_max - x_min) / q_max, z = round(-x_min / s) (symmetric: (q_max + 1) / 2)."""
+    xp = namespace(x_min)
+    s = range_scale(x_min, x_max, q_max)                              # (out, 1)
     if symmetric:
         z = xp.full(s.shape, (q_max + 1) / 2, dtype=s.dtype, device=device(s))
     else:
         z = round_half_even(-x_min / s)
     return s, z
+
+
+class MSEGrid(NamedTuple):
+    """The L^p range search of ``mse_params``: the norm p, and factors 1 - i/grid, i < ⌊maxshrink·grid⌋."""
+
+    norm: float
+    grid: int = MSE_GRID
+    maxshrink: float = MSE_MAXSHRINK
+
+    def factors(self) -> list[float]:
+        return [1.0 - i / self.grid for i in range(int(self.maxshrink * self.grid))]
+
+
+def mse_params(Wg: Any, bits: int, symmetric: bool, search: MSEGrid) -> tuple[Any, Any]:
+    """Scale and zero per row of a group Wg: (out, G) by the shrinking-range L^p search.
+
+        f_i = 1 - i / grid,  i = 0 .. ⌊maxshrink · grid⌋ - 1
+        (s_i, z_i) = minmax params of the range (f_i x_min, f_i x_max)   (symmetric: z stays (q_max+1)/2)
+        err_i = Σ_j |ŵ_j(s_i, z_i) - w_j|^p;    keep the first (s_i, z_i) of least err_i
+
+    -> s, z: (out, 1). f_0 = 1 gives ``minmax_params`` exactly, and a later factor replaces
+    it only when strictly better, so the result never has a larger L^p error than min/max.
+    Ref: IST-DASLab/gptq quant.py ``Quantizer.find_params`` (mse=True, norm=2.4, grid=100,
+    maxshrink=.8); GPTQModel ``quantization/quantizer.py`` (``mse`` = the norm); the same loop
+    over refquant.uniform's parameters is ``uniform.range_search``.
+    Example: [0, 1, 1, 1, 4] at 2 bits, p = 2. Min/max: s = 4/3, the three 1s land on 4/3,
+    error 3 · (1/3)² = 0.333. The search keeps f = 0.94: s = 3.76/3 = 1.2533, the 1s cost
+    3 · 0.2533² = 0.193 and the 4, clipped to 3.76, 0.24² = 0.058: 0.250 in all:
+    >>> import numpy as np
+    >>> s, z = mse_params(np.array([[0.0, 1.0, 1.0, 1.0, 4.0]]), 2, False, MSEGrid(2.0))
+    >>> round(float(s[0, 0]) * 3 / 4, 6), float(z[0, 0]) == 0
+    (0.94, True)
+    """
+    xp = namespace(Wg)
+    q_max = 2**bits - 1
+    x_min, x_max = _minmax_range(Wg, symmetric)                       # (out, 1) each
+    s_best, z_best = _range_params(x_min, x_max, q_max, symmetric)
+    z_fixed = z_best                                                  # the symmetric zero
+    err_best = None
+    for f in search.factors():
+        s, z = _range_params(f * x_min, f * x_max, q_max, symmetric)
+        if symmetric:
+            z = z_fixed
+        _, w_hat = quantize_column(Wg, s, z, 0, q_max)                  # (out, G)
+        err = xp.sum(xp.abs(w_hat - Wg) ** search.norm, axis=1, keepdims=True)  # (out, 1)
+        if err_best is None:
+            s_best, z_best, err_best = s, z, err
+            continue
+        better = err < err_best
+        s_best, z_best = xp.where(better, s, s_best), xp.where(better, z, z_best)
+        err_best = xp.where(better, err, err_best)
+    return s_best, z_best
 
 
 def range_scale(x_min: Any, x_max: Any, q_max: int, min_range: float = 0.0) -> Any:
@@ -342,11 +502,46 @@ class PreparedHessian(NamedTuple):
     U: Any
 
 
-def prepare_hessian(H: Any, act_order: bool = False, percdamp: float | None = PERCDAMP, dtype: Any = None) -> PreparedHessian:
+def act_group_aware_perm(diag_H: Any, G: int) -> Any:
+    """GAR's processing order of the columns: (in,) -> perm (in,), perm[k] = original column.
+
+        full groups g = 0 .. ⌊in/G⌋ - 1 (columns gG .. gG+G-1):
+            local_g = argsort(-diag_H[gG : gG+G])         columns by decreasing H_jj
+            score_g = max(diag_H[gG : gG+G])
+        order = argsort(-score)                           groups by decreasing score
+        perm  = concat(gG + local_g for g in order) ++ the last in mod G columns, in order
+
+    Both sorts stable (ties keep the original order). Ref: GPTQModel ``quantization/gar.py``
+    (``compute_local_perms``, ``compute_global_perm`` with metric "max", ``compose_final_perm``,
+    ``extend_perm_with_tail``).
+    Example: G = 2, diag H = [1, 3, 5, 2, 0.5]: group 1 (max 5) first, its column 2 first;
+    group 0 (max 3) next, column 1 first; the tail column 4 last:
+    >>> import numpy as np
+    >>> act_group_aware_perm(np.array([1.0, 3.0, 5.0, 2.0, 0.5]), 2).tolist()
+    [2, 3, 1, 0, 4]
+    """
+    xp = namespace(diag_H)
+    n_in = int(diag_H.shape[0])
+    n_groups = n_in // G
+    n_full = n_groups * G
+    tail = xp.arange(n_full, n_in, device=device(diag_H))               # (in mod G,)
+    if n_groups == 0:
+        return tail
+    D = xp.reshape(diag_H[:n_full], (n_groups, G))                      # (groups, G)
+    local = xp.argsort(-D, axis=1, stable=True)                         # (groups, G)
+    order = xp.argsort(-xp.max(D, axis=1), stable=True)                 # (groups,)
+    base = xp.arange(n_groups, device=device(diag_H)) * G               # (groups,)
+    perm = xp.take(local + base[:, None], order, axis=0)                # (groups, G)
+    return xp.concat([xp.reshape(perm, (n_full,)), xp.astype(tail, perm.dtype)])  # (in,)
+
+
+def prepare_hessian(H: Any, act_order: bool = False, percdamp: float | None = PERCDAMP, dtype: Any = None,
+                    act_group_aware: bool = False, group_size: int | None = None) -> PreparedHessian:
     """Dead inputs, act-order permutation and factor U of H: everything GPTQ derives from H alone.
 
         dead_j = (H_jj = 0)  ->  H_jj = 1              (fasterquant: no signal ever reached input j)
         act-order: perm = argsort(-diag H) (stable),   H <- H[perm][:, perm]
+        act_group_aware: perm = act_group_aware_perm(diag H, group_size)   (after the dead inputs)
         U = hessian_factor(H, percdamp)                (percdamp=None: U is not computed)
 
     H: (in, in) -> ``PreparedHessian``. None of it depends on W, so linears reading the same
@@ -368,8 +563,17 @@ def prepare_hessian(H: Any, act_order: bool = False, percdamp: float | None = PE
     eye = xp.eye(H.shape[0], dtype=xp.bool, device=device(H))
     H = xp.where(eye & dead[None, :], xp.ones_like(H), H)
     perm = None
+    if act_order and act_group_aware:
+        raise ValueError("act_order, act_group_aware: choose one ordering (GPTQModel: act_group_aware needs desc_act=False)")
     if act_order:  # columns by decreasing H_jj; ties keep their order (stable sort)
         perm = xp.argsort(-xp.linalg.diagonal(H), stable=True)            # (in,)
+    elif act_group_aware:
+        G, _ = _group_layout(H.shape[0], group_size, partial_group=True)
+        if group_size is None or group_size == -1:
+            raise ValueError("group_size: act_group_aware orders groups; expected a positive group size, got "
+                             f"{group_size!r}")
+        perm = act_group_aware_perm(xp.linalg.diagonal(H), G)            # (in,)
+    if perm is not None:
         H = xp.take(xp.take(H, perm, axis=0), perm, axis=1)
     U = hessian_factor(H, percdamp) if percdamp is not None else None
     return PreparedHessian(H=H, dead=dead, perm=perm, U=U)
@@ -396,15 +600,55 @@ class _Layer:
     shift: int
     w_absmax: float
     H_absmax: float
+    group_order: list[int] | None = None  # act_group_aware: original group of the k-th group the loop meets
+    mse: MSEGrid | None = None            # the range search of every group's parameters, or None
+    P: Any = None                         # GPTAQ: (in, in) α triu₁(ΔXX̃ᵀ Uᵀ) U in processing order, or None
 
 
-def _group_params(Wg: Any, bits: int, symmetric: bool, signed: bool) -> tuple[Any, Any]:
-    """minmax_params of a group, the zero moved to signed codes (compressed-tensors) if asked."""
+def _group_params(Wg: Any, bits: int, symmetric: bool, signed: bool, mse: MSEGrid | None = None) -> tuple[Any, Any]:
+    """minmax_params (or mse_params) of a group, the zero moved to signed codes (compressed-tensors) if asked."""
     xp = namespace(Wg)
-    s, z = minmax_params(Wg, bits, symmetric)                            # (out, 1) or per group
+    if mse is None:
+        s, z = minmax_params(Wg, bits, symmetric)                        # (out, 1) or per group
+    else:
+        s, z = mse_params(Wg, bits, symmetric, mse)                      # (out, 1)
     if signed:
         z = xp.zeros_like(z) if symmetric else z - 2 ** (bits - 1)
     return s, z
+
+
+class _Variants(NamedTuple):
+    """The newer options, checked (``_check_variants``)."""
+
+    act_group_aware: bool = False
+    mse: MSEGrid | None = None
+    dXXt: Any = None
+    alpha: float = GPTAQ_ALPHA
+
+
+def _check_variants(W: Any, group_size: int | None, act_order: bool, act_group_aware: Any, mse: Any, mse_grid: Any,
+                    mse_maxshrink: Any, dXXt: Any, alpha: Any) -> _Variants:
+    """act_group_aware, mse (norm, grid, maxshrink), dXXt and alpha -> ``_Variants``."""
+    if not isinstance(act_group_aware, bool):
+        raise TypeError(f"act_group_aware: expected True or False, got {act_group_aware!r}")
+    if act_group_aware and act_order:
+        raise ValueError("act_order, act_group_aware: choose one ordering (GPTQModel: act_group_aware needs desc_act=False)")
+    if act_group_aware and (group_size is None or group_size == -1):
+        raise ValueError(f"group_size: act_group_aware orders groups; expected a positive group size, got {group_size!r}")
+    search = None
+    check_number(mse, "mse", 0)
+    if mse > 0:
+        check_number(mse_grid, "mse_grid", 1, integer=True)
+        check_number(mse_maxshrink, "mse_maxshrink", 0, 1, lo_open=True)
+        search = MSEGrid(float(mse), int(mse_grid), float(mse_maxshrink))
+        if not search.factors():
+            raise ValueError(f"mse_maxshrink, mse_grid: ⌊mse_maxshrink · mse_grid⌋ = ⌊{mse_maxshrink} · {mse_grid}⌋ "
+                             "is 0 factors; expected at least one (1.0, the min/max grid)")
+    check_number(alpha, "alpha", 0)
+    if dXXt is not None:
+        n_in = W.shape[1]
+        _check_given(dXXt, "dXXt", (n_in, n_in), "the finite statistic 2(X - X̃)X̃ᵀ/n (AsymmetricHessian.dXXt)")
+    return _Variants(act_group_aware, search, dXXt, float(alpha))
 
 
 def _check_options(W: Any, H: Any, bits: int, group_size: int | None, blocksize: int, percdamp: float,
@@ -435,8 +679,9 @@ def _check_options(W: Any, H: Any, bits: int, group_size: int | None, blocksize:
 
 
 def _set_up(W: Any, H: Any, bits: int, G: int, n_groups: int, symmetric: bool, act_order: bool, static_groups: bool,
-            percdamp: float, s: Any, z: Any, signed: bool, U: Any) -> _Layer:
-    """Scale shift, dead inputs, static groups, act-order and the factor U (before the loop)."""
+            percdamp: float, s: Any, z: Any, signed: bool, U: Any, v: _Variants = _Variants()) -> _Layer:
+    """Scale shift, dead inputs, static groups, act-order (or GAR), the factor U and GPTAQ's P
+    (before the loop)."""
     xp = namespace(W, H)
     dtype = W.dtype
     # GPTQ is equivariant under W -> 2^-k W (s, ŵ and e scale by 2^-k, the loss by 4^-k, codes
@@ -449,22 +694,33 @@ def _set_up(W: Any, H: Any, bits: int, G: int, n_groups: int, symmetric: bool, a
     if s is not None:  # given parameters: static groups
         s, z = xp.astype(s, dtype), xp.astype(z, dtype)
         s = s * (2.0 ** -shift) if shift else s
-    prepared = prepare_hessian(H, act_order, percdamp if U is None else None, dtype)
+    prepared = prepare_hessian(H, act_order, percdamp if U is None else None, dtype, v.act_group_aware, G)
     W = xp.where(prepared.dead[None, :], xp.zeros_like(W), W)            # their weight cannot matter
     if static_groups and s is None:  # from the original weights, original column groups
-        params = [_group_params(W[:, g * G:(g + 1) * G], bits, symmetric, signed) for g in range(n_groups)]
+        params = [_group_params(W[:, g * G:(g + 1) * G], bits, symmetric, signed, v.mse) for g in range(n_groups)]
         s = xp.concat([p[0] for p in params], axis=1)                    # (out, n_groups)
         z = xp.concat([p[1] for p in params], axis=1)                    # (out, n_groups)
     perm = prepared.perm
     if perm is not None:
         W = xp.take(W, perm, axis=1)
-    # group of the k-th processed column: static groups follow the original columns
+    # group of the k-th processed column: static groups follow the original columns, and so do
+    # GAR's (its groups are the original ones, met in another order); act-order's dynamic groups
+    # are runs of the processing order
     cols = xp.arange(W.shape[1], device=device(W))
-    group_of_pos = (xp.take(cols, perm) if perm is not None else cols) // G if s is not None else cols // G
+    original = (xp.take(cols, perm) if perm is not None else cols) // G
+    group_of_pos = [int(g) for g in to_numpy(original if s is not None or v.act_group_aware else cols // G)]
+    group_order = group_of_pos[::G] if v.act_group_aware and s is None else None
     q_min, q_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    return _Layer(W=W, U=prepared.U if U is None else xp.astype(U, dtype), perm=perm,
-                  group_of_pos=[int(g) for g in to_numpy(group_of_pos)], s=s, z=z, G=G, q_min=q_min, q_max=q_max,
-                  shift=shift, w_absmax=w_absmax, H_absmax=float(xp.max(xp.abs(prepared.H))))
+    U = prepared.U if U is None else xp.astype(U, dtype)
+    P = None
+    if v.dXXt is not None:  # GPTAQ: dead inputs' columns of ΔXX̃ᵀ zeroed, permuted like H, then P
+        dXXt = xp.where(prepared.dead[None, :], xp.zeros((), dtype=dtype), xp.astype(v.dXXt, dtype))
+        if perm is not None:
+            dXXt = xp.take(xp.take(dXXt, perm, axis=0), perm, axis=1)
+        P = v.alpha * (xp.triu(dXXt @ U.T, k=1) @ U)                     # (in, in) strictly upper
+    return _Layer(W=W, U=U, perm=perm, group_of_pos=group_of_pos, s=s, z=z, G=G, q_min=q_min, q_max=q_max,
+                  shift=shift, w_absmax=w_absmax, H_absmax=float(xp.max(xp.abs(prepared.H))),
+                  group_order=group_order, mse=v.mse, P=P)
 
 
 def _algorithm1(L: _Layer, bits: int, symmetric: bool, signed: bool, blocksize: int,
@@ -491,8 +747,8 @@ def _algorithm1(L: _Layer, bits: int, symmetric: bool, signed: bool, blocksize: 
                 g = L.group_of_pos[j]
                 s_cur, z_cur = L.s[:, g:g + 1], L.z[:, g:g + 1]           # (out, 1)
             elif j % G == 0:  # a new group starts: parameters from its current weights
-                Wg = _current_group(W, W1, E1, U, i1, i, i2, G)           # (out, G)
-                s_cur, z_cur = _group_params(Wg, bits, symmetric, signed)
+                Wg = _current_group(W, W1, E1, U, i1, i, i2, G, L.P)      # (out, G)
+                s_cur, z_cur = _group_params(Wg, bits, symmetric, signed, L.mse)
                 s_dyn.append(s_cur)
                 z_dyn.append(z_cur)
             w = W1[:, i:i + 1]                                            # (out, 1)
@@ -503,14 +759,24 @@ def _algorithm1(L: _Layer, bits: int, symmetric: bool, signed: bool, blocksize: 
             Wh1[:, i:i + 1] = w_hat                                       # (out, B) is cheaper to write
             E1[:, i:i + 1] = e
             loss = loss + e[:, 0] ** 2 / 2
-            W1[:, i:] = W1[:, i:] - e * U[j:j + 1, j:i2]                  # (out, B-i)  Alg. 1 l. 9
+            if L.P is None:
+                W1[:, i:] = W1[:, i:] - e * U[j:j + 1, j:i2]              # (out, B-i)  Alg. 1 l. 9
+            else:  # GPTAQ: the asymmetric term w_j P_{j, j:i2}, w_j the column before rounding
+                W1[:, i:] = W1[:, i:] - (e * U[j:j + 1, j:i2] - w * L.P[j:j + 1, j:i2])
         Q[:, i1:i2] = Q1
         W_hat[:, i1:i2] = Wh1
         if i2 < n_in:
-            W[:, i2:] = W[:, i2:] - E1 @ U[i1:i2, i2:]                    # (out, in-i2) Alg. 1 l. 12
+            if L.P is None:
+                W[:, i2:] = W[:, i2:] - E1 @ U[i1:i2, i2:]                # (out, in-i2) Alg. 1 l. 12
+            else:  # GPTAQ: W1 now holds each column after its own update (≈ ŵ_j), as the reference has it
+                W[:, i2:] = W[:, i2:] - (E1 @ U[i1:i2, i2:] - W1 @ L.P[i1:i2, i2:])
     if L.s is not None:
         return Q, W_hat, loss, L.s, L.z
-    return Q, W_hat, loss, xp.concat(s_dyn, axis=1), xp.concat(z_dyn, axis=1)  # (out, n_groups)
+    s, z = xp.concat(s_dyn, axis=1), xp.concat(z_dyn, axis=1)             # (out, n_groups) as met
+    if L.group_order is not None:  # GAR met the groups out of order: back to the original order
+        back = xp.argsort(xp.asarray(L.group_order, device=device(s)))
+        s, z = xp.take(s, back, axis=1), xp.take(z, back, axis=1)
+    return Q, W_hat, loss, s, z
 
 
 def _un_permute(L: _Layer, Q: Any, W_hat: Any, loss_rows: Any, s: Any, z: Any) -> GPTQResult:
@@ -550,6 +816,12 @@ def gptq_quantize(
     zero_before_round: bool = False,
     partial_group: bool = False,
     U: Any = None,
+    act_group_aware: bool = False,
+    mse: float = 0.0,
+    mse_grid: int = MSE_GRID,
+    mse_maxshrink: float = MSE_MAXSHRINK,
+    dXXt: Any = None,
+    alpha: float = GPTAQ_ALPHA,
 ) -> GPTQResult:
     """GPTQ (Algorithm 1) of one linear layer: codes, scales, zeros, g_idx, ŵ and the loss.
 
@@ -569,7 +841,12 @@ def gptq_quantize(
     partial_group: allow G not dividing the columns (the last group is the remainder).
     U: the factor ``prepare_hessian(H, act_order, percdamp).U`` if already computed (of H in
     processing order) — q, k, v share one H, so one factor serves three.
-    zero_before_round: see ``quantize_column``. Bound: the loss is GPTQ's greedy OBS
+    zero_before_round: see ``quantize_column``.
+    act_group_aware: GAR ordering (``act_group_aware_perm``; needs a group size, not with act_order).
+    mse: the norm p of the range search of every group's s, z (0: min/max; the reference uses
+    2.4), over the factors 1 - i/mse_grid, i < ⌊mse_maxshrink · mse_grid⌋ (``mse_params``).
+    dXXt: GPTAQ's 2(X - X̃)X̃ᵀ/n (``AsymmetricHessian``; H then is X̃'s), alpha its α.
+    Bound: the loss is GPTQ's greedy OBS
     objective; with H diagonal GPTQ is exactly round-to-nearest.
     Steps: ``_set_up`` (scale shift, dead inputs, static groups, act-order, U), ``_algorithm1``
     (the column loop), ``_un_permute`` (original column order and scale).
@@ -580,19 +857,21 @@ def gptq_quantize(
     ([[0, 1, 2, 3]], [[0.0, 1.0, 2.0, 3.0]])
     """
     bits, G, n_groups = _check_options(W, H, bits, group_size, blocksize, percdamp, s, z, partial_group, U)
-    L = _set_up(W, H, bits, G, n_groups, symmetric, act_order, static_groups or s is not None, percdamp, s, z, signed, U)
+    v = _check_variants(W, group_size, act_order, act_group_aware, mse, mse_grid, mse_maxshrink, dXXt, alpha)
+    L = _set_up(W, H, bits, G, n_groups, symmetric, act_order, static_groups or s is not None, percdamp, s, z, signed, U, v)
     Q, W_hat, loss_rows, s, z = _algorithm1(L, bits, symmetric, signed, blocksize, zero_before_round)
     return _un_permute(L, Q, W_hat, loss_rows, s, z)
 
 
-def _current_group(W: Any, W1: Any, E1: Any, U: Any, i1: int, i: int, i2: int, G: int) -> Any:
+def _current_group(W: Any, W1: Any, E1: Any, U: Any, i1: int, i: int, i2: int, G: int, P: Any = None) -> Any:
     """The group starting at column i1+i as Algorithm 1 sees it: every earlier update applied.
 
     Inside the block the weights are current (W1). Columns right of the block have not
     yet received this block's errors E1[:, :i] (lazy batch), so add them here:
         W_{:, i2:end} - E1_{:, :i} U_{i1:i1+i, i2:end}
     (The reference takes W[:, j:j+G] for the whole group, i.e. it misses the in-block
-    updates when a group starts mid-block; with G a multiple of B both agree.)
+    updates when a group starts mid-block; with G a multiple of B both agree.) With GPTAQ's P
+    the lazy term is E1_{:, :i} U_{..} - W1_{:, :i} P_{..} (W1's first i columns are final).
     """
     xp = namespace(W)
     j, end = i1 + i, min(i1 + i + G, W.shape[1])
@@ -600,8 +879,10 @@ def _current_group(W: Any, W1: Any, E1: Any, U: Any, i1: int, i: int, i2: int, G
     if end <= i2:
         return inside
     right = W[:, i2:end]
-    if i > 0:
+    if i > 0 and P is None:
         right = right - E1[:, :i] @ U[i1:j, i2:end]
+    elif i > 0:
+        right = right - (E1[:, :i] @ U[i1:j, i2:end] - W1[:, :i] @ P[i1:j, i2:end])
     return xp.concat([inside, right], axis=1)                              # (out, G)
 
 
@@ -637,6 +918,14 @@ def layer_loss(W: Any, W_hat: Any, H: Any) -> float:
     xp = namespace(W, W_hat, H)
     D = W - W_hat                                                          # (out, in)
     return float(xp.sum((D @ H) * D))
+
+
+def asymmetric_layer_loss(W: Any, W_hat: Any, X_q: Any, X_fp: Any) -> float:
+    """GPTAQ's objective: ‖X W ᵀ - X̃ Ŵᵀ‖²_F · 2/n, the float layer on the float input against
+    the quantized layer on the quantized input. X_q, X_fp: (n, in); W, W_hat: (out, in)."""
+    xp = namespace(W, W_hat, X_q, X_fp)
+    D = X_fp @ W.T - X_q @ W_hat.T                                         # (n, out)
+    return float(2 * xp.sum(D * D) / X_q.shape[0])
 
 
 def tutorial_update(W: Any, H: Any, bits: int = 4, group_size: int = 128) -> Any:
