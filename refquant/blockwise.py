@@ -7,6 +7,8 @@ a method (module docstring there). The methods here are small:
     GPTQ   stages (q,k,v) (o) (gate,up) (down);  accumulator: ``gptq.Hessian``
            per shared input: one H, one ``gptq.prepare_hessian`` (dead inputs, act-order, U),
            then ``gptq.gptq_quantize(W, H, U=U)`` for every linear reading it
+           (GPTAQ: the rows X̃ kept, the float model's X of the same windows captured beside
+           them, ``gptq.AsymmetricHessian`` of the pairs -> H and ΔXX̃ᵀ)
     AWQ    one stage (all seven);  accumulator: the rows X
            ``awq.search_scale`` per group sharing an input, ``awq.fold_norm``/``fold_linear``,
            then ``awq.clip_and_quantize`` of every folded linear
@@ -29,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 from . import awq, gptq
 from ._backend import device, namespace
 from ._checks import check_bits, check_number
-from .model.calibration import SHARED_INPUTS, Rows, block_inputs, embedded_windows, walk_blocks
+from .model.calibration import SHARED_INPUTS, Rows, block_inputs, capture, embedded_windows, walk_blocks
 from .model.loader import LINEAR_NAMES
 
 __all__ = ["STAGES", "AWQ_SCALE_GROUPS", "AWQ_NO_CLIP", "BlockwiseResult", "gptq_quantize_model",
@@ -83,22 +85,50 @@ class _GPTQ:
     blocksize: int
     percdamp: float
     stages: tuple[tuple[str, ...], ...]
+    act_group_aware: bool = False
+    mse: float = 0.0
+    gptaq: bool = False
+    alpha: float = gptq.GPTAQ_ALPHA
+    float_model: Any = None    # GPTAQ: the unquantized model ...
+    float_hs: list | None = None  # ... and its hidden states at the block being quantized
     layers: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def accumulator(self, x: Any) -> gptq.Hessian:
+    def accumulator(self, x: Any) -> Any:
+        if self.gptaq:  # the windows' rows, to pair with the float model's
+            return Rows(x)
         return gptq.Hessian(int(x.shape[1]), xp=namespace(x), dtype=x.dtype, device=device(x))
 
-    def quantize(self, model: Any, i: int, stage: tuple[str, ...], inputs: Mapping[str, gptq.Hessian],
+    def _statistics(self, i: int, stage: tuple[str, ...], inputs: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """{shared input: (H, ΔXX̃ᵀ or None)}: GPTAQ's from the quantized rows X̃ and the float
+        model's X of the same windows (block i of the float model on the float hidden states)."""
+        if not self.gptaq:
+            return {shared: (acc.H, None) for shared, acc in inputs.items()}
+        floats = capture(self.float_model, i, self.float_hs, stage, Rows)
+        out = {}
+        for shared, rows in inputs.items():
+            x0 = rows.parts[0]
+            acc = gptq.AsymmetricHessian(int(x0.shape[1]), xp=namespace(x0), dtype=x0.dtype, device=device(x0))
+            for x_q, x_fp in zip(rows.parts, floats[shared].parts, strict=True):  # window by window
+                acc.add(x_q, x_fp)
+            out[shared] = (acc.H, acc.dXXt)
+        return out
+
+    def quantize(self, model: Any, i: int, stage: tuple[str, ...], inputs: Mapping[str, Any],
                  hs: list[Any]) -> dict[str, Any]:
         new = {}
-        for shared, acc in inputs.items():  # one H and one factor U per shared input
+        for shared, (H, dXXt) in self._statistics(i, stage, inputs).items():  # one H and one U per shared input
             names = [f"blk.{i}.{k}.weight" for k in _readers(stage, shared)]
-            U = gptq.prepare_hessian(acc.H, self.act_order, self.percdamp, dtype=model.weights[names[0]].dtype).U
+            U = gptq.prepare_hessian(H, self.act_order, self.percdamp, dtype=model.weights[names[0]].dtype,
+                                     act_group_aware=self.act_group_aware, group_size=self.group_size).U
             for name in names:
-                r = gptq.gptq_quantize(model.weights[name], acc.H, self.bits, self.group_size, self.symmetric,
+                r = gptq.gptq_quantize(model.weights[name], H, self.bits, self.group_size, self.symmetric,
                                        act_order=self.act_order, static_groups=self.static_groups,
-                                       blocksize=self.blocksize, percdamp=self.percdamp, partial_group=True, U=U)
+                                       blocksize=self.blocksize, percdamp=self.percdamp, partial_group=True, U=U,
+                                       act_group_aware=self.act_group_aware, mse=self.mse, dXXt=dXXt,
+                                       alpha=self.alpha)
                 new[name], self.layers[name] = r.W_hat, r
+        if self.gptaq and stage == self.stages[-1]:  # the float model's inputs of the next block
+            self.float_hs = [self.float_model.block(i, h) for h in self.float_hs]
         return new
 
 
@@ -106,7 +136,8 @@ def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size
                         act_order: bool = False, symmetric: bool = False, static_groups: bool = False,
                         blocksize: int = gptq.BLOCKSIZE, percdamp: float = gptq.PERCDAMP, window: int = 512,
                         true_sequential: bool = True, blocks: Iterable[int] | None = None,
-                        progress: Any = None) -> BlockwiseResult:
+                        progress: Any = None, act_group_aware: bool = False, mse: float = 0.0,
+                        gptaq: bool = False, alpha: float = gptq.GPTAQ_ALPHA) -> BlockwiseResult:
     """Block-sequential GPTQ of every linear of a ``refquant.model`` Llama.
 
         h = embed(calibration windows)
@@ -122,6 +153,10 @@ def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size
     -> ``BlockwiseResult``: weights {GGUF name: Ŵ (out, in)} for the chosen ``blocks`` (default
     all), details {name: GPTQResult}. ``progress(iterable, desc, total)`` wraps the block loop
     (e.g. tqdm). true_sequential=False quantizes all seven from one capture.
+    act_group_aware, mse: ``gptq.gptq_quantize``'s GAR ordering and range search (its
+    docstring). gptaq: GPTAQ's asymmetric calibration, X̃ the inputs of the model quantized so
+    far (the driver's), X the float model's, which walks the same blocks from the same
+    embedded windows beside it; alpha its α.
     """
     # every argument checked before the first block runs (not minutes later, deep inside a layer)
     bits = check_bits(bits)
@@ -129,11 +164,17 @@ def gptq_quantize_model(model: Any, calib_tokens: Any, bits: int = 4, group_size
     check_number(blocksize, "blocksize", 1, integer=True)
     check_number(percdamp, "percdamp", 0, lo_open=True)
     check_number(window, "window", 1, integer=True)
+    if not isinstance(gptaq, bool):
+        raise TypeError(f"gptaq: expected True or False, got {gptaq!r}")
+    gptq._check_variants(None, group_size, act_order, act_group_aware, mse, gptq.MSE_GRID, gptq.MSE_MAXSHRINK,
+                         None, alpha)
     blocks = _check_blocks(model, blocks)
     hs = embedded_windows(model, calib_tokens, window)  # (window, d) each
     method = _GPTQ(bits, group_size, act_order, symmetric, static_groups, blocksize, percdamp,
-                   STAGES if true_sequential else (sum(STAGES, ()),))
-    label = f"GPTQ {bits}-bit{' act-order' if act_order else ''}"
+                   STAGES if true_sequential else (sum(STAGES, ()),), act_group_aware, float(mse), gptaq, float(alpha),
+                   model if gptaq else None, list(hs) if gptaq else None)
+    label = f"GPTQ {bits}-bit{' act-order' if act_order else ''}{' GAR' if act_group_aware else ''}" \
+            f"{' mse' if mse else ''}{' GPTAQ' if gptaq else ''}"
     weights = walk_blocks(model, hs, method, blocks, progress, desc=label)
     return BlockwiseResult(weights=weights, details=method.layers)
 
