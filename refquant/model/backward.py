@@ -5,8 +5,8 @@ backward reads); each ``op_backward`` maps the gradient of the loss with respect
 (``dy``, same shape as y) to the gradients with respect to the inputs. The outputs are those of
 ``refquant.model.llama``: where llama.py's function returns everything the backward needs we call
 it (``rms_norm``, ``rope``, ``swiglu``); attention needs its probabilities, so
-``attention_forward`` repeats llama.attention's steps (same GEMMs, same order, bit-identical
-output: tests/test_backward.py) and keeps ``p``.
+``attention_forward`` calls llama.attention's two halves (``attention_parts``, then
+``attention_output``) and keeps the parts, ``p`` among them: the same GEMMs in the same order.
 
     op                         forward                                 backward
     embedding    h = E[t]                                  dE[t] += dh                (scatter-add)
@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol
 import numpy as np
 
 from .._backend import device, namespace, to_numpy
-from .llama import rms_norm, rope, swiglu
+from .llama import AttentionParts, attention_output, attention_parts, rms_norm, rope, swiglu
 from .loader import LINEAR_NAMES
 
 __all__ = [
@@ -189,33 +189,13 @@ def swiglu_backward(dm: Any, cache: SwiGLUCache) -> SwiGLUGrads:
 # --------------------------------------------------------------------------------------
 
 
-class AttentionCache(NamedTuple):
-    q: Any  # (H_kv, group·T, D) query rows stacked per key/value head
-    k: Any  # (H_kv, T, D)
-    v: Any  # (H_kv, T, D)
-    p: Any  # (H_kv, group·T, T) softmax probabilities (0 above the diagonal)
+AttentionCache = AttentionParts  # q, k, v stacked per key/value head and P: what the backward needs
 
 
 def attention_forward(q: Any, k: Any, v: Any) -> tuple[Any, AttentionCache]:
-    """llama.attention's causal GQA, step for step, keeping P.   (T,H,D), (T,H_kv,D) x2 -> (T,H,D)"""
-    xp = namespace(q)
-    T, H, D = q.shape
-    H_kv = k.shape[1]
-    group = H // H_kv
-    q = xp.reshape(xp.permute_dims(q, (1, 0, 2)), (H_kv, group * T, D))  # (H_kv, group·T, D)
-    k = xp.asarray(xp.permute_dims(k, (1, 0, 2)), copy=True)  # (H_kv, T, D)
-    v = xp.asarray(xp.permute_dims(v, (1, 0, 2)), copy=True)  # (H_kv, T, D)
-    scores = xp.matmul(q, xp.matrix_transpose(k)) * (1.0 / math.sqrt(D))  # (H_kv, group·T, T)
-    scores = xp.reshape(scores, (H_kv, group, T, T))  # (H_kv, group, T, T)
-    future = xp.triu(xp.ones((T, T), dtype=xp.bool, device=device(q)), k=1)  # (T, T): key after query
-    scores = xp.where(future, -xp.inf, scores)
-    scores = scores - xp.max(scores, axis=-1, keepdims=True)
-    p = xp.exp(scores)
-    p = p / xp.sum(p, axis=-1, keepdims=True)  # (H_kv, group, T, T)
-    p = xp.reshape(p, (H_kv, group * T, T))  # (H_kv, group·T, T)
-    out = xp.matmul(p, v)  # (H_kv, group·T, D)
-    out = xp.permute_dims(xp.reshape(out, (H, T, D)), (1, 0, 2))  # (T, H, D)
-    return out, AttentionCache(q, k, v, p)
+    """llama.attention, keeping its stacked operands and P.   (T,H,D), (T,H_kv,D) x2 -> (T,H,D)"""
+    parts = attention_parts(q, k, v)
+    return attention_output(parts, q.shape[1]), parts
 
 
 class AttentionGrads(NamedTuple):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -81,16 +81,19 @@ def rope(x: Any, cos: Any, sin: Any) -> Any:
     return xp.reshape(xp.stack([y0, y1], axis=-1), (T, H, D))  # (T, H, D)
 
 
-def attention(q: Any, k: Any, v: Any) -> Any:
-    """Causal grouped-query attention: softmax(q kᵀ/√D + M) v for every query head.
+class AttentionParts(NamedTuple):
+    """The operands of causal GQA with the query heads of each key/value head stacked as rows."""
 
-    q: (T, H, D), k, v: (T, H_kv, D) -> (T, H, D). Query head h uses key/value head
-    h // (H / H_kv) (ggml's broadcast in ``ggml_mul_mat``). M is 0 on and below the
-    diagonal and −∞ above: token t attends to tokens 0..t.
+    q: Any  # (H_kv, group·T, D) query rows, ``group`` = H / H_kv heads per key/value head
+    k: Any  # (H_kv, T, D), contiguous for the GEMM
+    v: Any  # (H_kv, T, D)
+    p: Any  # (H_kv, group·T, T) softmax probabilities, 0 above the diagonal
 
-    The ``group`` query heads sharing a key/value head are stacked as extra rows, so each
-    key/value head costs one (group·T, D) × (D, T) GEMM (a broadcast batch dimension
-    instead makes NumPy's matmul several times slower).
+
+def attention_parts(q: Any, k: Any, v: Any) -> AttentionParts:
+    """P = softmax(q kᵀ/√D + M) per key/value head, the operands stacked (see ``attention``).
+
+    q: (T, H, D), k, v: (T, H_kv, D). The backward pass (refquant.model.backward) keeps these.
     """
     xp = namespace(q)
     T, H, D = q.shape
@@ -106,8 +109,30 @@ def attention(q: Any, k: Any, v: Any) -> Any:
     scores = scores - xp.max(scores, axis=-1, keepdims=True)
     p = xp.exp(scores)
     p = p / xp.sum(p, axis=-1, keepdims=True)  # (H_kv, group, T, T), rows sum to 1
-    out = xp.matmul(xp.reshape(p, (H_kv, group * T, T)), v)  # (H_kv, group·T, D)
-    return xp.permute_dims(xp.reshape(out, (H, T, D)), (1, 0, 2))  # (T, H, D)
+    return AttentionParts(q, k, v, xp.reshape(p, (H_kv, group * T, T)))
+
+
+def attention_output(parts: AttentionParts, n_head: int) -> Any:
+    """P v, the stacked rows laid back out per query head.   -> (T, H, D)"""
+    xp = namespace(parts.p)
+    H_kv, _, T = parts.p.shape
+    D = parts.v.shape[-1]
+    out = xp.matmul(parts.p, parts.v)  # (H_kv, group·T, D)
+    return xp.permute_dims(xp.reshape(out, (n_head, T, D)), (1, 0, 2))  # (T, H, D)
+
+
+def attention(q: Any, k: Any, v: Any) -> Any:
+    """Causal grouped-query attention: softmax(q kᵀ/√D + M) v for every query head.
+
+    q: (T, H, D), k, v: (T, H_kv, D) -> (T, H, D). Query head h uses key/value head
+    h // (H / H_kv) (ggml's broadcast in ``ggml_mul_mat``). M is 0 on and below the
+    diagonal and −∞ above: token t attends to tokens 0..t.
+
+    The ``group`` query heads sharing a key/value head are stacked as extra rows, so each
+    key/value head costs one (group·T, D) × (D, T) GEMM (a broadcast batch dimension
+    instead makes NumPy's matmul several times slower).
+    """
+    return attention_output(attention_parts(q, k, v), q.shape[1])
 
 
 def swiglu(gate: Any, up: Any) -> Any:
