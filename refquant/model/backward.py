@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
-from .._backend import device, namespace, to_numpy
+from .._backend import namespace, to_numpy
 from .llama import AttentionParts, attention_output, attention_parts, rms_norm, rope, swiglu
 from .loader import LINEAR_NAMES
 
