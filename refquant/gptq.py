@@ -52,7 +52,9 @@ neutral setting plain GPTQ bit for bit, tests/test_gptq_variants.py):
 
   Both sorts are stable here (GPTQModel's local sort is ``torch.sort``, unspecified on ties).
   One group (G = in) makes it act-order. The scales are found on the group as the loop meets
-  it and returned in the original group order.
+  it and returned in the original group order. With static_groups each column takes its own
+  (original) group's scales; GPTQModel's static branch looks the group up by processing
+  position when act_group_aware is on, which refquant does not copy.
 * ``mse`` — range clipping by an L^p search (GPTQ reference quant.py ``find_params``;
   GPTQModel's ``mse`` option, whose value is the norm p, 2.4 in the reference): for every
   group, once its weights are known (when the loop reaches it, or up front when static),
@@ -64,7 +66,7 @@ neutral setting plain GPTQ bit for bit, tests/test_gptq_variants.py):
 
   f_0 = 1 is the min/max grid, so one factor (``mse_maxshrink · mse_grid = 1``) is plain GPTQ.
   (GPTQModel also tries the other neighbouring integer zero at 2 bits, asymmetric; not modelled.)
-* GPTAQ / GPTQ v2 — asymmetric calibration (Li, Yin, Panda et al., "GPTAQ: Efficient
+* GPTAQ / GPTQ v2 — asymmetric calibration (Y. Li et al., "GPTAQ: Efficient
   Finetuning-Free Quantization for Asymmetric Calibration", ICML 2025; GPTQModel
   ``quantization/gptaq.py``). The layer's input in the quantized model, X̃, differs from the
   float model's X; GPTAQ minimizes ‖W X - Ŵ X̃‖² instead of ‖(W - Ŵ) X̃‖²:
