@@ -75,6 +75,19 @@ def test_gar_on_an_already_ordered_hessian_is_plain_gptq(layer):
     assert _same(gar, gptq.gptq_quantize(W, H, **_kw(layer)))
 
 
+@given(layers())
+def test_gar_static_groups_are_the_original_groups(layer):
+    # static scales come from the original W's groups of G consecutive columns; under GAR each
+    # column is quantized with its own group's (not the group at its processing position)
+    W, H, G = layer["W"], layer["H"], layer["G"]
+    r = gptq.gptq_quantize(W, H, act_group_aware=True, static_groups=True, **_kw(layer))
+    for g in range(W.shape[1] // G):
+        s, z = gptq.minmax_params(W[:, g * G:(g + 1) * G], layer["bits"], layer["symmetric"])
+        assert np.array_equal(r.s[:, g:g + 1], s) and np.array_equal(r.z[:, g:g + 1], z)
+    q = gptq.quantize_column(r.W_hat, r.s[:, r.g_idx], r.z[:, r.g_idx], 0, 2 ** layer["bits"] - 1)[0]
+    assert np.array_equal(q, r.q)  # every Ŵ sits on its own group's grid
+
+
 def test_gar_partial_last_group():
     # 80 columns in groups of 32: two full groups reordered, the 16-column tail last
     W, _, H = correlated_layer(3, 8, 80, 400, 1.0)
