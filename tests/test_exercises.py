@@ -13,7 +13,7 @@ from refquant import exercises as E
 from refquant._errors import UserError
 
 NAMES = ("awq_scale_search", "gptq_column_update", "gptq_vs_awq_3bit", "group_quant", "int8_per_channel",
-         "memory_math", "mixed_precision", "nf4_codebook", "q4k_superblock")
+         "lora_backward", "memory_math", "mixed_precision", "nf4_codebook", "q4k_superblock")
 # checkers that load SmolLM2 and run it: 10-70 s each on 2 shared cores
 MODEL_BASED = ("awq_scale_search", "gptq_column_update", "gptq_vs_awq_3bit", "int8_per_channel", "mixed_precision")
 
