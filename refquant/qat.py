@@ -48,7 +48,8 @@ from .model.llama import LlamaModel
 from .model.loader import LINEAR_NAMES
 
 __all__ = ["QatConfig", "Grouped", "quantize", "fake_quantize", "QatLinear", "FrozenLinear", "init_weights",
-           "prefixes", "loss_and_grads", "AdamW", "train", "TrainResult", "quantized_weights", "quantized_model"]
+           "prefixes", "loss_and_grads", "AdamW", "train", "TrainResult", "quantized_weights", "quantized_model",
+           "Experiment", "experiment", "plot"]
 
 
 # --------------------------------------------------------------------------------------
@@ -310,3 +311,94 @@ def quantized_model(model: LlamaModel, weights: Mapping[str, np.ndarray], config
     w = dict(model.weights)
     w.update({name: g.W_hat for name, g in quantized_weights(model, weights, config).items()})
     return LlamaModel(model.config, w, model.tokenizer, model.metadata)
+
+
+# --------------------------------------------------------------------------------------
+# The experiment: QAT of SmolLM2's last blocks from RTN, evaluation perplexity
+# --------------------------------------------------------------------------------------
+
+
+class Experiment(NamedTuple):
+    trained: list  # names of the latent weights trained
+    steps: int
+    train_tokens: int  # tokens seen in training (steps × window)
+    ppl_float: float
+    ppl_rtn: float
+    ppl_qat: float
+    curve: list  # [(step, evaluation perplexity)] from step 0 (= RTN)
+    losses: list  # training loss per step
+    seconds: float  # wall time of the training steps and the evaluations during them
+    gap_closed: float  # (ppl_rtn − ppl_qat) / (ppl_rtn − ppl_float)
+
+
+def experiment(model: LlamaModel | None = None, blocks: int = 2, steps: int = 200, window: int = 64,
+               lr: float = 5e-5, config: QatConfig = QatConfig(), eval_window: int = 128, eval_windows: int = 4,
+               eval_every: int = 50, log: Callable[[str], None] | None = None) -> Experiment:
+    """QAT of every linear of the last ``blocks`` blocks, one epoch of ``steps`` windows of the
+    calibration split; perplexity on the evaluation split (float, RTN, QAT, and along the way)."""
+    import time
+
+    from .model import data, load_model, perplexity, windows
+
+    model = load_model() if model is None else model
+    weights = init_weights(model, range(model.config.n_layer - blocks, model.config.n_layer))
+    train_windows = list(windows(model.tokenize(data.calibration_text()), window, steps))
+    eval_tokens = model.tokenize(data.evaluation_text())
+
+    def ppl(m: LlamaModel) -> float:
+        return perplexity(m, eval_tokens, window=eval_window, max_windows=eval_windows).ppl
+
+    say = log or (lambda s: None)
+    ppl_float = ppl(model)
+    t0 = time.perf_counter()
+    curve = [(0, ppl(quantized_model(model, {}, config)))]
+    say(f"float {ppl_float:.3f}  RTN {curve[0][1]:.3f}")
+    opt, losses = AdamW(lr=lr), []
+    done = 0
+    while done < steps:
+        n = min(eval_every, steps - done)
+        result = train(model, weights, train_windows[done:done + n], n, opt, config)
+        weights, done = result.weights, done + n
+        losses += result.losses
+        curve.append((done, ppl(quantized_model(model, weights, config))))
+        say(f"step {done}  loss {np.mean(result.losses):.4f}  eval ppl {curve[-1][1]:.3f}  "
+            f"{time.perf_counter() - t0:.0f} s")
+    seconds = time.perf_counter() - t0
+    rtn, final = curve[0][1], curve[-1][1]
+    return Experiment(sorted(weights), steps, steps * window, ppl_float, rtn, final, curve, losses, seconds,
+                      (rtn - final) / (rtn - ppl_float))
+
+
+def plot(result: Experiment, path: str) -> None:
+    """Training loss per step and the evaluation perplexity (float, RTN, QAT) along the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(np.arange(1, len(result.losses) + 1), result.losses, lw=0.8)
+    a.set_xlabel("step")
+    a.set_ylabel("training NLL (fake-quantized)")
+    steps, ppls = zip(*result.curve)
+    b.plot(steps, ppls, "o-", label="QAT (INT4, STE)")
+    b.axhline(result.ppl_rtn, color="C3", ls="--", label=f"RTN {result.ppl_rtn:.2f}")
+    b.axhline(result.ppl_float, color="C2", ls="--", label=f"float {result.ppl_float:.2f}")
+    b.set_xlabel("step")
+    b.set_ylabel("evaluation perplexity")
+    b.set_title(f"{result.gap_closed:.0%} of the RTN gap closed")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # python -m refquant.qat [steps] [lr] [plot.png]
+    import sys
+
+    args = sys.argv[1:]
+    res = experiment(steps=int(args[0]) if args else 200, lr=float(args[1]) if len(args) > 1 else 5e-5,
+                     log=lambda s: print(s, flush=True))
+    print(res._replace(losses=f"{len(res.losses)} values, first {res.losses[0]:.4f} last {res.losses[-1]:.4f}"))
+    if len(args) > 2:
+        plot(res, args[2])
