@@ -119,3 +119,27 @@ def test_bad_variant_options_fail_before_the_first_block():
         blockwise.gptq_quantize_model(model, calib, gptaq="yes", window=64)
     with pytest.raises(ValueError, match="alpha"):
         blockwise.gptq_quantize_model(model, calib, gptaq=True, alpha=-1.0, window=64)
+
+
+def test_a_block_walked_alone_sees_the_outputs_of_the_blocks_before_it():
+    # blocks=[1]: block 0 is run unchanged, so block 1 is calibrated on block 0's outputs, not on
+    # the embeddings (recorded through walk_blocks with a method that only looks)
+    from refquant.model import calibration
+
+    model = tiny_model(8)
+    hs = [model.embed(np.arange(32) % 97)]
+    seen = {}
+
+    class Look:
+        stages = (("attn_q",),)
+        accumulator = calibration.Rows
+
+        def quantize(self, model, i, stage, inputs, hs):
+            seen[i] = inputs["attn_q"].X
+            return {}
+
+    calibration.walk_blocks(model, hs, Look(), blocks=[1])
+    want = calibration.block_inputs(model, 1, [model.block(0, h) for h in hs], ("attn_q",))["attn_q"]
+    assert list(seen) == [1] and np.array_equal(seen[1], want)
+    with pytest.raises(ValueError, match="blocks: expected increasing"):
+        calibration.walk_blocks(model, hs, Look(), blocks=[1, 0])

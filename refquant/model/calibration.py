@@ -133,16 +133,23 @@ def walk_blocks(model: Any, hs: list[Any], method: Method, blocks: Iterable[int]
                 desc: str = "", propagate: str = "quantized") -> dict[str, Any]:
     """Block by block, stage by stage: capture, ``method.quantize``, propagate (module docstring).
 
-    hs: the embedded calibration windows (T, d); blocks: the indices to walk, in order;
+    hs: the embedded calibration windows (T, d); blocks: the indices to walk, increasing (a block
+    left out is run unchanged, so block i always sees the outputs of blocks 0..i-1);
     progress(iterable, desc=, total=) wraps the block loop (e.g. tqdm) -> {GGUF name: new
     weight} of every block walked.
     """
     if propagate not in ("quantized", "original"):
         raise ValueError(f"propagate: expected 'quantized' or 'original', got {propagate!r}")
-    blocks = list(blocks)
+    blocks = [int(i) for i in blocks]
+    if any(b <= a for a, b in zip(blocks, blocks[1:])):
+        raise ValueError(f"blocks: expected increasing block indices, got {blocks}")
     progress = progress or (lambda it, desc="", total=None: it)
     current, replaced = model, {}
+    walked = 0  # hs holds the inputs of block `walked`
     for i in progress(blocks, desc=desc, total=len(blocks)):
+        for j in range(walked, i):  # blocks left out are run as they are, to reach block i's inputs
+            hs = [current.block(j, h) for h in hs]
+        walked = i + 1
         before = [current.block(i, h) for h in hs] if propagate == "original" else None
         for stage in method.stages:
             inputs = capture(current, i, hs, stage, method.accumulator)
