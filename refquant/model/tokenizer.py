@@ -41,9 +41,11 @@ PRE_TOKENIZER_REGEXES = {
 class Tokenizer:
     """Byte-level BPE built from a GGUF file's ``tokenizer.ggml.*`` metadata.
 
-    >>> tok = Tokenizer.from_metadata(metadata)          # doctest: +SKIP
-    >>> tok.encode("Hello world")                        # doctest: +SKIP
-    [19556, 905]
+    >>> from refquant.model.data import smollm2_path
+    >>> from refquant.model.loader import load_weights
+    >>> tok = Tokenizer.from_metadata(load_weights(smollm2_path())[0])   # SmolLM2's metadata
+    >>> tok.encode("Hello world"), tok.decode([19556, 905])
+    ([19556, 905], 'Hello world')
     """
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[str], pre: str = "gpt2",
