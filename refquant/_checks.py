@@ -16,7 +16,7 @@ import numpy as np
 
 from ._backend import namespace
 
-__all__ = ["check_float", "check_finite", "check_bits", "check_int", "check_float32_range", "check_divisible",
+__all__ = ["check_weight_matrix", "check_float", "check_finite", "check_bits", "check_int", "check_float32_range", "check_divisible",
            "check_nonempty", "check_number"]
 
 
@@ -107,6 +107,15 @@ def check_float_input(x: Any, name: str = "x") -> None:
     check_float(x, name)
     check_nonempty(x, name)
     check_finite(x, name)
+
+
+def check_weight_matrix(W: Any, name: str = "W") -> None:
+    """A weight to quantize: a floating (out, in) matrix, non-empty, finite."""
+    check_float(W, name)
+    check_nonempty(W, name)
+    if W.ndim != 2:
+        raise ValueError(f"{name}: expected a matrix (out, in), got shape {tuple(W.shape)}")
+    check_finite(W, name)
 
 
 def check_number(value: Any, name: str, lo: float | None = None, hi: float | None = None, *,

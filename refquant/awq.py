@@ -55,7 +55,7 @@ import math
 from typing import Any, Iterable, NamedTuple
 
 from ._backend import device, namespace
-from ._checks import check_bits, check_float, check_finite, check_nonempty, check_number
+from ._checks import check_bits, check_float, check_finite, check_nonempty, check_number, check_weight_matrix
 from ._rounding import round_half_even
 from .gptq import range_scale
 from .uniform import dequantize_codes, quantize_codes
@@ -83,11 +83,7 @@ def _check_X(X: Any, n_in: int | None = None, name: str = "X") -> None:
 
 
 def _check_W(W: Any, name: str = "W") -> None:
-    check_float(W, name)
-    check_nonempty(W, name)
-    if W.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
-    check_finite(W, name)
+    check_weight_matrix(W, name)
 
 
 def _check_output_range(X: Any, Ws: list[Any], names: str) -> None:

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backend import namespace, to_numpy
-from ._checks import check_float_input, check_float32_range, check_int
+from ._checks import check_float32_range, check_int, check_weight_matrix
 from ._rounding import round_half_even
 
 __all__ = ["FloatFormat", "E4M3", "E5M2", "E3M2", "E2M3", "E2M1", "FORMATS", "get_format", "value_table",
@@ -240,10 +240,8 @@ def quantize(W: Any, fmt: Any = "e4m3", granularity: str = "tensor", block: int 
         raise ValueError(f"fmt: FP8 weights are e4m3 or e5m2, got {fmt.name}")
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity: expected one of {GRANULARITIES}, got {granularity!r}")
-    check_float_input(W, "W")
+    check_weight_matrix(W, "W")
     check_float32_range(W, "W", "FP8 quantization")
-    if W.ndim != 2:
-        raise ValueError(f"W: expected a matrix (out, in), got shape {tuple(W.shape)}")
     xp = namespace(W)
     W = xp.astype(W, xp.float32)
     rows, cols = W.shape

@@ -103,7 +103,7 @@ import warnings
 from typing import Any, NamedTuple
 
 from ._backend import device, namespace, to_numpy
-from ._checks import check_bits, check_float, check_finite, check_nonempty, check_number
+from ._checks import check_bits, check_float, check_finite, check_number, check_weight_matrix
 from ._rounding import round_half_even
 from .uniform import dequantize_codes, quantize_codes
 
@@ -443,11 +443,7 @@ class GPTQResult:
 
 
 def _check_W(W: Any) -> None:
-    check_float(W, "W")
-    check_nonempty(W, "W")
-    if W.ndim != 2:
-        raise ValueError(f"W: expected a 2-D weight (out, in), got shape {tuple(W.shape)}")
-    check_finite(W, "W")
+    check_weight_matrix(W, "W")
 
 
 def _check_layer(W: Any, H: Any) -> None:

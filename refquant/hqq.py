@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backend import namespace
-from ._checks import check_float_input, check_float32_range, check_int, check_number
+from ._checks import check_float32_range, check_int, check_number, check_weight_matrix
 from ._rounding import round_half_even
 
 __all__ = ["BITS", "CONVENTIONS", "ProximalParams", "HQQQuantized", "HQQResult", "shrink_lp", "hqq_quantize",
@@ -113,10 +113,8 @@ def hqq_quantize(W: Any, bits: int = 4, group_size: int = GROUP_SIZE, params: Pr
         raise ValueError(f"bits: HQQ packs {BITS} bits, got {bits}")
     if convention not in CONVENTIONS:
         raise ValueError(f"convention: expected one of {CONVENTIONS}, got {convention!r}")
-    check_float_input(W, "W")
+    check_weight_matrix(W, "W")
     check_float32_range(W, "W", "HQQ")
-    if W.ndim != 2:
-        raise ValueError(f"W: expected a matrix (out, in), got shape {tuple(W.shape)}")
     G = check_int(group_size, "group_size", 1)
     if W.shape[1] % G:
         raise ValueError(f"W: last dimension {W.shape[1]} is not a multiple of the group size G={G}")
