@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import refquant.gguf as rg
-from refquant.gguf import file, recipes
+from refquant.gguf import convert, file, recipes
+from refquant.gguf.imatrix import load_imatrix
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_whole_file_q4_k_m_matches_llama_quantize_and_loads(smollm2_path, tmp_pa
 
     ours, theirs = tmp_path / "ours.gguf", tmp_path / "llama.gguf"
     llama_quantize([(smollm2_path, str(theirs), recipes.FTYPES["Q4_K_M"][0])])
-    summary = recipes.quantize_file(smollm2_path, str(ours), "Q4_K_M")
+    summary = convert.quantize_file(smollm2_path, str(ours), "Q4_K_M")
     assert ours.read_bytes() == theirs.read_bytes()
     counts = {t: list(summary.types.values()).count(t) for t in set(summary.types.values())}
     # 576-wide rows: Q4_K -> Q5_0 (166), Q6_K -> Q8_0 (14 attn_v + the tied embedding, copied);

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import refquant.gguf as rg
-from refquant.gguf import file, recipes
+from refquant.gguf import convert, file, recipes
+from refquant.gguf.imatrix import load_imatrix
 from refquant.gguf.recipes import ModelInfo
 from refquant.testing.ggml import ggml_quantize
 
@@ -118,7 +119,7 @@ def test_whole_file_bytes_match_llama_quantize(ftype, tmp_path):
     """The file refquant writes is byte-for-byte the file llama-quantize writes."""
     src = tiny_llama(str(tmp_path / "in.gguf"), n_layer=8, rows=8, tied=True, seed=1)
     llama_quantize([(src, str(tmp_path / "llama.gguf"), recipes.FTYPES[ftype][0])])
-    summary = recipes.quantize_file(src, str(tmp_path / "ours.gguf"), ftype)
+    summary = convert.quantize_file(src, str(tmp_path / "ours.gguf"), ftype)
     assert (tmp_path / "ours.gguf").read_bytes() == (tmp_path / "llama.gguf").read_bytes()
     assert summary.bytes_out < summary.bytes_in or ftype == "BF16"
 
@@ -219,10 +220,10 @@ def test_imatrix_files_load_and_drive_the_weighted_search(writer, tmp_path, rng)
         names = [n for n in f.tensors if recipes.allows_quantization(n, f.tensors[n].shape)]
         values = {n: (rng.gamma(0.7, 1.0, f.tensors[n].shape[-1]) + 0.01).astype(np.float32) for n in names}
     writer(str(tmp_path / "imatrix"), values)
-    loaded = recipes.load_imatrix(str(tmp_path / "imatrix"))
+    loaded = load_imatrix(str(tmp_path / "imatrix"))
     assert set(loaded) == set(values)
     assert all(np.allclose(loaded[n], values[n], rtol=1e-6) for n in values)
-    summary = recipes.quantize_file(src, str(tmp_path / "out.gguf"), "Q4_0", imatrix=loaded)
+    summary = convert.quantize_file(src, str(tmp_path / "out.gguf"), "Q4_0", imatrix=loaded)
     with file.read(src) as f, file.read(str(tmp_path / "out.gguf")) as g:
         name = "blk.3.attn_q.weight"
         w = f.tensors[name].raw.view(np.float32)
@@ -234,7 +235,7 @@ def test_imatrix_files_load_and_drive_the_weighted_search(writer, tmp_path, rng)
 def test_bad_imatrix_file(tmp_path):
     (tmp_path / "bad.dat").write_bytes(b"\x05\x00\x00\x00garbage")
     with pytest.raises(ValueError, match="imatrix: .* is neither a GGUF imatrix nor a legacy"):
-        recipes.load_imatrix(str(tmp_path / "bad.dat"))
+        load_imatrix(str(tmp_path / "bad.dat"))
 
 
 # --------------------------------------------------------------------------- the command
@@ -297,6 +298,6 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rg, "quantize", flaky)
     with pytest.raises(MemoryError):
-        recipes.quantize_file(src, str(tmp_path / "out.gguf"), "Q8_0")
+        convert.quantize_file(src, str(tmp_path / "out.gguf"), "Q8_0")
     assert (tmp_path / "out.gguf").read_bytes() == b"previous"
     assert sorted(os.listdir(tmp_path)) == ["in.gguf", "out.gguf"]

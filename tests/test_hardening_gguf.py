@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import refquant.gguf as rg
-from refquant.gguf import file, recipes
+from refquant.gguf import convert, file, recipes
+from refquant.gguf.imatrix import load_imatrix
 from refquant.testing import strategies as rst
 from refquant.testing.ggml import ggml_dequantize, ggml_dequantize_row, ggml_quantize, ggml_quantize_row_ref
 
@@ -232,7 +233,7 @@ def test_imatrix_file_with_bad_entries_is_one_line_exit_2(writer, entry, tmp_pat
     values[7] = BAD_ENTRIES[entry]
     writer(str(tmp_path / "imatrix"), {"blk.0.attn_q.weight": values})
     with pytest.raises(ValueError, match=r"^imatrix: blk\.0\.attn_q\.weight: column 7"):
-        recipes.load_imatrix(str(tmp_path / "imatrix"))
+        load_imatrix(str(tmp_path / "imatrix"))
     out = tmp_path / "out.gguf"
     assert main(["quantize", src, str(out), "--type", "Q4_K_M", "--imatrix", str(tmp_path / "imatrix")]) == 2
     err = capsys.readouterr().err

@@ -6,7 +6,8 @@ import argparse
 import os
 
 from .._errors import UserError
-from ..gguf import recipes
+from ..gguf import convert, recipes
+from ..gguf.imatrix import load_imatrix
 from ..gguf.file import GGUFFormatError
 from ._paths import input_file, output_file
 
@@ -36,7 +37,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def _load_imatrix(path: str):
     try:
-        return recipes.load_imatrix(path)
+        return load_imatrix(path)
     except GGUFFormatError as e:
         raise UserError(f"--imatrix: {path!r}: not a valid GGUF file: {e}") from None
     except (ValueError, TypeError) as e:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     _check_paths(args)
     imatrix = _load_imatrix(args.imatrix) if args.imatrix else None
     try:
-        summary = recipes.quantize_file(args.input, args.output, ftype, imatrix)
+        summary = convert.quantize_file(args.input, args.output, ftype, imatrix)
     except GGUFFormatError as e:
         raise UserError(f"input: {args.input!r}: not a valid GGUF file: {e}") from None
     except (ValueError, TypeError) as e:

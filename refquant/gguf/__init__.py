@@ -40,7 +40,7 @@ import numpy as np
 
 from .._backend import device, from_numpy, namespace, to_numpy
 from .._checks import check_finite, check_float, check_nonempty
-from . import iquants, kquants, legacy
+from . import iq1, iq2, iq3, iquants, kquants, legacy, lowbit
 from .types import GGML_TYPES, GGMLType, ggml_type, row_bytes
 
 __all__ = ["quantize", "dequantize", "codec", "ggml_type", "row_bytes", "bits_per_weight", "validate_imatrix",
@@ -50,6 +50,7 @@ __all__ = ["quantize", "dequantize", "codec", "ggml_type", "row_bytes", "bits_pe
 IGNORED = "ignored"        # no imatrix path: the same bytes with or without one
 WEIGHTED = "weighted"      # the weighted search of quantize_row_<t>_impl
 WEIGHTED_ROW = "weighted, row σ²"  # the same, with weights qw·sqrt(σ² + x²) over the whole row's σ² (legacy _impl)
+REQUIRED = "required"      # weighted, and refused without one (ggml_quantize_requires_imatrix)
 
 
 class Codec(NamedTuple):
@@ -80,6 +81,9 @@ CODECS: dict[str, Codec] = {
     "IQ4_NL": Codec(iquants.quantize_iq4_nl, iquants.dequantize_iq4_nl, WEIGHTED),
     "IQ4_XS": Codec(iquants.quantize_iq4_xs, iquants.dequantize_iq4_xs, WEIGHTED),
 }
+# the families of their own modules: each lists {type: (quantize_<t>, dequantize_<t>, imatrix use)}
+for _family in (iq2, iq3, iq1, lowbit):
+    CODECS.update({name: Codec(*row) for name, row in _family.CODECS.items()})
 SUPPORTED = tuple(CODECS)
 # types whose bytes depend on the importance matrix (the others ignore it, as libggml does)
 IMATRIX_TYPES = tuple(name for name, c in CODECS.items() if c.imatrix != IGNORED)
@@ -126,6 +130,8 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
         True
     """
     t = _supported(qtype)
+    if imatrix is None and codec(t).imatrix == REQUIRED:
+        raise ValueError(f"imatrix: {t.name} needs an importance matrix (ggml_quantize_requires_imatrix); pass imatrix=")
     rows = _rows(x, t)                                                        # (n_rows, n) float32
     xp = namespace(rows)
     n_rows, n = rows.shape

@@ -1,6 +1,9 @@
-"""llama.cpp's quantization mixtures ("Q4_K_M" …) and whole-file quantization.
+"""llama.cpp's quantization mixtures ("Q4_K_M" …): which type each tensor of a file gets.
 
     refquant quantize IN.gguf OUT.gguf --type Q4_K_M [--imatrix imatrix.gguf]
+
+(The whole-file loop is ``refquant.gguf.convert``; importance-matrix files are
+``refquant.gguf.imatrix``.)
 
 A llama.cpp *file type* such as Q4_K_M is not one block format but a recipe: a default
 type (Q4_K) plus rules that spend more bits where quantization hurts most. This module
@@ -38,15 +41,13 @@ visit in the same order and write the output file in it, as llama-quantize does.
 Ref: llama.cpp src/llama-quant.cpp (tensor_allows_quantization, tensor_get_category,
 llama_tensor_get_type_impl, tensor_type_fallback, llama_ftype_get_default_type,
 llama_model_quantize_impl), src/llama-model-loader.h (weight_name_comparer),
-tools/quantize/quantize.cpp (load_imatrix, QUANT_OPTIONS).
+tools/quantize/quantize.cpp (QUANT_OPTIONS).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import struct
 from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
@@ -55,8 +56,7 @@ import numpy as np
 from .types import ggml_type
 
 __all__ = ["FTYPES", "ModelInfo", "use_more_bits", "category", "allows_quantization", "fallback", "tensor_type",
-           "mixture_type", "MIXTURE_RULES", "MIXTURE_AFTER", "tensor_types", "llama_order", "load_imatrix",
-           "quantize_file", "QuantizeSummary"]
+           "mixture_type", "MIXTURE_RULES", "MIXTURE_AFTER", "tensor_types", "llama_order"]
 
 # file type name -> (llama_ftype value written to general.file_type, default ggml type)
 FTYPES: dict[str, tuple[int, str]] = {
@@ -386,152 +386,3 @@ def _assign(tensors: Any, ftype: str, info: ModelInfo | None, has_imatrix: bool)
         if needs:
             raise ValueError(f"imatrix: Q2_K_S needs an importance matrix (e.g. for {needs[0]})")
     return out, n_fallback
-
-
-# --------------------------------------------------------------------------- importance matrices
-
-def load_imatrix(path: str) -> dict[str, np.ndarray]:
-    """An importance matrix written by llama-imatrix: {tensor name: float32 (n_per_row · n_mat,)}.
-
-    GGUF format: tensors ``<name>.in_sum2`` (Σ x² per column, per matrix) and
-    ``<name>.counts`` (how many rows were summed); the value is in_sum2 / count, or 1 for a
-    matrix that never saw input. Legacy ``.dat``: int32 n_entries, then per entry
-    int32 len, name, int32 ncall, int32 nval, nval float32 sums; the value is sum / ncall.
-    Every value must be finite and ≥ 0: else ValueError "imatrix: <tensor>: column j is ..."
-    (refquant.gguf.validate_imatrix), one line from ``refquant quantize``.
-    """
-    from . import file, validate_imatrix
-
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic == b"GGUF":
-        out: dict[str, np.ndarray] = {}
-        with file.read(path) as f:
-            sums = {n[: -len(".in_sum2")]: t for n, t in f.tensors.items() if n.endswith(".in_sum2")}
-            for name, t in sums.items():
-                counts_info = f.tensors.get(f"{name}.counts")
-                if counts_info is None:
-                    raise ValueError(f"imatrix: {name}.in_sum2 has no matching {name}.counts tensor")
-                s = np.array(t.raw).view(np.float32).reshape(-1, t.shape[-1])      # (n_mat, n_per_row)
-                c = np.array(counts_info.raw).view(np.float32).reshape(-1, 1)      # (n_mat, 1)
-                if c.shape[0] != s.shape[0]:
-                    raise ValueError(f"imatrix: {name}: {s.shape[0]} matrices but {c.shape[0]} counts")
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    out[name] = np.where(c > 0, s / np.where(c > 0, c, 1), np.float32(1)).astype(np.float32).ravel()
-        for name, values in out.items():  # negative / NaN / inf entries: ValueError naming imatrix, the tensor, the column
-            validate_imatrix(values, where=f"{name}: ")
-        return out
-    with open(path, "rb") as fh:
-        data = fh.read()
-    try:
-        pos = 0
-        (n_entries,) = struct.unpack_from("<i", data, pos); pos += 4
-        if n_entries < 1:
-            raise ValueError("no entries")
-        out = {}
-        for _ in range(n_entries):
-            (length,) = struct.unpack_from("<i", data, pos); pos += 4
-            if length <= 0 or pos + length > len(data):
-                raise ValueError("bad name length")
-            name = data[pos : pos + length].decode("utf-8"); pos += length
-            ncall, nval = struct.unpack_from("<ii", data, pos); pos += 8
-            if nval <= 0 or pos + 4 * nval > len(data):
-                raise ValueError(f"bad value count for {name}")
-            values = np.frombuffer(data, np.float32, nval, pos).copy(); pos += 4 * nval
-            out[name] = values / np.float32(ncall) if ncall > 0 else values
-    except (struct.error, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"imatrix: {path} is neither a GGUF imatrix nor a legacy llama-imatrix file ({e})") from None
-    for name, values in out.items():
-        validate_imatrix(values, where=f"{name}: ")
-    return out
-
-
-# --------------------------------------------------------------------------- whole files
-
-@dataclasses.dataclass
-class QuantizeSummary:
-    """What quantize_file did: weights, bytes before/after, bits per weight, types used."""
-
-    n_weights: int
-    bytes_in: int
-    bytes_out: int
-    types: dict[str, str]
-    n_fallback: int
-
-    @property
-    def bpw_in(self) -> float:
-        return 8.0 * self.bytes_in / self.n_weights
-
-    @property
-    def bpw_out(self) -> float:
-        return 8.0 * self.bytes_out / self.n_weights
-
-    def table(self) -> str:
-        counts = Counter(self.types.values())
-        kinds = ", ".join(f"{t}: {n}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        return (f"{len(self.types)} tensors ({kinds}); {self.n_weights:,} weights; "
-                f"{self.bytes_in / 2**20:.2f} MiB ({self.bpw_in:.2f} bpw) -> "
-                f"{self.bytes_out / 2**20:.2f} MiB ({self.bpw_out:.2f} bpw)")
-
-
-def quantize_file(src: str, dst: str, ftype: str, imatrix: Mapping[str, np.ndarray] | str | None = None,
-                  progress: Callable[[Iterable], Iterable] | None = None) -> QuantizeSummary:
-    """Quantize a GGUF model file with a llama.cpp mixture, as llama-quantize does.
-
-    Tensors keep llama.cpp's order; a tensor whose type does not change is copied byte
-    for byte; a quantized input tensor is decoded to float32 first (llama-quantize's
-    --allow-requantize). Metadata is copied with its value types, then
-    general.quantization_version = 2 and general.file_type = the llama_ftype are
-    (re)appended, and split keys dropped. The output is written atomically: on any error
-    ``dst`` is left as it was.
-    """
-    from . import dequantize, file, quantize
-
-    ftype = _ftype_name(ftype)
-    if isinstance(imatrix, (str, os.PathLike)):
-        imatrix = load_imatrix(os.fspath(imatrix))
-    file.check_destination(dst)  # a device or FIFO at dst: refused before the work, not after
-    with file.read(src) as f:
-        if not f.tensors:  # nothing to quantize, and bits per weight would be 0 / 0
-            raise ValueError(f"src: {os.fspath(src)!r} holds no tensors; nothing to quantize")
-        info = ModelInfo.from_metadata(f.metadata)
-        types, n_fallback = _assign(f, ftype, info, imatrix is not None)
-        metadata = {k: v for k, v in f.metadata.items() if not k.startswith("split.")}
-        metadata_types = {k: v for k, v in f.metadata_types.items() if k in metadata}
-        for key, value in (("general.quantization_version", QUANTIZATION_VERSION),
-                           ("general.file_type", FTYPES[ftype][0])):
-            metadata.pop(key, None)
-            metadata_types.pop(key, None)
-            metadata[key] = value
-            metadata_types[key] = file.ValueType.UINT32
-        out = []
-        names = list(types)
-        for name in (progress(names) if progress else names):
-            t = f.tensors[name]
-            new = types[name]
-            if new == t.type:
-                out.append((name, new, t.shape, np.asarray(t.raw)))
-                continue
-            weights = t.raw.view(np.float32) if t.type == "F32" else dequantize(np.asarray(t.raw), t.type)
-            qw = None
-            if imatrix is not None and name in imatrix:
-                qw = np.asarray(imatrix[name], dtype=np.float32)
-            out.append((name, new, t.shape, _quantize_tensor(quantize, weights, new, qw, name)))
-        file.write(dst, metadata, out, metadata_types=metadata_types)
-        n_weights = sum(t.n_elements for t in f.tensors.values())
-        bytes_in = sum(t.nbytes for t in f.tensors.values())
-    bytes_out = sum(int(np.asarray(raw).nbytes) for _, _, _, raw in out)
-    return QuantizeSummary(n_weights, bytes_in, bytes_out, types, n_fallback)
-
-
-def _quantize_tensor(quantize, weights: np.ndarray, qtype: str, qw: np.ndarray | None, name: str) -> np.ndarray:
-    """One tensor; an imatrix of n_per_row · n_expert values is split per expert (3-D tensors)."""
-    n = weights.shape[-1]
-    if qw is None or qw.size == n:
-        return quantize(weights, qtype, imatrix=qw)
-    n_mat = int(np.prod(weights.shape[:-2])) if weights.ndim > 2 else 1
-    if qw.size != n * n_mat:
-        raise ValueError(f"imatrix: {qw.size} values for {name}, expected {n} (or {n} per expert)")
-    mats = weights.reshape(n_mat, -1, n)
-    return np.stack([quantize(m, qtype, imatrix=qw[i * n : (i + 1) * n]) for i, m in enumerate(mats)]).reshape(
-        *weights.shape[:-1], -1)
