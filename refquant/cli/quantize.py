@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from .._errors import UserError
 from ..gguf import convert, recipes
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--type", required=True, metavar="T",
                         help=f"llama.cpp file type: {', '.join(recipes.FTYPES)} (Q4_K = Q4_K_M ...)")
     parser.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (.gguf or legacy .dat)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=f"worker threads (default: the machine's {os.cpu_count()} cores); the bytes are the same for every N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal's stderr)")
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -46,7 +50,18 @@ def _load_imatrix(path: str):
         raise UserError(f"--imatrix: cannot read {path!r}: {e.strerror or e}") from None
 
 
+def _progress(enabled: bool):
+    """A bar over the tensors on stderr, when stderr is a terminal (pipes and logs stay clean)."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return lambda names: tqdm(names, desc="tensors", unit="tensor", file=sys.stderr, dynamic_ncols=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads: expected a positive number of threads, got {args.threads}")
     try:
         ftype = recipes._ftype_name(args.type)  # "q4_k" -> "Q4_K_M"; an unknown type names the known ones
     except ValueError as e:
@@ -54,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     _check_paths(args)
     imatrix = _load_imatrix(args.imatrix) if args.imatrix else None
     try:
-        summary = convert.quantize_file(args.input, args.output, ftype, imatrix)
+        summary = convert.quantize_file(args.input, args.output, ftype, imatrix,
+                                        _progress(not args.no_progress), threads=args.threads)
     except GGUFFormatError as e:
         raise UserError(f"input: {args.input!r}: not a valid GGUF file: {e}") from None
     except (ValueError, TypeError) as e:

@@ -58,6 +58,10 @@ refquant hands out has data.
 
 Reading maps the file (``mmap``) and parses only the header, metadata and tensor table;
 ``TensorInfo.raw`` is a NumPy view on the mapping, so tensor bytes are paged in on use.
+``read(path, stream=True)`` maps nothing up front: it reads the header, metadata and
+tensor table from a prefix of the file (grown while the parse needs more), and each
+``raw`` or ``rows(start, stop)`` maps only those bytes until its array is freed — memory,
+virtual included, stays O(the arrays alive) for a file of any size.
 ``read`` also accepts ``bytes`` or any buffer (parsed in place, nothing copied). A path
 must name a regular file (or a symlink to one): a directory, FIFO, device or socket is
 refused with ``NotAFileError`` *before* it is opened — open() on a FIFO blocks until a
@@ -67,7 +71,9 @@ cannot block either).
 
 Writing (``write``) streams a file that llama.cpp and gguf-py read back identically:
 header, metadata in the given order with the given value types, tensor table, each
-tensor padded to the alignment. It writes atomically (``atomic_write``):
+tensor padded to the alignment. A tensor's bytes may be a callable, called only when the
+writer reaches that tensor (the header, whose offsets follow from types and shapes, is
+already out): a whole model then passes through in pieces. It writes atomically (``atomic_write``):
 
     Linux:    open(folder, O_TMPFILE)   an inode with no name: a crash leaves nothing behind
               write, fsync, fchmod
@@ -268,8 +274,28 @@ class TensorInfo:
 
     @property
     def raw(self) -> np.ndarray:
+        if isinstance(self._buffer, _Windows):  # read(path, stream=True): this tensor's bytes mapped now
+            return self._buffer.view(self.offset, self.nbytes).reshape(*self.shape[:-1], self.row_bytes)
         data = np.frombuffer(self._buffer, dtype=np.uint8, count=self.nbytes, offset=self.offset)
         return data.reshape(*self.shape[:-1], self.row_bytes)  # (..., row_bytes)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of ``shape[-1]`` weights: the product of every axis but the last."""
+        return int(np.prod(self.shape[:-1], dtype=np.int64))
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of the tensor flattened to 2-D: uint8 (stop - start, row_bytes).
+
+        With ``read(path, stream=True)`` only those rows are mapped (virtual memory too),
+        and unmapped when the array is freed; otherwise a view on the whole mapping.
+        """
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= self.n_rows):
+            raise ValueError(f"rows: expected 0 <= start < stop <= {self.n_rows}, got {start!r}, {stop!r}")
+        rb = self.row_bytes
+        if isinstance(self._buffer, _Windows):
+            return self._buffer.view(self.offset + start * rb, (stop - start) * rb).reshape(stop - start, rb)
+        return self.raw.reshape(self.n_rows, rb)[start:stop]
 
 
 class GGUFFile:
@@ -298,7 +324,9 @@ class GGUFFile:
     def close(self) -> None:
         """Release the mapping. Arrays still viewing it keep it alive until they are freed."""
         closer, self._closer = self._closer, None
-        if closer is not None:
+        if isinstance(closer, _Windows):
+            closer.close()
+        elif closer is not None:
             _release(self._buffer, closer)
 
     def __enter__(self) -> "GGUFFile":
@@ -312,12 +340,23 @@ class GGUFFile:
                 f"{len(self.tensors)} tensors, alignment={self.alignment}, size={self.size})")
 
 
-class _Cursor:
-    """Reads little-endian fields from a buffer, checking each length against the bytes left."""
+class _NeedMore(Exception):
+    """The parse reached the end of a prefix of the file (not of the file): read ``end`` bytes, parse again."""
 
-    def __init__(self, buf: memoryview):
+    def __init__(self, end: int):
+        self.end = end
+
+
+class _Cursor:
+    """Reads little-endian fields from a buffer, checking each length against the bytes left.
+
+    ``buf`` may be a prefix of a file of ``size`` bytes (``read(path, stream=True)``): a field
+    beyond the file is a GGUFFormatError, a field beyond the prefix raises _NeedMore.
+    """
+
+    def __init__(self, buf: memoryview, size: int | None = None):
         self.buf = buf
-        self.size = len(buf)
+        self.size = len(buf) if size is None else size
         self.pos = 0
 
     def need(self, n: int, field: str, what: str = "", at: int | None = None) -> None:
@@ -326,6 +365,8 @@ class _Cursor:
         if n > left:
             raise GGUFFormatError(field, self.pos if at is None else at,
                                   f"{what or f'{n} bytes'} needed but only {left} bytes left")
+        if self.pos + n > len(self.buf):
+            raise _NeedMore(self.pos + n)
 
     def scalar(self, vt: ValueType, field: str):
         st = _STRUCTS[vt]
@@ -350,11 +391,11 @@ class _Cursor:
         """A length-prefixed UTF-8 string; ``index`` (an array element's) joins the field name
         only if there is an error, so the loop over a 50k-token vocabulary stays cheap."""
         start = self.pos
-        if self.size - start < 8:
+        if len(self.buf) - start < 8:
             self.need(8, _element(field, index))
         (n,) = _U64.unpack_from(self.buf, start)
         self.pos = start + 8
-        if n > self.size - self.pos:
+        if n > len(self.buf) - self.pos:
             self.need(n, _element(field, index), f"string of {n} bytes", at=start)
         raw = bytes(self.buf[self.pos:self.pos + n])
         try:
@@ -367,7 +408,7 @@ class _Cursor:
 
     def strings(self, count: int, field: str) -> list[str]:
         """``count`` strings: ``string`` inlined, as a vocabulary holds ~50k of them."""
-        buf, size, pos = self.buf, self.size, self.pos
+        buf, size, pos = self.buf, len(self.buf), self.pos  # a prefix's end: self.string says which end
         unpack = _U64.unpack_from
         out = []
         for i in range(count):
@@ -434,19 +475,23 @@ def _read_value(cur: _Cursor, vt: int, key: str, type_offset: int):
     return values, (ValueType.ARRAY, et)
 
 
-def _parse(buf: memoryview) -> GGUFFile:
-    """The whole file, in the order of the format: header, metadata, tensor table, data section."""
-    cur = _Cursor(buf)
+def _parse(buf: memoryview, size: int | None = None, tensor_bytes: Any = None) -> GGUFFile:
+    """The whole file, in the order of the format: header, metadata, tensor table, data section.
+
+    ``buf`` may be a prefix of a ``size``-byte file (raises _NeedMore); ``tensor_bytes`` is then
+    where the tensors' bytes come from (a _Windows)."""
+    cur = _Cursor(buf, size)
     header = _read_header(cur)
     metadata, types, value_at = _read_metadata(cur, header)
     alignment = _alignment(metadata, types, value_at)
     entries = _read_tensor_table(cur, header.n_tensors, alignment)
     data_offset = _align(cur.pos, alignment)
     end = data_offset + _align(_check_data_section(entries, cur.size - data_offset), alignment)
-    tensors = {e.name: TensorInfo(e.name, e.type.name, e.type.id, e.shape, data_offset + e.offset, e.nbytes, buf)
+    source = buf if tensor_bytes is None else tensor_bytes
+    tensors = {e.name: TensorInfo(e.name, e.type.name, e.type.id, e.shape, data_offset + e.offset, e.nbytes, source)
                for e in entries}
     return GGUFFile(header.version, metadata, types, tensors, alignment, data_offset, cur.size,
-                    max(0, cur.size - end), buf)
+                    max(0, cur.size - end), None if tensor_bytes is not None else buf)
 
 
 class _Header(NamedTuple):
@@ -607,17 +652,77 @@ def _release(view: memoryview, mm: mmap.mmap) -> None:
         pass  # a TensorInfo.raw array still views it: unmapped when that array is freed
 
 
-def read(source) -> GGUFFile:
+class _Windows:
+    """Where the tensors of ``read(path, stream=True)`` come from: an open descriptor, and a
+    read-only mapping of just the bytes asked for, made on each request.
+
+    The array ``view`` returns holds its own mapping (mmap keeps a duplicate of the
+    descriptor), unmapped when the array is freed: memory — resident and virtual — stays
+    proportional to the arrays alive, however large the file.
+    """
+
+    def __init__(self, fd: int, path: str):
+        self.fd, self.path = fd, path
+
+    def view(self, offset: int, nbytes: int) -> np.ndarray:
+        """uint8 (nbytes,) read-only, the file's bytes [offset, offset + nbytes)."""
+        if self.fd is None:
+            raise ValueError(f"{self.path!r}: the file is closed; read its tensors before close()")
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY  # mmap offsets are page-aligned
+        mm = mmap.mmap(self.fd, offset + nbytes - start, access=mmap.ACCESS_READ, offset=start)
+        return np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=offset - start)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+_PREFIX_BYTES = 1 << 20  # stream=True reads the header in a prefix of 1 MiB, grown while the parse needs more
+
+
+def _read_streaming(path) -> GGUFFile:
+    """read(path, stream=True): parse a growing prefix (os.pread), map tensors on request."""
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        windows = _Windows(fd, os.fspath(path))
+        length = min(size, _PREFIX_BYTES)
+        while True:
+            prefix = os.pread(fd, length, 0)
+            if len(prefix) < length:
+                raise GGUFFormatError("file", len(prefix), f"{length} bytes expected; the file shrank while read")
+            try:
+                gf = _parse(memoryview(prefix), size, windows)
+                break
+            except _NeedMore as more:
+                length = min(size, max(2 * length, more.end))
+    except BaseException:
+        os.close(fd)
+        raise
+    gf._closer = windows
+    return gf
+
+
+def read(source, *, stream: bool = False) -> GGUFFile:
     """Parse a GGUF file (a path) or GGUF bytes (``bytes``, ``bytearray``, ``memoryview``,
     any buffer) and check it; raise GGUFFormatError naming the field and byte offset.
 
     A path is memory-mapped read-only; tensor bytes are read when ``TensorInfo.raw`` is used.
+    ``stream=True`` (a path only) maps nothing up front: the header, metadata and tensor
+    table are read (the same checks), and each ``raw`` / ``rows()`` maps just those bytes
+    until its array is freed — for files larger than memory, or than the address space a
+    ``ulimit -v`` leaves. The file stays open until ``close()``.
 
     Example:
         >>> f = read(to_bytes({"general.name": "tiny"}, [("w", "F32", (1, 2), bytes(8))]))
         >>> f.metadata["general.name"], f.tensors["w"].shape, f.tensors["w"].raw.shape
         ('tiny', (1, 2), (1, 8))
     """
+    if stream and not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source: stream=True reads a path, got {type(source).__name__}")
+    if stream:
+        return _read_streaming(source)
     if isinstance(source, (str, os.PathLike)):
         fd = open_regular(source)  # refuses a FIFO / device / folder before opening it
         try:
@@ -782,11 +887,38 @@ def _tensor_entries(tensors) -> list[tuple[str, Any, tuple[int, ...], Any]]:
         if shape[-1] % t.block_size:
             raise ValueError(f"{what}: row length {shape[-1]} is not a multiple of {t.name}'s block size {t.block_size}")
         nbytes = int(np.prod(shape, dtype=object)) // t.block_size * t.type_size
+        if callable(raw):  # produced when the writer reaches it; its size is known from type and shape
+            out.append((name, t, shape, _Later(raw, nbytes, what)))
+            continue
         data = _host_bytes(raw, what)
         if data.nbytes != nbytes:
             raise ValueError(f"{what}: {data.nbytes} bytes given, {t.name} {shape} takes {nbytes}")
         out.append((name, t, shape, data))
     return out
+
+
+class _Later(NamedTuple):
+    """A tensor whose bytes a callable makes when the writer reaches it (``write``'s streaming form)."""
+
+    make: Any
+    nbytes: int
+    what: str
+
+    def pieces(self) -> Iterator[memoryview]:
+        """The callable's bytes — one buffer or array, or an iterable of them — checked to add up."""
+        made = self.make()
+        parts = [made] if isinstance(made, (bytes, bytearray, memoryview, np.ndarray)) or hasattr(
+            made, "__dlpack__") or not hasattr(made, "__iter__") else made
+        total = 0
+        for part in parts:
+            data = _host_bytes(part, self.what)
+            total += data.nbytes
+            if total > self.nbytes:
+                break
+            yield data
+        if total != self.nbytes:
+            raise ValueError(f"{self.what}: the callable gave {'more than ' if total > self.nbytes else ''}"
+                             f"{total} bytes, its type and shape take {self.nbytes}")
 
 
 def _host_bytes(raw, what: str) -> memoryview:
@@ -855,7 +987,10 @@ def _chunks(metadata: Mapping[str, Any], tensors, metadata_types=None, alignment
     head = b"".join(parts)
     yield head + bytes(_align(len(head), alignment) - len(head))
     for _, _, _, data in entries:
-        yield data
+        if isinstance(data, _Later):
+            yield from data.pieces()
+        else:
+            yield data
         yield bytes(_align(data.nbytes, alignment) - data.nbytes)
 
 
@@ -875,7 +1010,12 @@ def write(path, metadata: Mapping[str, Any], tensors=(), *, metadata_types=None,
     tensors: (name, type, shape, raw) tuples (type a name like "Q4_K" or an id; shape in
         NumPy order; raw the tensor's bytes, ``row_bytes`` per row), a dict name ->
         (type, shape, raw), or TensorInfo objects of a read file. Written in that order,
-        each at an offset aligned to ``alignment`` and zero-padded.
+        each at an offset aligned to ``alignment`` and zero-padded. ``raw`` may be a
+        callable of no arguments returning those bytes, or an iterable of consecutive
+        pieces of them: the header (sizes known from type and shape) is written first,
+        and each callable is called only when the writer reaches its tensor — so a file
+        larger than memory streams through, one tensor (or piece) at a time. Bytes that
+        do not add up to the tensor's size raise ValueError (the destination untouched).
     alignment: data alignment; default ``metadata["general.alignment"]`` or 32. A value
         other than that is stored in ``general.alignment``.
 
