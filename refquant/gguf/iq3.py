@@ -96,6 +96,7 @@ K_MAX_Q = 8                   # kMaxQ: levels 0 … 7, odd values 2l + 1 = 1 …
 CUBE = K_MAX_Q ** GROUP       # kmap_size = 4096 level vectors
 SCALE_MAX = 15                # 4-bit sub-block scales: MAX(0, MIN(15, l))
 D_DIVISOR = 31                # d = max_scale / 31
+FLT_MAX = np.float32(np.finfo(np.float32).max)  # best_d2's start in iq3_find_best_neighbour
 STEP = float(np.float32(0.2))  # the 0.2f of id = (2*kMaxQ-1 + is*0.2f)/max
 
 
@@ -175,22 +176,26 @@ def _best_neighbour(nb: Neighbours, grid_odd: np.ndarray, u: np.ndarray, xval: n
                     scale: np.ndarray) -> np.ndarray:
     """iq3_find_best_neighbour for M off-grid groups: the grid index of least Σ waux (s q − x)².
 
-    u: (M,) keys; xval, waux: (M, 4); scale: (M, 1) -> (M,) grid indices. The sum runs
+    u: (M,) keys; xval, waux: (M, 4); scale: (M, 1); grid_odd: (4, n) the grid's 2l + 1
+    by coordinate -> (M,) grid indices. The sum runs
     over the 4 coordinates in order (d2 += w*diff*diff); the first strict minimum wins.
     """
     count = nb.count[u]                                                    # (M,)
-    seg = np.repeat(np.arange(u.size), count)                              # (T,) which group
-    flat = nb.points[np.repeat(nb.start[u] - np.cumsum(count) + count, count) + np.arange(count.sum())]  # (T,)
-    q = grid_odd[flat]                                                     # (T, 4) float32 odd levels
-    s = scale[seg, 0]
-    x = xval[seg]
-    w = waux[seg]
+    starts = np.cumsum(count) - count                                      # (M,) where group m's entries begin
+    seg = np.repeat(np.arange(u.size), count)                              # (T,) the group of each entry
+    offset = np.arange(seg.size) - starts[seg]                             # (T,) position inside its list
+    flat = nb.points[nb.start[u][seg] + offset]                            # (T,) candidate grid indices
+    s = scale[:, 0][seg]                                                   # (T,)
     d2 = np.zeros(flat.shape, np.float32)
-    for i in range(GROUP):
-        diff = s * q[:, i] - x[:, i]
-        d2 = d2 + w[:, i] * diff * diff
-    starts = np.cumsum(count) - count                                      # (M,)
+    for i in range(GROUP):                                                 # coordinate by coordinate, as C
+        diff = s * grid_odd[i][flat] - xval[:, i][seg]
+        d2 = d2 + waux[:, i][seg] * diff * diff
+    d2 = np.where(np.isnan(d2), np.float32(np.inf), d2)                    # a NaN never passes d2 < best_d2
     seg_min = np.minimum.reduceat(d2, starts)                              # (M,)
+    if not (seg_min < FLT_MAX).all():
+        # C: best_d2 = FLT_MAX and no candidate is below it -> GGML_ASSERT(grid_index >= 0) aborts
+        raise ValueError("x: the weighted distances of an IQ3 group overflow float32 (|x| above about 1e12, or a "
+                         "huge imatrix); libggml aborts on such a block (iq3_find_best_neighbour finds no grid point)")
     hit = np.flatnonzero(d2 == seg_min[seg])                               # every position at its group's minimum
     first = hit[np.concatenate([[True], seg[hit[1:]] != seg[hit[:-1]]])]   # the first of each group
     return flat[first]
@@ -209,14 +214,13 @@ class SubBlocks(NamedTuple):
     empty: np.ndarray    # (B,) bool: skipped by the C loop (``continue``)
 
 
-def _levels(xval: np.ndarray, inv_scale: np.ndarray, exact: bool) -> np.ndarray:
+def _levels(xval: np.ndarray, inv_scale: np.ndarray) -> np.ndarray:
     """l = MAX(0, MIN(7, nearest_int(0.5f*(id*x - 1)))) -> (B, 32) int64.
 
-    In the trial loop |id·x| ≤ (15 + 3)/max · max, where rounding is plain half-even;
-    ``exact`` takes nearest_int's C bit trick for the refit's id = 1/s (unbounded)."""
+    nearest_int is ggml's bit trick, not round(): a subnormal max makes id = 15/max = inf,
+    and id·x is then ±inf or NaN (0·inf), which the trick maps to −2²² and 0 (level 0)."""
     f = np.float32(0.5) * (inv_scale * xval - np.float32(1))
-    l = nearest_int(f) if exact else np.round(f)
-    return clamp(l, 0, K_MAX_Q - 1).astype(np.int64)
+    return clamp(nearest_int(f), 0, K_MAX_Q - 1).astype(np.int64)
 
 
 def _keys(L: np.ndarray) -> np.ndarray:
@@ -236,7 +240,7 @@ def _snap(v: Variant, L: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: 
     off = ~on if todo is None else (~on & todo)
     b, k = np.nonzero(off)
     if b.size:
-        grid_odd = (2 * v.grid.levels.astype(np.float32) + 1)              # (n, 4)
+        grid_odd = np.ascontiguousarray((2 * v.grid.levels.astype(np.float32) + 1).T)   # (4, n)
         xg = xval.reshape(-1, N_GROUP, GROUP)[b, k]                        # (M, 4)
         wg = waux.reshape(-1, N_GROUP, GROUP)[b, k]
         best = _best_neighbour(nb, grid_odd, u[b, k], xg, wg, scale[b])
@@ -281,7 +285,7 @@ def _search(v: Variant, x: np.ndarray, weight: np.ndarray) -> SubBlocks:
         inv = np.float32(2 * K_MAX_Q - 1) + np.float32(t) * np.float32(STEP)   # (2*kMaxQ-1+is*0.2f) in float32
         inv_scale = inv / safe_max                                         # (B, 1)
         trial_scale = np.float32(1) / inv_scale                            # this_scale = 1/id
-        Laux, on_aux = _snap(v, _levels(xval, inv_scale, exact=False), xval, waux, trial_scale)
+        Laux, on_aux = _snap(v, _levels(xval, inv_scale), xval, waux, trial_scale)
         sumqx, sumq2 = _fit(weight, xval, Laux)
         better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)              # (B, 1)
         scale = np.where(better, sumqx / np.where(sumq2 > 0, sumq2, np.float32(1)), scale)
@@ -294,7 +298,7 @@ def _search(v: Variant, x: np.ndarray, weight: np.ndarray) -> SubBlocks:
         with np.errstate(divide="ignore"):
             inv_scale = np.float32(1) / np.where(refit, scale, np.float32(1))
         todo = np.broadcast_to(refit, on_grid.shape) & (True if v.refit_all else ~on_grid)  # (B, 8)
-        Lr = np.where(np.repeat(todo, GROUP, axis=1), _levels(xval, inv_scale, exact=True), L)
+        Lr = np.where(np.repeat(todo, GROUP, axis=1), _levels(xval, inv_scale), L)
         Lr, _ = _snap(v, Lr, xval, waux, scale, todo)
         sumqx, sumq2 = _fit(weight, xval, Lr)
         L = np.where(refit, Lr, L)
