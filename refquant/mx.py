@@ -130,7 +130,8 @@ def scale_exponent(amax: Any, element: Any, mode: str = "floor") -> Any:  # (...
         # negative and wraps (on x86) to 256 + e, a huge scale whose elements are all 0
         X = xp.where(X < -E8M0_BIAS, X + 256, X)
     X = xp.where(positive, X, xp.full_like(X, -E8M0_BIAS))  # an all-zero block: the smallest scale
-    return xp.clip(X, -E8M0_BIAS, E8M0_BIAS)
+    # ggml's wrap reaches byte 255 (X = 128) where floorf(log2f(amax)) = -126: kept, beyond E8M0's range
+    return xp.clip(X, -E8M0_BIAS, E8M0_BIAS + 1 if mode == "ggml" else E8M0_BIAS)
 
 
 def mx_quantize(x: Any, element: Any = "fp4_e2m1", mode: str = "floor", block: int = MX_BLOCK) -> MXQuantized:
@@ -161,7 +162,8 @@ def mx_quantize(x: Any, element: Any = "fp4_e2m1", mode: str = "floor", block: i
         reciprocal = xp.where(X > -E8M0_BIAS, 2.0 ** (-X), xp.ones_like(X))
         y = xb * reciprocal
     else:
-        y = xb / xp.clip(2.0**X, F32_MIN_NORMAL, None)  # torchao's guard against a subnormal divisor
+        with np.errstate(over="ignore"):  # ggml's X = 128: 2^128 is inf, and every element 0
+            y = xb / xp.clip(2.0**X, F32_MIN_NORMAL, None)  # torchao's guard against a subnormal divisor
     q = round_to_format(y, fmt)  # saturating: torchao clamps FP8 before its cast; FP6/FP4 saturate
     return MXQuantized(q, X, fmt, block, mode)
 
@@ -169,7 +171,8 @@ def mx_quantize(x: Any, element: Any = "fp4_e2m1", mode: str = "floor", block: i
 def mx_dequantize(r: MXQuantized) -> Any:  # -> (..., n) float32
     """x̂ = q · 2^X, blocks flattened back onto the last axis."""
     xp = namespace(r.q)
-    x_hat = r.q * 2.0**r.X  # (..., n/B, B)
+    with np.errstate(over="ignore"):  # ggml's X = 128 (2^128 = inf) holds only zero elements: 0, not NaN
+        x_hat = xp.where(r.q == 0, r.q, r.q * 2.0**r.X)  # (..., n/B, B)
     return xp.reshape(x_hat, (*x_hat.shape[:-2], x_hat.shape[-2] * x_hat.shape[-1]))
 
 
