@@ -38,6 +38,7 @@ COMMANDS = {
     "inspect": ("refquant.cli.inspect", "print a GGUF file's tensor table and metadata"),
     "verify": ("refquant.cli.verify", "run refquant's parity checks against the oracles installed here"),
     "exercises": ("refquant.cli.exercises", "list the practice exercises, or check an attempt at one"),
+    "imatrix": ("refquant.cli.imatrix", "compute an importance matrix (llama-imatrix's GGUF file) with refquant's runtime"),
     "finetune": ("refquant.cli.finetune", "QLoRA: train LoRA adapters on a frozen 4-bit SmolLM2, report perplexity before/after"),
 }
 

@@ -20,9 +20,14 @@ DESCRIPTION = recipes.__doc__
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="GGUF model file to quantize (F32/F16/BF16 or already quantized)")
     parser.add_argument("output", help="where to write the quantized GGUF file (written atomically)")
-    parser.add_argument("--type", required=True, metavar="T",
-                        help=f"llama.cpp file type: {', '.join(recipes.FTYPES)} (Q4_K = Q4_K_M ...)")
+    parser.add_argument("--type", metavar="T",
+                        help=f"llama.cpp file type: {', '.join(recipes.FTYPES)} (Q4_K = Q4_K_M ...); "
+                             f"not needed with --target-bpw / --target-size")
     parser.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (.gguf or legacy .dat)")
+    parser.add_argument("--target-bpw", type=float, metavar="B",
+                        help="refquant's allocation: one type per tensor, at most B bits per weight (refquant.allocate)")
+    parser.add_argument("--target-size", metavar="SIZE", help="the same under a file size: bytes, or 90MB, 1.5GiB ...")
+    parser.add_argument("--dry-run", action="store_true", help="with a target: print the allocation, write nothing")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help=f"worker threads (default: the machine's {os.cpu_count()} cores); the bytes are the same for every N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal's stderr)")
@@ -62,6 +67,10 @@ def _progress(enabled: bool):
 def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: expected a positive number of threads, got {args.threads}")
+    if args.type is None or args.target_bpw is not None or args.target_size is not None or args.dry_run:
+        from ._target import run_target  # refquant's allocation (refquant.allocate) instead of a mixture
+
+        return run_target(args, _check_paths, _load_imatrix)
     try:
         ftype = recipes._ftype_name(args.type)  # "q4_k" -> "Q4_K_M"; an unknown type names the known ones
     except ValueError as e:
