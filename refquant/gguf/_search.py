@@ -500,8 +500,11 @@ def make_qp_quants(x: Any, nmax: int, quant_weights: Any) -> tuple[Any, Any]:
         iscale = xp.where(better, iscale_is, iscale)
     l = clamp(nearest_int(iscale[None, :] * xc), None, nmax)            # (n, B) int l = MIN(nmax, ...)
     L = _as_uint8(l)                                                      # uint8_t L[i] = l
-    sumlx = column_sum(w * xc * L)
-    suml2 = column_sum(w * L * L)
+    # the sums take C's int l, not the stored uint8_t: they differ for a negative x (IQ2_XXS
+    # passes one negated magnitude), where l < 0 wraps in L; + 0 makes a −0.0 the int's +0
+    lf = l + 0.0
+    sumlx = column_sum(w * xc * lf)
+    suml2 = column_sum(w * lf * lf)
     L, sumlx, suml2 = _descend(xp, xc, w, L, sumlx, suml2, None, nmax, need_sl2=True, store=_as_uint8)
     scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)), xp.zeros_like(suml2))
     scale = xp.where(zero, xp.zeros_like(scale), scale)
