@@ -55,7 +55,7 @@ import numpy as np
 
 from .types import ggml_type
 
-__all__ = ["FTYPES", "ModelInfo", "use_more_bits", "category", "allows_quantization", "fallback", "tensor_type",
+__all__ = ["FTYPES", "IQ_MIXTURES", "ModelInfo", "use_more_bits", "category", "allows_quantization", "fallback", "tensor_type",
            "mixture_type", "MIXTURE_RULES", "MIXTURE_AFTER", "tensor_types", "llama_order"]
 
 # file type name -> (llama_ftype value written to general.file_type, default ggml type)
@@ -66,7 +66,18 @@ FTYPES: dict[str, tuple[int, str]] = {
     "Q3_K_S": (11, "Q3_K"), "Q3_K_M": (12, "Q3_K"), "Q3_K_L": (13, "Q3_K"),
     "Q4_K_S": (14, "Q4_K"), "Q4_K_M": (15, "Q4_K"), "Q5_K_S": (16, "Q5_K"), "Q5_K_M": (17, "Q5_K"),
     "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"),
+    # the i-quant, ternary and 1-2 bit mixtures (IQ_MIXTURES); IQ2_S's default is IQ2_XS, IQ2_M's IQ2_S
+    "IQ2_XXS": (19, "IQ2_XXS"), "IQ2_XS": (20, "IQ2_XS"), "IQ2_S": (28, "IQ2_XS"), "IQ2_M": (29, "IQ2_S"),
+    "IQ3_XXS": (23, "IQ3_XXS"), "IQ3_XS": (22, "IQ3_S"), "IQ3_S": (26, "IQ3_S"), "IQ3_M": (27, "IQ3_S"),
+    "IQ1_S": (24, "IQ1_S"), "IQ1_M": (31, "IQ1_M"), "TQ1_0": (36, "TQ1_0"), "TQ2_0": (37, "TQ2_0"),
+    "MXFP4_MOE": (38, "MXFP4"), "Q1_0": (40, "Q1_0"), "Q2_0": (41, "Q2_0"),
 }
+IQ_MIXTURES = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M",
+               "TQ1_0", "TQ2_0", "MXFP4_MOE", "Q1_0", "Q2_0")
+# llama_tensor_get_type_impl's first branch after the output: these mixtures have rules of their own
+LOW_BIT = ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")
+# tensor_requires_imatrix: quantizing to these types (outside token_embd / output) needs an imatrix
+NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # llama-quantize's QUANT_OPTIONS
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 
@@ -150,7 +161,10 @@ def allows_quantization(name: str, shape: tuple[int, ...]) -> bool:
     return not any(key in name for key in _NOT_QUANTIZED) and name not in ("position_embd.weight", "token_types.weight")
 
 
-_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+             # the 256-blocks i-quants fall back to IQ4_NL, the ternary / 2-bit types to Q4_0 (Q1_0 has none)
+             **dict.fromkeys(("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS"), "IQ4_NL"),
+             **dict.fromkeys(("Q2_0", "TQ1_0", "TQ2_0"), "Q4_0")}
 
 
 def fallback(qtype: str, n_per_row: int) -> str:
@@ -203,7 +217,18 @@ def mixture_type(name: str, shape: tuple[int, ...], ftype: str, info: ModelInfo,
     cat = category(name)
     w = _Where(ftype, default, int(shape[-1]), info, i_attn_v, n_attn_v, _layer_index(name, cat, info, i_ffn),
                has_imatrix)
-    group = "output" if cat == "output" or (tied_embeddings and cat == "token_embd") else _RULE_GROUP.get(cat, "")
+    # the branches of llama_tensor_get_type_impl, in its order
+    if cat == "output" or (tied_embeddings and cat == "token_embd"):
+        group = "output"
+    elif ftype == "MXFP4_MOE":  # expert tensors (3-D: ne[2] > 1) MXFP4, every other matrix Q8_0
+        return "MXFP4" if len(shape) >= 3 and int(shape[-3]) > 1 else "Q8_0"
+    elif cat == "token_embd":
+        group = "token_embd"
+    elif ftype in LOW_BIT:  # IQ1_* / IQ2_*: a branch of their own, without the rules below
+        return next((r.new for r in MIXTURE_RULES["low_bit " + cat] if _names(r.ftypes, ftype) and r.when(w)), default) \
+            if "low_bit " + cat in MIXTURE_RULES else default
+    else:
+        group = _RULE_GROUP.get(cat, "")
     new = next((r.new for r in MIXTURE_RULES.get(group, ()) if _names(r.ftypes, ftype) and r.when(w)), default)
     for r in MIXTURE_AFTER:
         if cat in r.categories and _names(r.ftypes, ftype) and r.when(w, new):
@@ -272,19 +297,55 @@ def _always(w: _Where) -> bool:
 
 
 _RULE_GROUP = {"attn_v": "attn_v", "attn_qkv": "attn_v", "attn_kv_b": "attn_v", "ffn_down": "ffn_down",
-               "attn_output": "attn_output"}
-_MOE8_ATTN_OUTPUT = ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS")
+               "attn_output": "attn_output", "attn_k": "attn_k", "attn_q": "attn_q", "ffn_gate": "ffn_gate_up",
+               "ffn_up": "ffn_gate_up"}
+_MOE8_ATTN_OUTPUT = ("Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S", "IQ3_M",
+                     "IQ4_XS")
+_IQ2_SM = ("IQ2_S", "IQ2_M")
 
 # llama_tensor_get_type_impl's if/else chains, one table per group of tensors; the first row that applies wins
 MIXTURE_RULES: dict[str, tuple[Rule, ...]] = {
     "output": (  # output.weight, or token_embd.weight when the two are tied
+        Rule(("MXFP4_MOE",), _always, "Q8_0"),
         Rule(ANY, lambda w: w.falcon or w.n_cols % ggml_type(w.default).block_size != 0, "Q8_0"),
+        Rule(("IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"), _always, "Q5_K"),
         Rule(ANY, lambda w: w.default != "Q8_0", "Q6_K"),
+    ),
+    "token_embd": (  # a token_embd.weight that is not tied to the output
+        Rule(("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"), _always, "Q2_K"),
+        Rule(("IQ2_S", "IQ2_M", "IQ3_XXS"), _always, "IQ3_S"),
+        Rule(("TQ1_0", "TQ2_0", "Q2_0"), _always, "Q4_K"),
+    ),
+    # the IQ1_* / IQ2_* mixtures (LOW_BIT): one branch for every tensor, no MIXTURE_AFTER
+    "low_bit attn_v": tuple(Rule(LOW_BIT, when, new) for when, new in (
+        (lambda w: w.n_gqa >= 4 or w.n_expert >= 4, "Q4_K"),
+        (lambda w: w.ftype in _IQ2_SM, "IQ3_S"),
+        (_always, "Q2_K"))),
+    "low_bit attn_k": (Rule(LOW_BIT, lambda w: w.n_expert == 8, "Q4_K"),),
+    "low_bit ffn_down": (Rule(_IQ2_SM, lambda w: w.first_8th, "IQ3_S"), Rule(LOW_BIT, lambda w: w.first_8th, "Q2_K")),
+    "low_bit attn_output": (
+        Rule(LOW_BIT, lambda w: w.n_expert == 8, "Q5_K"),
+        Rule(("IQ1_S", "IQ1_M"), _always, "IQ2_XXS"),
+        Rule(_IQ2_SM, _always, "IQ3_S"),
+    ),
+    "attn_k": (
+        Rule(ANY, lambda w: w.n_expert == 8, "Q8_0"),  # (also a MIXTURE_AFTER row: same result)
+        Rule(("IQ3_XS",), _always, "IQ3_XXS"),
+        Rule(("IQ3_XXS",), _always, "IQ2_S"),
+    ),
+    "attn_q": (Rule(("IQ3_XS",), _always, "IQ3_XXS"), Rule(("IQ3_XXS",), _always, "IQ2_S")),
+    "ffn_gate_up": (  # ffn_gate and ffn_up, each with its own counter
+        Rule(("IQ3_XS",), lambda w: w.info.n_layer // 8 <= w.i_layer < 7 * w.info.n_layer // 8, "IQ3_XXS"),
     ),
     "attn_v": (  # attn_v, attn_qkv, attn_kv_b
         Rule(("Q2_K",), lambda w: w.n_gqa >= 4, "Q4_K"),
         Rule(("Q2_K",), _always, "Q3_K"),
         Rule(("Q2_K_S",), lambda w: w.n_gqa >= 4, "Q4_K"),
+        Rule(("IQ3_XXS",), lambda w: w.n_gqa >= 4, "Q4_K"),
+        Rule(("IQ3_XXS",), lambda w: not w.has_imatrix, "IQ3_S"),
+        Rule(("IQ3_XXS",), _always, "IQ3_XXS"),
+        Rule(("IQ3_XS", "IQ3_S"), lambda w: w.n_gqa >= 4, "Q4_K"),
+        Rule(("IQ3_M",), _always, "Q4_K"),
         Rule(("Q3_K_M",), lambda w: w.i_attn_v < 2, "Q5_K"),
         Rule(("Q3_K_M",), _always, "Q4_K"),
         Rule(("Q3_K_L",), _always, "Q5_K"),
@@ -295,8 +356,11 @@ MIXTURE_RULES: dict[str, tuple[Rule, ...]] = {
     "ffn_down": (
         Rule(("Q2_K",), _always, "Q3_K"),
         Rule(("Q2_K_S",), lambda w: w.first_8th, "Q4_K"),
+        Rule(("IQ3_XXS",), lambda w: not w.has_imatrix and w.first_8th, "Q4_K"),
+        Rule(("IQ3_XXS",), lambda w: not w.has_imatrix, "Q3_K"),
         Rule(("Q3_K_M",), lambda w: w.first_16th, "Q5_K"),
         Rule(("Q3_K_M",), lambda w: not w.falcon or w.more_bits, "Q4_K"),
+        Rule(("IQ3_M",), lambda w: w.first_8th or (w.n_expert == 8 and w.more_bits), "Q4_K"),
         Rule(("Q3_K_L",), lambda w: w.falcon, "Q4_K"),
         Rule(("Q3_K_L",), _always, "Q5_K"),
         Rule(("Q4_K_M",), lambda w: w.falcon and w.first_16th, "Q6_K"),
@@ -311,7 +375,8 @@ MIXTURE_RULES: dict[str, tuple[Rule, ...]] = {
     "attn_output": (
         Rule(_MOE8_ATTN_OUTPUT, lambda w: not w.falcon and w.n_expert == 8, "Q5_K"),
         Rule(("Q2_K",), lambda w: not w.falcon and w.n_expert != 8, "Q3_K"),
-        Rule(("Q3_K_M",), lambda w: not w.falcon and w.n_expert != 8, "Q4_K"),
+        Rule(("IQ3_XXS",), lambda w: not w.falcon and w.n_expert != 8, "IQ3_S"),
+        Rule(("Q3_K_M", "IQ3_M"), lambda w: not w.falcon and w.n_expert != 8, "Q4_K"),
         Rule(("Q3_K_L",), lambda w: not w.falcon and w.n_expert != 8, "Q5_K"),
         Rule(("Q3_K_L",), lambda w: w.falcon, "Q4_K"),
     ),
@@ -323,7 +388,7 @@ MIXTURE_AFTER: tuple[After, ...] = (
     # 8 heads share attn_v in a 70B model: a cheap place to spend bits
     After(_ATTN_V_LIKE, ANY, lambda w, new: w.info.is_70b and new in ("Q3_K", "Q4_K"), "Q5_K"),
     After((*_ATTN_V_LIKE, "attn_k"), ANY, lambda w, new: w.n_expert == 8, "Q8_0"),
-    After(("attn_qkv",), ("Q3_K_M", "Q3_K_L"), lambda w, new: True, "Q4_K"),  # fused QKV
+    After(("attn_qkv",), ("Q3_K_M", "Q3_K_L", "IQ3_M"), lambda w, new: True, "Q4_K"),  # fused QKV
     After(("attn_qkv",), ("Q4_K_M",), lambda w, new: True, "Q5_K"),
     After(("attn_qkv",), ("Q5_K_M",), lambda w, new: True, "Q6_K"),
 )
@@ -381,8 +446,10 @@ def _assign(tensors: Any, ftype: str, info: ModelInfo | None, has_imatrix: bool)
         out[name] = fallback(chosen, shape[-1])
         n_fallback += out[name] != chosen
         counters[counter] += 1
-    if ftype == "Q2_K_S" and not has_imatrix:
-        needs = [n for n, t in out.items() if t == "Q2_K" and category(n) not in ("output", "token_embd")]
+    if not has_imatrix:  # tensor_requires_imatrix, on the first tensor (in order) that needs one
+        needs = [n for n, t in out.items() if allows_quantization(n, entries[n][1])
+                 and category(n) not in ("output", "token_embd")
+                 and (t in NEEDS_IMATRIX or (t == "Q2_K" and ftype == "Q2_K_S"))]
         if needs:
-            raise ValueError(f"imatrix: Q2_K_S needs an importance matrix (e.g. for {needs[0]})")
+            raise ValueError(f"imatrix: {ftype} needs an importance matrix (e.g. for {needs[0]}, {out[needs[0]]})")
     return out, n_fallback

@@ -1,0 +1,245 @@
+"""llama.cpp's i-quant, ternary and 1-2 bit mixtures (IQ2_XXS … IQ3_M, IQ1_S/M, TQ1_0/TQ2_0, MXFP4_MOE,
+Q1_0, Q2_0): per-tensor types, fallbacks and refusals, and whole files, against llama.cpp itself.
+
+The oracle is ``llama_model_quantize`` (llama-cpp-python) in a child process, given the same
+importance matrix as refquant (a deterministic synthetic one: seeded positive values per column,
+written as a llama-imatrix GGUF file that both read). Three kinds of model files:
+
+* the synthetic Llamas of test_gguf_recipes (several head / row / tying layouts): the tables;
+* "SmolLM2 rows": the real SmolLM2-135M file with every matrix cut to its first ROWS rows (its
+  own Q4_1 / Q8_0 bytes, so both quantizers decode the real weights): the same names, row
+  lengths, layer count and metadata as the whole model, so the same mixture, tensor by tensor —
+  and a file small enough to quantize byte for byte in NumPy within CI time (the whole model's
+  ~130M weights take NumPy hours: its IQ4_NL / IQ3_S searches cost ~5-30 µs a weight);
+* llama.cpp's own output for a type table of the whole SmolLM2 and a loading check.
+
+A whole-file test needs every block type of its mixture; a type whose codec has not landed yet
+is skipped by name (refquant.gguf.CODECS), never counted as a pass.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import refquant.gguf as rg
+from refquant.gguf import convert, file, recipes
+from refquant.gguf.recipes import ModelInfo
+
+from test_gguf_recipes import CONFIGS, tiny_llama, write_gguf_imatrix  # noqa: E402  (tests/ is on sys.path)
+
+ROWS = 4  # rows kept of every SmolLM2 matrix
+
+LLAMA_QUANTIZE = r"""
+import ctypes, json, sys
+import numpy as np
+import llama_cpp
+from refquant.gguf.imatrix import load_imatrix
+llama_cpp.llama_backend_init()
+codes = {}
+for src, dst, ftype, imatrix in json.loads(sys.argv[1]):
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = ftype; p.allow_requantize = True; p.nthread = 1
+    keep = []
+    if imatrix:
+        values = load_imatrix(imatrix)
+        table = (llama_cpp.llama_model_imatrix_data * (len(values) + 1))()   # NULL-name terminated
+        for i, (name, v) in enumerate(values.items()):
+            v = np.ascontiguousarray(v, np.float32); keep.append(v)
+            table[i].name = name.encode(); table[i].size = v.size
+            table[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        p.imatrix = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    codes[dst] = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p))
+print(json.dumps(codes))
+"""
+
+
+def llama_quantize(jobs: list[tuple[str, str, int, str | None]]) -> dict[str, int]:
+    """llama.cpp's quantizer on (src, dst, llama_ftype, imatrix file | None) jobs, one child process:
+    {dst: return code} (0: written; llama.cpp refuses with 1, e.g. a missing imatrix)."""
+    pytest.importorskip("llama_cpp")
+    done = subprocess.run([sys.executable, "-c", LLAMA_QUANTIZE, json.dumps(jobs)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def synthetic_imatrix(tensors: dict[str, tuple[str, tuple]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded positive importances per column for every matrix llama-imatrix would see (not token_embd)."""
+    rng = np.random.default_rng(seed)
+    return {n: rng.gamma(1.0, 1.0, shape[-1]).astype(np.float32) + np.float32(1e-3)
+            for n, (_, shape) in tensors.items()
+            if recipes.allows_quantization(n, shape) and recipes.category(n) != "token_embd"}
+
+
+def entries(path: str) -> dict[str, tuple[str, tuple]]:
+    with file.read(path) as f:
+        return {n: (t.type, tuple(t.shape)) for n, t in f.tensors.items()}
+
+
+def types_of(path: str) -> dict[str, str]:
+    with file.read(path) as f:
+        return {n: t.type for n, t in f.tensors.items()}
+
+
+def missing_codecs(types) -> list[str]:
+    return sorted({t for t in types if t not in rg.CODECS})
+
+
+# --------------------------------------------------------------------------- the tables, synthetic Llamas
+
+@pytest.fixture(scope="module")
+def llama_tables(tmp_path_factory):
+    """{(config, ftype, with imatrix): (src, {tensor: type} | None when llama.cpp refused)}."""
+    folder = tmp_path_factory.mktemp("iq-recipes")
+    jobs, keys = [], []
+    for cfg, kwargs in CONFIGS.items():
+        src = tiny_llama(str(folder / f"{cfg}.gguf"), **kwargs)
+        imatrix = str(folder / f"{cfg}.imatrix.gguf")
+        write_gguf_imatrix(imatrix, synthetic_imatrix(entries(src)))
+        for ftype in recipes.IQ_MIXTURES:
+            for with_imatrix in (True, False):
+                dst = str(folder / f"{cfg}-{ftype}-{int(with_imatrix)}.gguf")
+                jobs.append((src, dst, recipes.FTYPES[ftype][0], imatrix if with_imatrix else None))
+                keys.append((cfg, ftype, with_imatrix, src, dst))
+    codes = llama_quantize(jobs)
+    return {(cfg, ftype, im): (src, types_of(dst) if codes[dst] == 0 else None) for cfg, ftype, im, src, dst in keys}
+
+
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_every_iq_mixture_matches_llama_cpp(cfg, llama_tables):
+    n_compared = 0
+    for ftype in recipes.IQ_MIXTURES:
+        for with_imatrix in (True, False):
+            src, theirs = llama_tables[cfg, ftype, with_imatrix]
+            with file.read(src) as f:
+                if theirs is None:  # llama.cpp refused: no imatrix for an IQ1/IQ2 tensor, or Q1_0 without a fallback
+                    with pytest.raises(ValueError, match="imatrix: .* needs an importance matrix|qtype: no fallback"):
+                        recipes.tensor_types(f, ftype, has_imatrix=with_imatrix)
+                    continue
+                ours = recipes.tensor_types(f, ftype, has_imatrix=with_imatrix)
+            assert list(ours) == list(theirs), f"{ftype}: tensor order"
+            bad = [(n, ours[n], theirs[n]) for n in theirs if ours[n] != theirs[n]]
+            assert not bad, f"{ftype}, imatrix={with_imatrix}: {bad[:4]}"
+            n_compared += 1
+    assert n_compared >= len(recipes.IQ_MIXTURES)  # most mixtures ran on llama.cpp's side
+
+
+def test_iq_rules_by_hand():
+    info = ModelInfo(n_layer=16, n_head=4, n_head_kv=4)
+    shape = (8, 512)
+    t = recipes.tensor_type
+    # IQ2_M: attn_v IQ3_S (n_gqa 1), ffn_down IQ3_S in the first n/8 = 2 layers, then the default IQ2_S
+    assert t("blk.0.attn_v.weight", shape, "IQ2_M", info) == "IQ3_S"
+    assert [t(f"blk.{i}.ffn_down.weight", shape, "IQ2_M", info, i_ffn=i) for i in (1, 2)] == ["IQ3_S", "IQ2_S"]
+    # IQ1_M: attn_output IQ2_XXS, ffn_down Q2_K in the first 2 layers, the output Q5_K
+    assert t("blk.3.attn_output.weight", shape, "IQ1_M", info) == "IQ2_XXS"
+    assert t("blk.0.ffn_down.weight", shape, "IQ1_M", info) == "Q2_K"
+    assert t("output.weight", shape, "IQ1_M", info) == "Q5_K"
+    # IQ3_XXS: attn_v IQ3_S without an imatrix, IQ3_XXS with one; ffn_down Q4_K / Q3_K without one
+    assert t("blk.5.attn_v.weight", shape, "IQ3_XXS", info) == "IQ3_S"
+    assert t("blk.5.attn_v.weight", shape, "IQ3_XXS", info, has_imatrix=True) == "IQ3_XXS"
+    assert [t(f"blk.{i}.ffn_down.weight", shape, "IQ3_XXS", info, i_ffn=i) for i in (1, 2)] == ["Q4_K", "Q3_K"]
+    # IQ3_XS: ffn_gate / ffn_up IQ3_XXS only in the middle layers [n/8, 7n/8)
+    assert [t(f"blk.{i}.ffn_up.weight", shape, "IQ3_XS", info, i_ffn=i) for i in (1, 2, 13, 14)] == \
+        ["IQ3_S", "IQ3_XXS", "IQ3_XXS", "IQ3_S"]
+    # a dense model under MXFP4_MOE: every matrix Q8_0; a 3-D expert tensor MXFP4
+    assert t("blk.0.ffn_up.weight", shape, "MXFP4_MOE", info) == "Q8_0"
+    assert t("blk.0.ffn_up_exps.weight", (8, 64, 512), "MXFP4_MOE", info) == "MXFP4"
+    # fallbacks: the 256-block i-quants -> IQ4_NL, ternary / Q2_0 -> Q4_0, Q1_0 has none
+    assert [recipes.fallback(q, 96) for q in ("IQ2_XXS", "IQ3_S", "IQ1_M", "TQ1_0", "Q2_0")] == \
+        ["IQ4_NL", "IQ4_NL", "IQ4_NL", "Q4_0", "Q4_0"]
+    assert recipes.fallback("Q2_0", 576) == "Q2_0"                     # 576 = 9 blocks of 64
+    assert recipes.fallback("IQ3_S", 80) == "F16"
+    with pytest.raises(ValueError, match="qtype: no fallback is defined for Q1_0"):
+        recipes.fallback("Q1_0", 576)
+
+
+# --------------------------------------------------------------------------- SmolLM2, row by row
+
+@pytest.fixture(scope="module")
+def smollm2_rows_file(smollm2_path, tmp_path_factory):
+    """SmolLM2 with every matrix cut to its first ROWS rows (real bytes), and its synthetic imatrix file."""
+    folder = tmp_path_factory.mktemp("smollm2-rows")
+    path = str(folder / "smollm2-rows.gguf")
+    with file.read(smollm2_path) as f:
+        tensors = []
+        for name, t in f.tensors.items():
+            shape = tuple(t.shape)
+            raw = np.asarray(t.raw)
+            if len(shape) >= 2:
+                raw = raw.reshape(shape[0], -1)[:ROWS]                       # (ROWS, row_bytes)
+                shape = (ROWS, *shape[1:])
+            tensors.append((name, t.type, shape, raw.reshape(-1)))
+        file.write(path, f.metadata, tensors, metadata_types=f.metadata_types)
+    imatrix = str(folder / "smollm2-rows.imatrix.gguf")
+    write_gguf_imatrix(imatrix, synthetic_imatrix(entries(path), seed=1))
+    return path, imatrix
+
+
+WHOLE_FILE = ["IQ2_M", "IQ3_M", "IQ1_M", "IQ3_XS", "IQ3_S"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_llama_outputs(smollm2_rows_file, tmp_path_factory):
+    src, imatrix = smollm2_rows_file
+    folder = tmp_path_factory.mktemp("smollm2-llama")
+    jobs = [(src, str(folder / f"{ftype}.gguf"), recipes.FTYPES[ftype][0], imatrix) for ftype in WHOLE_FILE]
+    codes = llama_quantize(jobs)
+    assert all(code == 0 for code in codes.values()), codes
+    return {ftype: str(folder / f"{ftype}.gguf") for ftype in WHOLE_FILE}
+
+
+@pytest.mark.parametrize("ftype", WHOLE_FILE)
+def test_smollm2_rows_file_is_byte_identical_to_llama_quantize(ftype, smollm2_rows_file, smollm2_llama_outputs,
+                                                              tmp_path):
+    src, imatrix = smollm2_rows_file
+    theirs = smollm2_llama_outputs[ftype]
+    with file.read(src) as f:
+        types = recipes.tensor_types(f, ftype, has_imatrix=True)
+    assert types == types_of(theirs)                                  # the mixture of the whole SmolLM2
+    if missing_codecs(types.values()):
+        pytest.skip(f"{ftype} needs the codecs of {missing_codecs(types.values())}, not in refquant.gguf.CODECS yet")
+    ours = tmp_path / "ours.gguf"
+    convert.quantize_file(src, str(ours), ftype, imatrix=imatrix)
+    assert ours.read_bytes() == open(theirs, "rb").read()
+
+
+def test_smollm2_iq_mixtures_by_type(smollm2_rows_file, smollm2_llama_outputs):
+    """What SmolLM2's shapes make of the mixtures: its 576-wide rows take the fallbacks."""
+    counts = {f: {} for f in ("IQ2_M", "IQ3_M", "IQ1_M")}
+    for ftype in counts:
+        for t in types_of(smollm2_llama_outputs[ftype]).values():
+            counts[ftype][t] = counts[ftype].get(t, 0) + 1
+    # 30 layers: ffn_down (1536 wide) in the first 30/8 = 3 layers IQ3_S / Q4_K / Q2_K, the other 27 the
+    # default type; every 576-wide matrix (180) IQ4_NL (attn_v included: Q4_K under IQ3_M falls back to Q5_0);
+    # the tied token_embd Q8_0 (576 % 256), 61 norms F32
+    assert counts["IQ2_M"] == {"F32": 61, "Q8_0": 1, "IQ4_NL": 180, "IQ3_S": 3, "IQ2_S": 27}
+    assert counts["IQ3_M"] == {"F32": 61, "Q8_0": 1, "IQ4_NL": 150, "Q5_0": 30, "Q4_K": 3, "IQ3_S": 27}
+    assert counts["IQ1_M"] == {"F32": 61, "Q8_0": 1, "IQ4_NL": 180, "Q2_K": 3, "IQ1_M": 27}
+
+
+def test_smollm2_refusals_match_llama_cpp(smollm2_rows_file, tmp_path):
+    """Without an imatrix llama.cpp refuses IQ2_M / IQ1_M (their ffn_down types need one) and accepts IQ3_XXS
+    (on SmolLM2 its rules send ffn_down to Q3_K / Q4_K); refquant the same."""
+    src, _ = smollm2_rows_file
+    codes = llama_quantize([(src, str(tmp_path / f"{f}.gguf"), recipes.FTYPES[f][0], None)
+                            for f in ("IQ2_M", "IQ1_M", "IQ3_XXS")])
+    assert [codes[str(tmp_path / f"{f}.gguf")] != 0 for f in ("IQ2_M", "IQ1_M", "IQ3_XXS")] == [True, True, False]
+    with file.read(src) as f:
+        for ftype in ("IQ2_M", "IQ1_M"):
+            with pytest.raises(ValueError, match=f"imatrix: {ftype} needs an importance matrix"):
+                recipes.tensor_types(f, ftype)
+        assert recipes.tensor_types(f, "IQ3_XXS") == types_of(str(tmp_path / "IQ3_XXS.gguf"))
+
+
+def test_smollm2_llama_cpp_file_loads(smollm2_llama_outputs):
+    """The IQ3_M file, which refquant reproduces byte for byte, is one llama.cpp accepts (names, types, sizes)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(smollm2_llama_outputs["IQ3_M"])
+    assert {t.name: t.tensor_type.name for t in reader.tensors} == types_of(smollm2_llama_outputs["IQ3_M"])
