@@ -32,7 +32,7 @@ class Case:
     refquant: Callable[[], object]
     anchor_name: str
     anchor: Callable[[], object] | None
-    note: str = ""
+    note: str | Callable[[], str] = ""  # printed under the table; a callable is asked after the case ran
 
 
 def best_time(fn: Callable[[], object], repeat: int) -> float:
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     print(f"# {time.strftime('%Y-%m-%d')} — {machine()}")
     print(f"| family | case | refquant (ms) | anchor | anchor (ms) | anchor/refquant |")
     print(f"|---|---|---:|---|---:|---:|")
+    notes = []
     for fam in fams:
         mod = importlib.import_module(f"bench_{fam}")
         for case in mod.cases():
@@ -74,6 +75,10 @@ def main(argv=None) -> int:
                 continue
             t_an = best_time(case.anchor, args.repeat)
             print(f"| {case.family} | {case.name} | {t_rq*1e3:.1f} | {case.anchor_name} | {t_an*1e3:.1f} | {t_an/t_rq:.2f} |", flush=True)
+            if callable(case.note):
+                notes.append(case.note())
+    for note in notes:
+        print(f"- {note}")
     return 0
 
 
