@@ -354,3 +354,23 @@ def test_small_llama_is_byte_identical_and_loads(ftype, smollm2_path, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     n_tokens, n_vocab = map(int, done.stdout.split())
     assert n_tokens > 3 and n_vocab == 49152
+
+
+# --------------------------------------------------------------------------- the command
+
+def test_cli_quantize_iq3_m_with_imatrix_and_refusals(tmp_path, capsys):
+    from refquant.cli import main
+
+    src = tiny_llama(str(tmp_path / "in.gguf"), n_layer=8, rows=2)
+    imatrix = str(tmp_path / "imatrix.gguf")
+    write_gguf_imatrix(imatrix, synthetic_imatrix(entries(src)))
+    out = tmp_path / "out.gguf"
+    assert main(["quantize", src, str(out), "--type", "IQ3_M", "--imatrix", imatrix]) == 0
+    assert "IQ3_M" in capsys.readouterr().out
+    with file.read(str(out)) as g:
+        assert g.metadata["general.file_type"] == 27
+        assert g.tensors["blk.4.ffn_up.weight"].type == "IQ3_S"
+    # IQ2_M without an imatrix: one line naming the argument, no output file
+    assert main(["quantize", src, str(tmp_path / "no.gguf"), "--type", "IQ2_M"]) == 2
+    assert "imatrix: IQ2_M needs an importance matrix" in capsys.readouterr().err
+    assert not (tmp_path / "no.gguf").exists()

@@ -29,9 +29,26 @@ The rules, in words (n = the number of layers, i = the layer):
 * IQ4_NL / IQ4_XS: attn_v Q5_K when n_gqa ≥ 4; ffn_down Q5_K in the first n/8 without
   an importance matrix.
 * Q4_0 / Q5_0 with an importance matrix: ffn_down of the first n/8 layers Q4_1 / Q5_1.
+* The 1-2 bit mixtures IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M (``LOW_BIT``) have a
+  branch of their own: output Q5_K, an untied token_embd Q2_K (IQ2_S / IQ2_M: IQ3_S);
+  attn_v Q4_K with n_gqa ≥ 4 (or ≥ 4 experts), else IQ3_S (IQ2_S / IQ2_M) or Q2_K;
+  ffn_down of the first n/8 layers IQ3_S (IQ2_S / IQ2_M) or Q2_K; attn_output IQ2_XXS
+  (IQ1_*) or IQ3_S (IQ2_S / IQ2_M); IQ2_S's default is IQ2_XS and IQ2_M's IQ2_S.
+* IQ3_XXS: output Q5_K; attn_v Q4_K with n_gqa ≥ 4, else IQ3_S without an imatrix and
+  IQ3_XXS with one; attn_q / attn_k IQ2_S; attn_output IQ3_S; without an imatrix ffn_down
+  Q4_K in the first n/8 layers, Q3_K after. IQ3_XS (default IQ3_S): attn_q / attn_k
+  IQ3_XXS, ffn_gate / ffn_up IQ3_XXS in the middle layers [n/8, 7n/8). IQ3_S / IQ3_XS:
+  attn_v Q4_K with n_gqa ≥ 4. IQ3_M: attn_v, attn_output and the first n/8 ffn_down Q4_K.
+* TQ1_0 / TQ2_0 / Q2_0: an untied token_embd Q4_K. MXFP4_MOE: expert tensors (3-D) MXFP4,
+  every other matrix Q8_0 — a dense model is Q8_0 throughout.
+* Some types need an importance matrix (tensor_requires_imatrix): IQ1_S, IQ1_M, IQ2_XXS,
+  IQ2_XS, IQ2_S, IQ3_XXS anywhere but token_embd / output, and Q2_K in a Q2_K_S file;
+  without one the mixture is refused (ValueError), as llama-quantize refuses.
 * Fallback: a k-quant needs rows that are a multiple of 256; when they are not (SmolLM2's
   576-wide matrices), Q2_K/Q3_K become Q4_0, Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0,
-  IQ4_XS → IQ4_NL — and F16 if even 32 does not divide the row.
+  IQ4_XS → IQ4_NL — and F16 if even 32 does not divide the row. The 256-blocks i-quants
+  (IQ1_*, IQ2_*, IQ3_XXS, IQ3_S) fall back to IQ4_NL, TQ1_0 / TQ2_0 / Q2_0 to Q4_0; Q1_0
+  has no fallback (ValueError, as llama.cpp throws).
 
 llama.cpp visits tensors in layer order (``weight_name_comparer``: tensors outside the
 layers first, then blk.0, blk.1, … each sorted by name), and counts attn_v / ffn_down /
@@ -381,8 +398,9 @@ MIXTURE_RULES: dict[str, tuple[Rule, ...]] = {
         Rule(("Q3_K_L",), lambda w: w.falcon, "Q4_K"),
     ),
 }
-# then, in order: changes to the type chosen above (a token_embd that is not tied keeps its default:
-# only the IQ1/IQ2/IQ3 mixtures, not implemented here, change it)
+# then, in order: changes to the type chosen above (not for the LOW_BIT mixtures: their branch has none).
+# The attn_qkv rows follow the older llama_tensor_get_type; in src/llama-quant.cpp at 007dbbf the attn_v
+# branch (category_is_attn_v includes ATTENTION_QKV) comes first, which would make them unreachable.
 _ATTN_V_LIKE = ("attn_v", "attn_qkv", "attn_kv_b")
 MIXTURE_AFTER: tuple[After, ...] = (
     # 8 heads share attn_v in a 70B model: a cheap place to spend bits
