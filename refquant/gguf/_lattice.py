@@ -66,6 +66,7 @@ __all__ = ["NeighbourMap", "neighbour_map", "level_key", "best_neighbour", "NEIG
 KMAP_SIZE_IQ2 = 43692
 # iq3xs_init_impl: kmap_size = 4096 — every key of 4 three-bit digits
 KMAP_SIZE_IQ3 = 4096
+CHUNK = 16                          # list positions best_neighbour scores at once
 
 # type -> (grid, nwant, kmap_size), as iq2xs_init_impl / iq3xs_init_impl choose them
 NEIGHBOUR_MAPS: dict[str, tuple[Grid, int, int]] = {
@@ -197,34 +198,41 @@ def best_neighbour(nmap: NeighbourMap, u: np.ndarray, xval: np.ndarray, weight: 
     strictly smaller (C's ``d2 < best_d2`` from FLT_MAX: the first of equal minima wins, NaN never).
 
     u: (m,) keys with kmap[u] < 0; xval, weight: (m, dim) float32; scale: (m,) float32.
-    The groups are visited longest list first, so step j of the loop touches only the
-    groups that have a j-th neighbour: the work is the total length of the lists.
+    A group none of whose distances is below FLT_MAX gets −1: there libggml aborts
+    (GGML_ASSERT), so a caller raises ValueError instead.
+    The groups are visited longest list first, a chunk of ``CHUNK`` list positions at a
+    time: a chunk's first smallest d2 replaces the best only if strictly smaller, which is
+    the C scan's result, and a chunk touches only the groups whose lists reach into it.
     """
     u = np.asarray(u)
     n = nmap.count[u]                                                          # (m,)
     if u.size and int(n.min()) < 1:
         raise ValueError("u: every key must be off the grid (kmap[u] < 0)")
     perm = np.argsort(-n, kind="stable")                                       # longest lists first
-    lists = nmap.table[u[perm]]                                                # (m, width)
+    lists = nmap.table[u[perm]].astype(np.int64)                               # (m, width)
     n_sorted = n[perm]
     xv = np.asarray(xval, dtype=np.float32)[perm]                              # (m, dim)
     w = np.asarray(weight, dtype=np.float32)[perm]
     s = np.asarray(scale, dtype=np.float32)[perm]                              # (m,)
     best_d2 = np.full(u.shape, np.finfo(np.float32).max, dtype=np.float32)    # FLT_MAX
     best = np.full(u.shape, -1, dtype=np.int64)
-    for j in range(int(n_sorted.max()) if u.size else 0):
-        k = int(np.count_nonzero(n_sorted > j))                                # groups with a j-th neighbour
-        cand = lists[:k, j]                                                    # (k,)
-        q = nmap.odd[cand]                                                     # (k, dim)
-        d2 = np.zeros(k, dtype=np.float32)
-        for i in range(q.shape[1]):                                            # the C loop over i, in order
-            diff = s[:k] * q[:, i] - xv[:k, i]
-            d2 = d2 + (w[:k, i] * diff) * diff
-        better = d2 < best_d2[:k]
-        best_d2[:k] = np.where(better, d2, best_d2[:k])
-        best[:k] = np.where(better, cand, best[:k])
-    # ggml asserts grid_index >= 0 (every d2 NaN or ≥ FLT_MAX aborts there); we keep the first neighbour
-    best = np.where(best < 0, lists[:, 0] if u.size else best, best)
+    width = int(n_sorted.max()) if u.size else 0
+    odd_t = np.ascontiguousarray(nmap.odd.T)                                   # (dim, n_points)
+    for j0 in range(0, width, CHUNK):
+        k = int(np.count_nonzero(n_sorted > j0))                               # groups with a j0-th neighbour
+        cand = lists[:k, j0:j0 + CHUNK]                                        # (k, J), -1 past the end
+        safe = np.maximum(cand, 0)
+        d2 = np.zeros(cand.shape, dtype=np.float32)
+        for i in range(odd_t.shape[0]):                                        # the C loop over i, in order
+            diff = s[:k, None] * odd_t[i][safe] - xv[:k, None, i]              # (k, J)
+            d2 = d2 + (w[:k, None, i] * diff) * diff
+        d2 = np.where((cand >= 0) & ~np.isnan(d2), d2, np.inf)                 # NaN never wins in C
+        j = np.argmin(d2, axis=1)                                              # first smallest in the chunk
+        d2_min = d2[np.arange(k), j]
+        better = d2_min < best_d2[:k]
+        best_d2[:k] = np.where(better, d2_min, best_d2[:k])
+        best[:k] = np.where(better, cand[np.arange(k), j], best[:k])
+    # −1 stays where no d2 is below FLT_MAX (all NaN or overflowed): ggml's GGML_ASSERT(grid_index >= 0) aborts there
     out = np.empty_like(best)
     out[perm] = best
     return out

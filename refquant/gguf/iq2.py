@@ -52,7 +52,9 @@ quantize_row_iq2_s_impl), per sub-block of n = 32 (XXS) or 16 weights:
 5. super-block: d = max scale / 31 (IQ2_S stores d·0.9875), s = clamp(round((scale/d − 1)/2), 0, 15).
 
 Every sum is float32, left to right, in C's operand order; ``nearest_int`` rounds half to
-even. The searches run in NumPy, vectorized over all sub-blocks; decoding runs on any
+even; NaN follows C's comparisons (IQ2_XXS goes on past ``eff_max <= 0`` with a NaN, and
+max_scale is C's ``a > b ? a : b``). Where every neighbour's weighted distance overflows to
+inf (|x| ≳ 1e16) libggml aborts (GGML_ASSERT in iq2_find_best_neighbour); we raise ValueError. The searches run in NumPy, vectorized over all sub-blocks; decoding runs on any
 array-API namespace.
 
 Ref: ggml/src/ggml-quants.c — quantize_row_iq2_xxs_impl, quantize_row_iq2_xs_impl,
@@ -172,6 +174,10 @@ def _levels_at(nmap: _lattice.NeighbourMap, v: np.ndarray, waux: np.ndarray, inv
         vg = v.reshape(S, G, GROUP)[s_idx, g_idx]                             # (m, 8)
         wg = waux.reshape(S, G, GROUP)[s_idx, g_idx]
         best = _lattice.best_neighbour(nmap, u[s_idx, g_idx], vg, wg, scale[s_idx])
+        if (best < 0).any():
+            raise ValueError("x: the weighted distances of an IQ2 group overflow float32 (|x| around 1e16 or more, "
+                             "or a huge imatrix); libggml aborts on such a block (iq2_find_best_neighbour finds "
+                             "no grid point)")
         index[s_idx, g_idx] = best
         L[s_idx, g_idx] = nmap.grid.levels[best]
     return L.reshape(S, n), index, ~off | ~todo
@@ -183,12 +189,12 @@ def _fit(w: np.ndarray, v: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.nd
     return _running_sum((w * v) * q), _running_sum((w * q) * q)
 
 
-def _trial(nmap, w, v, waux, inv_scale, best, scale, L, index, on_grid):
-    """One step-3 trial: round at 1/inv_scale, keep it where (Σwvq)² > best·Σwq²."""
+def _trial(nmap, w, v, waux, inv_scale, best, scale, L, index, on_grid, active):
+    """One step-3 trial: round at 1/inv_scale, keep it where (Σwvq)² > best·Σwq² (active sub-blocks only)."""
     this_scale = np.float32(1) / inv_scale                                    # (S,)
-    La, ia, ga = _levels_at(nmap, v, waux, inv_scale, this_scale)
+    La, ia, ga = _levels_at(nmap, v, waux, inv_scale, this_scale, mask=np.repeat(active[:, None], index.shape[1], 1))
     sumqx, sumq2 = _fit(w, v, La)
-    better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)                     # (S,)
+    better = active & (sumq2 > 0) & (sumqx * sumqx > best * sumq2)            # (S,)
     new_scale = np.where(better, sumqx / np.where(better, sumq2, np.float32(1)), scale)
     best = np.where(better, new_scale * sumqx, best)
     return (best, new_scale.astype(np.float32), np.where(better[:, None], La, L),
@@ -209,8 +215,8 @@ def _search_16(nmap: _lattice.NeighbourMap, v: np.ndarray, w: np.ndarray, eps: n
     on_grid = np.ones((S, 2), bool)
     for t in range(-9, 10):
         inv_scale = (np.float32(TOP_ODD) + np.float32(t) * STEP) / mx_safe    # C: (2*kMaxQ-1+is*0.1f)/max
-        best, scale, L, index, on_grid = _trial(nmap, w, v, waux, inv_scale, best, scale, L, index, on_grid)
-    redo = (~on_grid).any(axis=1) & (scale > 0)                               # (S,)
+        best, scale, L, index, on_grid = _trial(nmap, w, v, waux, inv_scale, best, scale, L, index, on_grid, ~empty)
+    redo = (~on_grid).any(axis=1) & (scale > 0) & ~empty                      # (S,)
     if redo.any():
         inv = np.float32(1) / np.where(redo, scale, np.float32(1))
         Lr, ir, _ = _levels_at(nmap, v, waux, inv, scale, mask=redo[:, None] & ~on_grid)
@@ -231,7 +237,9 @@ def _flip_negative(scale: np.ndarray, signs: np.ndarray, mask: int) -> tuple[np.
 
 def _scale_nibbles(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Step 5: (B, m) sub-block scales -> d (B,) float32 = max/31, nibbles (B, m) in 0 … 15."""
-    max_scale = np.max(scales, axis=1)                                        # (B,) MAX from 0; scales ≥ 0
+    max_scale = np.zeros(scales.shape[0], np.float32)                         # C: max_scale = MAX(max_scale, scale)
+    for ib in range(scales.shape[1]):                                         # MAX(a, b) = a > b ? a : b (NaN kept
+        max_scale = np.where(max_scale > scales[:, ib], max_scale, scales[:, ib])  # only if it comes last)
     d = (max_scale / np.float32(SCALE_DIV)).astype(np.float32)
     inv = np.float32(1) / np.where(d > 0, d, np.float32(1))
     s = nearest_int(np.float32(0.5) * (inv[:, None] * scales - np.float32(1)))  # C: 0.5f*(id*scales[ib]-1)
@@ -272,7 +280,7 @@ def quantize_iq2_xxs(x: Any, qw: Any | None) -> Any:
     empty = mx < GROUP_MAX_EPS
     qp_scale, _ = make_qp_quants(np.where(empty[:, None], np.float32(0), v), K_MAX_Q + 1, ws)
     eff_max = (qp_scale * np.float32(K_MAX_Q)).astype(np.float32)            # (S,)
-    empty |= ~(eff_max > 0)                                                   # C: if (eff_max <= 0) continue
+    empty |= eff_max <= 0                                                     # C: if (eff_max <= 0) continue (NaN goes on)
     eff_safe = np.where(empty, np.float32(1), eff_max)
     best = np.zeros(S, np.float32)
     scale = qp_scale.astype(np.float32)
@@ -281,8 +289,9 @@ def quantize_iq2_xxs(x: Any, qw: Any | None) -> Any:
     on_grid = np.ones((S, 4), bool)
     for t in range(-6, 7):
         inv_scale = (np.float32(TOP_ODD) + np.float32(t) * STEP) / eff_safe
-        best, scale, L, index, on_grid = _trial(nmap, ws, v, waux, inv_scale, best, scale, L, index, on_grid)
-    pos = scale > 0                                                           # step 4 for every group
+        best, scale, L, index, on_grid = _trial(nmap, ws, v, waux, inv_scale, best, scale, L, index, on_grid,
+                                                 ~empty)
+    pos = (scale > 0) & ~empty                                                # step 4 for every group
     inv = np.float32(1) / np.where(pos, scale, np.float32(1))
     Lr, ir, _ = _levels_at(nmap, v, waux, inv, scale, mask=np.repeat(pos[:, None], 4, axis=1))
     L = np.where(pos[:, None], Lr, L)
@@ -303,7 +312,7 @@ def quantize_iq2_xxs(x: Any, qw: Any | None) -> Any:
 
 
 def _signed_grid(grid: _grids.Grid, index: Any, signs: Any, like: Any) -> Any:
-    """grid values × (±1 from the 8 sign bits): index, signs (n, G) int -> (n, G·8) float32."""
+    """index, signs (n, G) int -> the grid values (n, G, 8) float32 and the signs ±1 of the 8 sign bits (n, G, 8)."""
     xp = namespace(like)
     n, G = index.shape
     table = from_numpy(grid.values.astype(np.float32).reshape(-1), like=like)   # (n_points·8,)
