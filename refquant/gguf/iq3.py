@@ -161,13 +161,14 @@ def _neighbours(name: str, nwant: int) -> Neighbours:
 def neighbours(grid: Grid, nwant: int) -> Neighbours:
     """The kmap / neighbour lists iq3xs_init_impl builds for ``grid`` (cached per grid).
 
-    Example: the level vector (1, 0, 0, 0) (key 1) is not an IQ3_XXS point; its nearest
-    points, at squared odd-coordinate distance 4, are (0, 0, 0, 0) and (2, 0, 0, 0), grid
-    indices 0 and 1; the next distance, 8, adds (1, 1, 0, 0), index 3.
+    Example: the level vector (1, 0, 0, 0) (key 1) is not an IQ3_XXS point (its odd
+    coordinates 3+1+1+1 are not ≡ 0 mod 4). One level away, at squared odd-coordinate
+    distance 4, lie 5 grid points: (0,0,0,0), (2,0,0,0), (1,1,0,0), (1,0,1,0), (1,0,0,1),
+    indices 0, 1, 3, 12, 58; the next distance, 12 (three coordinates one level off), adds 7.
 
         >>> nb = neighbours(IQ3XXS, 2)
         >>> int(nb.index[1]), nb.points[nb.start[1] : nb.start[1] + nb.count[1]].tolist()
-        (-1, [0, 1, 3])
+        (-1, [0, 1, 3, 12, 58, 14, 15, 60, 61, 69, 70, 71])
     """
     return _neighbours(grid.name, nwant)
 
