@@ -395,14 +395,41 @@ def llm_int8_half_away(A):
     return Q2, s
 
 
+def llm_int8_fp16_stats(A):
+    """Row absmax kept in float16 (a half-precision statistics buffer), the codes computed with it."""
+    A = np.asarray(A, np.float32)
+    _, s, _ = int8.int8_vectorwise_quant(A, threshold=0.0)
+    s = _fp16(np.asarray(s, np.float32))
+    with np.errstate(all="ignore"):
+        y = A * (np.float32(127) / s)[:, None]
+    return np.where(np.isfinite(y), np.rint(y), 0).astype(np.int8), s
+
+
 def llm_int8_divides(A):
-    """round(A / s · 127): the division first where bitsandbytes multiplies by 127/s."""
+    """round(A / s · 127): the division first where bitsandbytes multiplies by 127/s. The two
+    differ only in the last bit of y, so only a y within an ulp of k + ½ tells them apart:
+    random search almost never meets one; ``near_tie_rows`` builds it (see PINNED)."""
     A = np.asarray(A, np.float32)
     _, s, _ = int8.int8_vectorwise_quant(A, threshold=0.0)
     s = np.asarray(s, np.float32)
     with np.errstate(all="ignore"):
         y = (A / s[:, None]) * np.float32(127)
     return np.where(np.isfinite(y), np.rint(y), 0).astype(np.int8), s
+
+
+def near_tie_row(codes: Callable[[np.ndarray], np.ndarray], ref: Callable[[np.ndarray], np.ndarray],
+                 amax: float, n: int = 32) -> np.ndarray:
+    """A row [amax, x, 0, ...] with x the first float32 above 0.5·amax/127 … where ``codes`` and
+    ``ref`` disagree: walks x up by ulps from each k + ½ (k = 0 … 126) times amax/127."""
+    for k in range(127):
+        x = np.float32((k + 0.5) * amax / 127)
+        for _ in range(64):
+            row = np.zeros((1, n), np.float32)
+            row[0, 0], row[0, 1] = amax, x
+            if not np.array_equal(codes(row), ref(row)):
+                return row
+            x = np.nextafter(x, np.float32(np.inf))
+    raise AssertionError("no near tie found")
 
 
 # --- uniform, FP8, MX, NVFP4, HQQ -------------------------------------------------------------------------
@@ -513,6 +540,28 @@ def _imatrix_ignored(fmt: str) -> Callable:
 
 
 Z = np.zeros
+
+
+class Pinned(NamedTuple):
+    """A mutant random search rarely kills, with the input that shows it (derived, not pasted)."""
+
+    mutant: Mutant
+    row: Callable[[], np.ndarray]
+
+
+def _q8_0_codes(fn):
+    return lambda row: np.asarray(fn(row)).reshape(-1, 34)[:, 2:]
+
+
+PINNED = [
+    Pinned(Mutant("LLM.int8() A/s·127 order", "LLM.INT8", "quantize", llm_int8_divides, "edge parity", "float order"),
+           lambda: near_tie_row(lambda r: llm_int8_divides(r)[0],
+                                lambda r: np.asarray(int8.int8_vectorwise_quant(r, threshold=0.0)[0]), 3.0)),
+    Pinned(Mutant("Q8_0 d rounded to fp16 before use (normal block)", "Q8_0", "quantize", q8_0_fp16_d_first,
+                  "edge parity", "scale rounding step"),
+           lambda: near_tie_row(_q8_0_codes(q8_0_fp16_d_first), _q8_0_codes(lambda r: _q(r, "Q8_0")), 3.0)),
+]
+
 MUTANTS: list[Mutant] = [
     # GGUF legacy, quantize
     Mutant("Q4_0 nibbles swapped", "Q4_0", "quantize", _edit("Q4_0", "qs", _swap_nibbles), "edge parity", "nibble order (halves)"),
@@ -520,36 +569,36 @@ MUTANTS: list[Mutant] = [
            _edit("Q4_0", "qs", lambda v: (lambda c: (c[:, 0::2] | (c[:, 1::2] << 4)).astype(np.uint8))(
                np.concatenate([v & 15, v >> 4], axis=1))), "edge parity", "nibble order (pairs)"),
     Mutant("Q4_0 round half even", "Q4_0", "quantize", q4_0_round_half_even, "edge parity", "tie rounding"),
-    Mutant("Q4_0 x/d not x·(1/d)", "Q4_0", "quantize", q4_0_divides, "edge parity", None),
-    Mutant("Q4_0 d rounded to fp16 before use", "Q4_0", "quantize", q4_0_fp16_d_first, "edge parity", None),
+    Mutant("Q4_0 x/d not x·(1/d)", "Q4_0", "quantize", q4_0_divides, "edge parity", "subnormal block"),
+    Mutant("Q4_0 d rounded to fp16 before use", "Q4_0", "quantize", q4_0_fp16_d_first, "edge parity", "subnormal block"),
     Mutant("Q4_0 max of |x| (sign lost)", "Q4_0", "quantize", q4_0_unsigned_max, "edge parity", "sign flipped"),
-    Mutant("Q4_0 missing clamp", "Q4_0", "quantize", q4_0_no_clamp, "edge parity", None),
+    Mutant("Q4_0 missing clamp", "Q4_0", "quantize", q4_0_no_clamp, "edge parity", "beyond the range"),
     Mutant("Q4_0 imatrix ignored", "Q4_0", "quantize", _imatrix_ignored("Q4_0"), "imatrix", "imatrix ignored", "draw"),
     Mutant("Q4_1 −0 minimum stored as +0", "Q4_1", "quantize", q4_1_min_plus_zero, "edge parity", "signed zero"),
-    Mutant("Q4_1 d sign flipped", "Q4_1", "quantize", _edit("Q4_1", "d", _fp16_negate), "edge parity", None),
+    Mutant("Q4_1 d sign flipped", "Q4_1", "quantize", _edit("Q4_1", "d", _fp16_negate), "edge parity", "sign flipped"),
     Mutant("Q5_0 fifth bit dropped", "Q5_0", "quantize", _edit("Q5_0", "qh", lambda v: Z(v.shape, np.uint8)), "edge parity", "dropped high bits"),
-    Mutant("Q5_0 qh big-endian", "Q5_0", "quantize", _edit("Q5_0", "qh", lambda v: v[:, ::-1]), "edge parity", None),
+    Mutant("Q5_0 qh big-endian", "Q5_0", "quantize", _edit("Q5_0", "qh", lambda v: v[:, ::-1]), "edge parity", "beyond the range"),
     Mutant("Q5_1 fifth bit dropped", "Q5_1", "quantize", _edit("Q5_1", "qh", lambda v: Z(v.shape, np.uint8)), "edge parity", "dropped high bits"),
     Mutant("Q8_0 round half even", "Q8_0", "quantize", q8_0_round_half_even, "edge parity", "tie rounding"),
     Mutant("Q8_0 d rounded to fp16 before use", "Q8_0", "quantize", q8_0_fp16_d_first, "edge parity", None),
-    Mutant("Q8_0 scale over blocks of 64", "Q8_0", "quantize", q8_0_block_64, "edge parity", None),
+    Mutant("Q8_0 scale over blocks of 64", "Q8_0", "quantize", q8_0_block_64, "edge parity", "beyond the range"),
     Mutant("Q8_1 s from the fp16 d", "Q8_1", "quantize", q8_1_s_from_fp16_d, "edge parity", None),
     Mutant("Q8_1 written as Q8_0 blocks", "Q8_1", "quantize", q8_1_as_q8_0, "edge parity", "block size or layout"),
     Mutant("F16 truncated", "F16", "quantize", f16_truncate, "edge parity", "scale last bits"),
     Mutant("F16 saturating", "F16", "quantize", f16_saturate, "edge parity", "fp16 overflow"),
     Mutant("F16 subnormals flushed", "F16", "quantize", f16_flush_subnormals, "edge parity", "subnormal flushed"),
-    Mutant("BF16 truncated", "BF16", "quantize", bf16_truncate, "edge parity", None),
+    Mutant("BF16 truncated", "BF16", "quantize", bf16_truncate, "edge parity", "scale last bits"),
     # K-quants, quantize
     Mutant("Q4_K sub-blocks pairwise swapped", "Q4_K", "quantize", q4_k_sub_block_order, "edge parity", "sub-block order"),
-    Mutant("Q4_K nibbles swapped", "Q4_K", "quantize", _edit("Q4_K", "qs", _swap_nibbles), "edge parity", None),
-    Mutant("Q4_K scale high bits dropped", "Q4_K", "quantize", q4_k_scales_j4_high_bits, "edge parity", None),
-    Mutant("Q4_K dmin sign flipped", "Q4_K", "quantize", _Q4_K_DMIN, "edge parity", None),
+    Mutant("Q4_K nibbles swapped", "Q4_K", "quantize", _edit("Q4_K", "qs", _swap_nibbles), "edge parity", "nibble order (halves)"),
+    Mutant("Q4_K scale high bits dropped", "Q4_K", "quantize", q4_k_scales_j4_high_bits, "edge parity", "beyond the range"),
+    Mutant("Q4_K dmin sign flipped", "Q4_K", "quantize", _Q4_K_DMIN, "edge parity", "signed zero"),
     Mutant("Q4_K imatrix ignored", "Q4_K", "quantize", _imatrix_ignored("Q4_K"), "imatrix", "imatrix ignored", "draw"),
-    Mutant("Q2_K dmin sign flipped", "Q2_K", "quantize", _Q2_K_DMIN, "edge parity", None),
-    Mutant("Q3_K hmask dropped", "Q3_K", "quantize", _edit("Q3_K", "hmask", lambda v: Z(v.shape, np.uint8)), "edge parity", None),
-    Mutant("Q5_K fifth bit dropped", "Q5_K", "quantize", _edit("Q5_K", "qh", lambda v: Z(v.shape, np.uint8)), "edge parity", None),
-    Mutant("Q6_K high bits dropped", "Q6_K", "quantize", _edit("Q6_K", "qh", lambda v: Z(v.shape, np.uint8)), "edge parity", None),
-    Mutant("Q6_K d sign flipped", "Q6_K", "quantize", _Q6_K_D, "edge parity", None),
+    Mutant("Q2_K dmin sign flipped", "Q2_K", "quantize", _Q2_K_DMIN, "edge parity", "signed zero"),
+    Mutant("Q3_K hmask dropped", "Q3_K", "quantize", _edit("Q3_K", "hmask", lambda v: Z(v.shape, np.uint8)), "edge parity", "dropped high bits"),
+    Mutant("Q5_K fifth bit dropped", "Q5_K", "quantize", _edit("Q5_K", "qh", lambda v: Z(v.shape, np.uint8)), "edge parity", "dropped high bits"),
+    Mutant("Q6_K high bits dropped", "Q6_K", "quantize", _edit("Q6_K", "qh", lambda v: Z(v.shape, np.uint8)), "edge parity", "dropped high bits"),
+    Mutant("Q6_K d sign flipped", "Q6_K", "quantize", _Q6_K_D, "edge parity", "signed zero"),
     Mutant("Q6_K imatrix ignored", "Q6_K", "quantize", _imatrix_ignored("Q6_K"), "imatrix", "imatrix ignored", "draw"),
     Mutant("Q8_K bsums left 0", "Q8_K", "quantize", _edit("Q8_K", "bsums", lambda v: Z(v.shape, np.uint8)), "edge parity", None),
     Mutant("IQ4_NL imatrix ignored", "IQ4_NL", "quantize", _imatrix_ignored("IQ4_NL"), "imatrix", "imatrix ignored", "draw"),
@@ -561,22 +610,22 @@ MUTANTS: list[Mutant] = [
     Mutant("Q6_K decoded with offset 31", "Q6_K", "dequantize", deq_q6_k_offset_31, "edge parity", None),
     Mutant("Q4_K decoded with 4-bit scales", "Q4_K", "dequantize", deq_q4_k_low_scales, "edge parity", None),
     Mutant("IQ4_NL table level changed", "IQ4_NL", "dequantize", deq_iq4_nl_one_level, "edge parity", "one table level"),
-    Mutant("F16 decoded flush-to-zero", "F16", "dequantize", deq_f16_ftz, "edge parity", None),
+    Mutant("F16 decoded flush-to-zero", "F16", "dequantize", deq_f16_ftz, "bulk parity", "subnormal flushed"),
     # bitsandbytes
     Mutant("NF4 ties to the upper code", "NF4", "quantize", nf4_ties_up, "edge parity", None),
-    Mutant("NF4 table level changed", "NF4", "quantize", nf4_one_level, "edge parity", None),
+    Mutant("NF4 table level changed", "NF4", "quantize", nf4_one_level, "bulk parity", None),
     Mutant("NF4 absmax rounded to fp16", "NF4", "quantize", nf4_absmax_fp16, "edge parity", None),
     Mutant("NF4 nibbles swapped", "NF4", "quantize", nf4_nibbles_swapped, "edge parity", "nibble order (halves)"),
     Mutant("NF4 decoded with a changed level", "NF4", "dequantize", deq_nf4_one_level, "edge parity", "one table level"),
     Mutant("INT8 blockwise signed absmax", "INT8-BLOCKWISE", "quantize", int8_blockwise_signed_absmax, "edge parity", None),
-    Mutant("LLM.int8() round half away", "LLM.INT8", "quantize", llm_int8_half_away, "edge parity", None),
-    Mutant("LLM.int8() A/s·127 order", "LLM.INT8", "quantize", llm_int8_divides, "edge parity", None),
+    Mutant("LLM.int8() round half away", "LLM.INT8", "quantize", llm_int8_half_away, "edge parity", "tie rounding"),
+    Mutant("LLM.int8() fp16 row statistics", "LLM.INT8", "quantize", llm_int8_fp16_stats, "edge parity", None),
     # uniform, FP8, MX, HQQ
     Mutant("INT4-G32 zero-point off by one", "INT4-G32", "quantize", int4_z_off_by_one, "edge parity", "zero-point off by one"),
-    Mutant("INT4-G32 round half up", "INT4-G32", "quantize", int4_round_half_away, "edge parity", None),
+    Mutant("INT4-G32 round half up", "INT4-G32", "quantize", int4_round_half_away, "edge parity", "tie rounding"),
     Mutant("INT8-CHANNEL max not absmax", "INT8-CHANNEL", "quantize", int8_channel_max_not_absmax, "edge parity", None),
     Mutant("INT4-G32 decoded (q + z)·s", "INT4-G32", "dequantize", deq_int4_z_added, "edge parity", None),
-    Mutant("FP8-E4M3 truncated", "FP8-E4M3", "quantize", fp8_e4m3_truncate, "edge parity", None),
+    Mutant("FP8-E4M3 truncated", "FP8-E4M3", "quantize", fp8_e4m3_truncate, "edge parity", "tie rounding"),
     Mutant("FP8-E4M3 no saturation", "FP8-E4M3", "quantize", fp8_e4m3_no_saturate, "edge parity", None),
     Mutant("FP8-E5M2 subnormals flushed", "FP8-E5M2", "quantize", fp8_e5m2_flush_subnormals, "edge parity", None),
     Mutant("MXFP4 ceil exponent", "MX-FP4", "quantize", mxfp4_ceil_scale, "edge parity", None),

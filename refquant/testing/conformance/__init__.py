@@ -42,7 +42,7 @@ __all__ = ["check", "Report", "PropertyResult", "Failure", "PROPERTIES", "CAUSES
            "format_names", "get_format", "oracle_versions"]
 
 DIRECTIONS = ("quantize", "dequantize")
-PROPERTIES = {"quantize": ("edge parity", "bulk parity", "shapes", "imatrix", "idempotence", "error bound", "non-finite"),
+PROPERTIES = {"quantize": ("edge parity", "imatrix", "bulk parity", "shapes", "idempotence", "error bound", "non-finite"),
               "dequantize": ("edge parity", "bulk parity", "shapes", "idempotence", "error bound")}
 DEFAULT_EXAMPLES = 40
 
@@ -466,9 +466,9 @@ def _x_strategy(fmt: Format, prop: str, fixed_n: int | None):
     return st.one_of(rq.rows(B, max_rows=1, max_blocks=1, kinds=edge), many, odd())
 
 
-def _run(case: _Case, prop: str, examples: int, shrink: bool, imatrix: Any) -> PropertyResult:
+def _run(case: _Case, prop: str, examples: int, shrink: bool, imatrix: Any, pinned: tuple = ()) -> PropertyResult:
     """One property as a Hypothesis search; the failure kept is the last one seen (the shrunk one)."""
-    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import HealthCheck, Phase, example, given, settings
     from hypothesis import strategies as st
     from hypothesis.errors import Unsatisfiable
 
@@ -522,9 +522,16 @@ def _run(case: _Case, prop: str, examples: int, shrink: bool, imatrix: Any) -> P
                 raise _Mismatch(f.line())
 
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
+    test = given(inputs())(body)
+    for x in reversed(pinned if prop != "non-finite" else ()):   # the caller's inputs, tried first
+        x = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])
+        if case.direction == "quantize":
+            imat = (fixed if fixed is not None else np.ones(x.shape[1], np.float32)) if wants_imatrix else None
+            test = example((x, imat))(test)
+        elif prop != "bulk parity":
+            test = example((x, fmt.encode(x, None), x.shape))(test)
     test = settings(max_examples=examples, derandomize=True, database=None, deadline=None, phases=phases,
-                    suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False)(
-        given(inputs())(body))
+                    suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False)(test)
     t0 = time.perf_counter()
     try:
         test()
@@ -542,7 +549,7 @@ def _run(case: _Case, prop: str, examples: int, shrink: bool, imatrix: Any) -> P
 
 def check(impl: Callable, fmt: Any, direction: str = "quantize", *, imatrix: Any = None,
           examples: int = DEFAULT_EXAMPLES, backend: str = "numpy", properties: Any = None, shrink: bool = True,
-          fail_fast: bool = False) -> Report:
+          fail_fast: bool = False, inputs: Any = ()) -> Report:
     """Run the battery on ``impl`` for ``fmt`` in ``direction`` and return the ``Report``.
 
     imatrix: None (no importance matrix, except for the types that require one: they get
@@ -551,7 +558,8 @@ def check(impl: Callable, fmt: Any, direction: str = "quantize", *, imatrix: Any
     examples: Hypothesis examples per property. backend: 'numpy', 'torch' or 'cupy' (what
     ``impl`` receives). properties: a subset of ``PROPERTIES[direction]``. shrink: minimise
     a failing input (off: faster, the first failing input is kept). fail_fast: stop at the
-    first failing property.
+    first failing property. inputs: arrays x (rows, n) tried before the drawn ones (a
+    failure found once, pinned).
     """
     f = get_format(fmt)
     if direction not in DIRECTIONS:
@@ -580,7 +588,7 @@ def check(impl: Callable, fmt: Any, direction: str = "quantize", *, imatrix: Any
                     else "pass imatrix='draw' (or a vector) to check impl(x, imatrix)")
             results.append(PropertyResult(prop, "n/a", 0, 0.0, note=note))
             continue
-        r = _run(case, prop, examples, shrink, imatrix)
+        r = _run(case, prop, examples, shrink, imatrix, tuple(inputs))
         results.append(r)
         if fail_fast and r.status == "FAIL":
             break

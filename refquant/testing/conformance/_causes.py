@@ -200,13 +200,23 @@ def _beyond_range(e: Evidence) -> bool:
     return abs(x - a) <= e.bound < abs(x - b)
 
 
+def _subnormal_block(e: Evidence) -> bool:
+    """Quantizing a block of only subnormals (and zeros): its scale's inverse overflows float32."""
+    if e.direction != "quantize" or e.x is None:
+        return False
+    a = np.abs(np.asarray(e.x, np.float64))
+    return bool(np.any(a > 0) and np.all(a < 2.0**-126))
+
+
 def _one_level(e: Evidence) -> bool:
-    """Decoding: every differing weight of the block is off by one common factor, the others agree."""
+    """Decoding: the differing weights (two or more) are off by one common factor, and some
+    non-zero weights of the block agree."""
     if e.direction != "dequantize" or e.ours_dec is None:
         return False
     a, b = np.asarray(e.ours_dec, np.float64), np.asarray(e.theirs_dec, np.float64)
     diff = (a != b) & np.isfinite(a) & np.isfinite(b) & (a != 0)
-    if not diff.any() or diff.all():
+    agree = (a == b) & (a != 0)
+    if not diff.any() or not (agree.any() or (diff.sum() >= 2 and np.all(a[diff] == a[diff][0]))):
         return False
     r = b[diff] / a[diff]
     return bool(np.all(np.abs(r - r[0]) <= 1e-6 * abs(r[0])))
@@ -223,6 +233,8 @@ CAUSES: tuple[Cause, ...] = (
     Cause("dropped high bits", "the high bits (qh / hmask) are not stored: a dropped fifth or high bit", _dropped_high_bits),
     Cause("sub-block order", "the sub-blocks are right but in another order (sub-block loop or scale packing order)", _sub_block_order),
     Cause("zero-point off by one", "a zero-point or code offset differs by one (z = round(−min/s) vs −round(min/s), or 8 vs 7.5)", _off_by_one),
+    Cause("subnormal block", "a block of subnormals: 1/d overflows to inf in float32, and C's (int) cast of inf (INT_MIN, code 0 "
+          "once masked) differs from a saturating or NumPy cast", _subnormal_block),
     Cause("tie rounding", "x lies exactly on k + 1/2 and was rounded the other way: round-half-even vs half-away (or trunc(x + 0.5))", _exact_tie),
     Cause("float order", "a near-tie at float32 precision: x/d vs x·(1/d), an FMA, or another summation order", _ulp_tie),
     Cause("scale rounding step", "a near-tie at float16 precision: the scale rounded to fp16 before vs after the codes were computed", _fp16_tie),

@@ -409,7 +409,7 @@ def _uniform_format(name: str) -> Format:
         q_min, q_max = U.code_range(cfg["bits"], cfg["symmetric"])
         return U.UniformQuantized(q=q, s=_as_f32(enc["s"]).reshape(p_shape), z=_as_f32(enc["z"]).reshape(p_shape),
                                   bits=cfg["bits"], q_min=q_min, q_max=q_max, symmetric=cfg["symmetric"], signed=True,
-                                  granularity=cfg["granularity"], axis=-1 if G else 0, group_size=G, shape=tuple(shape))
+                                  granularity=cfg["granularity"], axis=1 if G else 0, group_size=G, shape=tuple(shape))
 
     def encode(x, imat):
         r = U.quantize(x, **cfg)
