@@ -4,6 +4,7 @@
     refquant report --quick                           # about a minute on 2 CPU cores
     refquant report --methods baseline,INT8,Q4_K_M,NF4 --out results/
     refquant report --model other-llama.gguf --backend torch
+    refquant report --quick --speed                   # + tokens/s of llama.cpp and bitsandbytes here
 
 Every method starts from the same baseline — the model file's weights decoded to
 float32 — and hands back the dequantized weights Ŵ it would store, which the same
@@ -28,6 +29,13 @@ forward pass then evaluates. The columns:
     ppl      perplexity exp(−mean log p(token | context)) on the evaluation text
     Δppl     ppl − baseline ppl
     time     seconds to quantize (calibration included for GPTQ and AWQ)
+    pp, tg   with --speed: tokens/s of the kernel a user would run for the row on this machine
+             (``refquant.speed``): llama.cpp on the GGUF file ``gguf.convert.quantize_file``
+             writes, prompt processing of 512 tokens and generation of 64 (128 and 16 with --quick),
+             best of 3, 2 threads,
+             against the F32 / F16 / BF16 files; bitsandbytes' Linear4bit / Linear8bitLt on the
+             first blocks' linears against torch float32 / bfloat16 linears; "n/a" and the reason
+             where no kernel runs here (GPTQ's and AWQ's are CUDA kernels)
 
 Outputs: the table on the terminal, and report.md, report.csv and report.png (perplexity
 against whole-model bits per parameter, the Pareto front drawn) in --out (default
@@ -61,7 +69,7 @@ __all__ = [
     "METHODS", "QUICK_METHODS", "DEFAULT_METHODS", "Quantized", "Context", "Row",
     "measure", "run_methods", "pareto_front", "to_markdown", "to_csv", "plot", "print_table",
     "write_outputs", "parse_methods", "block_linear_names", "tensor_set", "relative_error", "model_bytes",
-    "COLUMNS", "INSTALL_MODEL_EXTRA",
+    "COLUMNS", "INSTALL_MODEL_EXTRA", "SpeedReport", "measure_speed", "speed_kernel", "SPEED_COLUMNS",
 ]
 
 # The linear layers of a Llama block, by GGUF name: the tensors GPTQ, AWQ, bitsandbytes
@@ -237,6 +245,8 @@ def _uniform(bits: int, group_size: int | None) -> Callable[[Any, Context], Quan
 
     if group_size is None:
         method.__doc__ = f"round-to-nearest INT{bits}, symmetric, a float16 scale per output channel"
+        if bits == 8:  # row-wise absmax int8 codes: LLM.int8()'s weights, which Linear8bitLt runs
+            method.bnb_kind = "int8"
     else:
         method.__doc__ = (f"round-to-nearest INT{bits}, asymmetric, a float16 scale and {bits}-bit zero-point "
                           f"per group of {group_size} inputs")
@@ -255,6 +265,7 @@ def _nf4(double_quant: bool) -> Callable[[Any, Context], Quantized]:
 
     method.__doc__ = ("bitsandbytes NF4, blocks of 64, absmax scales "
                       + ("8-bit double-quantized (blocks of 256)" if double_quant else "in float32"))
+    method.bnb_kind = "nf4-dq" if double_quant else "nf4"  # its kernel for --speed: Linear4bit
     return method
 
 
@@ -350,6 +361,7 @@ def _gguf(ftype: str) -> Callable[[Any, Context], Quantized]:
         return _per_tensor(model, ctx, changed, ftype, one)
 
     method.__doc__ = f"llama.cpp {ftype}: every tensor's type as llama-quantize assigns it for {ftype}"
+    method.gguf_ftype = ftype  # its kernel for --speed: llama.cpp on the file quantize_file writes
     return method
 
 
@@ -490,6 +502,133 @@ def run_methods(names: Iterable[str], model: Any, ctx: Context, evaluate: Callab
 
 
 # ---------------------------------------------------------------------------------------
+# speed (--speed): the kernels users run, on this machine
+# ---------------------------------------------------------------------------------------
+
+# the files every GGUF row is compared with: llama-quantize's unquantized file types
+SPEED_GGUF_BASELINES = ("F32", "F16", "BF16")
+SPEED_BNB_BASELINES = ("float32", "bfloat16")
+SPEED_GGUF_REFERENCE = "llama.cpp F16"    # the ×base column of llama.cpp rows ...
+SPEED_BNB_REFERENCE = "torch bfloat16"    # ... and of bitsandbytes rows
+# why a row has no speed figure: the families whose kernels do not run on this CPU
+SPEED_MISSING = {
+    "INT4-G128": "no CPU kernel here for groups of 128 with zero-points (GPTQ/AWQ checkpoints run on "
+                 "CUDA kernels: ExLlama, Marlin)",
+    "GPTQ-4-G128": "GPTQ's kernels (ExLlama, Marlin) are CUDA kernels; none runs on this CPU",
+    "AWQ-4-G128": "AWQ's kernels (AutoAWQ GEMM/GEMV, Marlin) are CUDA kernels; none runs on this CPU",
+}
+SPEED_MISSING_DEFAULT = "no CPU kernel for this format is installed here (measured: llama.cpp's GGUF types, " \
+                        "bitsandbytes' NF4 and LLM.int8())"
+
+
+class SpeedReport(NamedTuple):
+    """What --speed measured.
+
+    rows:      method name -> its kernel's Speed (``missing`` says why when there is no kernel)
+    baselines: 'llama.cpp F32' ... 'torch bfloat16' -> Speed, the unquantized references
+    protocol:  the ``speed.SpeedProtocol`` used
+    notes:     the speed footer: machine, threads, load averages, package versions
+    file_mb:   row or baseline name -> size of the GGUF file llama.cpp ran, 1 MB = 10⁶ B
+    """
+
+    rows: dict[str, Any]
+    baselines: dict[str, Any]
+    protocol: Any
+    notes: dict[str, str]
+    file_mb: dict[str, float] = {}
+
+    def reference(self, name: str) -> Any:
+        """The baseline a row's ×base column divides by (None when the row has no figures)."""
+        s = self.rows.get(name)
+        if s is None or not s.ok:
+            return None
+        key = SPEED_GGUF_REFERENCE if s.kernel.startswith("llama.cpp") else SPEED_BNB_REFERENCE
+        return self.baselines.get(key)
+
+
+def speed_kernel(method: Callable) -> tuple[str, str] | None:
+    """('gguf', ftype) or ('bnb', kind) for a method that a real kernel runs, else None."""
+    if getattr(method, "gguf_ftype", None):
+        return "gguf", method.gguf_ftype
+    if getattr(method, "bnb_kind", None):
+        return "bnb", method.bnb_kind
+    return None
+
+
+def _speed_file(src: str, dst: str, ftype: str, ctx: Context) -> None:
+    """The GGUF file llama.cpp times for ``ftype``: ``gguf.convert.quantize_file`` of the model file;
+    under --tensors the tensors left out stay F32, as the row evaluated them (the baseline's float32)."""
+    from .gguf import recipes
+    from .gguf.convert import quantize_file
+    from .gguf.file import read
+
+    with read(src) as f:
+        types = recipes.tensor_types(f, ftype)
+    keep = {n: "F32" for n in types if ctx.tensors is not None and not ctx.tensors.search(n)}
+    quantize_file(src, dst, ftype, types_override=keep or None)
+
+
+def _stack_weights(model: Any, n_blocks: int) -> list[np.ndarray]:
+    """The block linears of the first ``n_blocks`` blocks, baseline float32, in block order."""
+    names = [n for n in block_linear_names(model.weights) if int(_BLOCK_RE.match(n).group(1)) < n_blocks]
+    return [np.asarray(to_numpy(model.weights[n]), dtype=np.float32) for n in names]
+
+
+def measure_speed(names: Iterable[str], model: Any, ctx: Context, src: str, protocol: Any = None,
+                  methods: dict[str, Callable] | None = None, workdir: str | None = None) -> SpeedReport:
+    """Tokens/s of each named method's kernel (``speed_kernel``) and of the unquantized baselines.
+
+    GGUF rows: llama.cpp on the file ``gguf.convert.quantize_file`` writes from the model file
+    ``src`` (one at a time in ``workdir``, a temporary folder by default, each deleted once
+    timed), with the F32 / F16 / BF16 files of the same model. NF4 and INT8 rows: bitsandbytes'
+    Linear4bit / Linear8bitLt on the first ``protocol.stack_blocks`` blocks' linears, with torch
+    float32 / bfloat16 linears of the same weights. A row without a kernel gets its reason.
+    """
+    import tempfile
+
+    from . import speed
+
+    methods = METHODS if methods is None else methods
+    protocol = speed.QUICK_PROTOCOL if protocol is None and ctx.quick else (protocol or speed.PROTOCOL)
+    n_blocks = len({int(_BLOCK_RE.match(n).group(1)) for n in block_linear_names(model.weights)})
+    protocol = protocol._replace(stack_blocks=min(protocol.stack_blocks, max(n_blocks, 1)))
+    kinds = {n: speed_kernel(methods[n]) for n in dict.fromkeys(names)}
+    gguf_jobs = [(f"llama.cpp {ft}", ft) for ft in SPEED_GGUF_BASELINES] if "baseline" in kinds or any(
+        k and k[0] == "gguf" for k in kinds.values()) else []
+    gguf_jobs += [(n, k[1]) for n, k in kinds.items() if k and k[0] == "gguf"]
+    bnb_jobs = [(f"torch {kind}", kind) for kind in SPEED_BNB_BASELINES] if any(
+        k and k[0] == "bnb" for k in kinds.values()) else []
+    bnb_jobs += [(n, k[1]) for n, k in kinds.items() if k and k[0] == "bnb"]
+
+    load_before = speed.load_average()
+    measured: dict[str, Any] = {}
+    file_mb: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="refquant-speed-") as tmp:
+        for key, ftype in ctx.progress(gguf_jobs, desc="speed: llama.cpp"):
+            path = os.path.join(tmp, f"{ftype}.gguf")
+            _speed_file(src, path, ftype, ctx)
+            measured[key] = speed.llama_cpp_speed(path, f"llama.cpp {ftype} file", protocol)
+            file_mb[key] = os.path.getsize(path) / 1e6
+            os.remove(path)  # the F32 file alone is 4 bytes a parameter
+    if bnb_jobs:
+        weights = _stack_weights(model, protocol.stack_blocks)
+        for key, kind in ctx.progress(bnb_jobs, desc="speed: bitsandbytes"):
+            s = speed.linear_stack_speed(weights, kind, protocol)
+            blocks = "block 0" if protocol.stack_blocks == 1 else f"blocks 0-{protocol.stack_blocks - 1}"
+            measured[key] = s._replace(kernel=f"{s.kernel} of {blocks}")
+    measured.setdefault("baseline", measured.get(f"llama.cpp {SPEED_GGUF_BASELINES[0]}"))  # float32 weights: F32
+    rows = {n: measured.get(n) or speed.unavailable("none", SPEED_MISSING.get(n, SPEED_MISSING_DEFAULT))
+            for n in kinds}
+    baselines = {k: measured[k] for k, _ in [*gguf_jobs, *bnb_jobs] if k not in kinds}
+    notes = {"machine": speed.machine(), "threads": str(protocol.threads),
+             "protocol": protocol.describe(),
+             "load": f"1-minute load average {load_before:.2f} before, {speed.load_average():.2f} after "
+                     f"(uptime's first figure; each figure's own in its row)",
+             "kernels": speed.versions()}
+    return SpeedReport(rows, baselines, protocol, notes, file_mb)
+
+
+# ---------------------------------------------------------------------------------------
 # outputs
 # ---------------------------------------------------------------------------------------
 
@@ -500,12 +639,72 @@ COLUMN_NOTE = ("bpw: bits per parameter of the whole model, 8 · model bytes / a
                "quantize the tied token embedding too, the other methods keep it at float16).")
 
 
-def _cells(r: Row) -> list[str]:
+SPEED_COLUMNS = ("pp t/s", "tg t/s")  # with --speed, before "time (s)"
+STACK_MARK = "‡"  # a bitsandbytes figure: a stack of linear layers, not a whole model
+SPEED_NOTE = ("pp t/s, tg t/s: prompt processing and generation tokens per second of the row's kernel on "
+              f"this machine (Speed, below); {STACK_MARK}: bitsandbytes, the first blocks' linear layers only "
+              "(compare with the torch rows of Speed), not a whole model; n/a: no kernel here (reason below).")
+
+
+def columns(speed: SpeedReport | None = None) -> tuple[str, ...]:
+    """The table's columns: ``COLUMNS``, with ``SPEED_COLUMNS`` before the time when speed was measured."""
+    return COLUMNS if speed is None else (*COLUMNS[:-1], *SPEED_COLUMNS, COLUMNS[-1])
+
+
+def _tps(x: float) -> str:
+    """Tokens per second to 3 significant figures (a shared machine's timings hold no more)."""
+    return "n/a" if not math.isfinite(x) else f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _speed_cells(s: Any) -> list[str]:
+    if s is None or not s.ok:
+        return ["n/a", "n/a"]
+    mark = "" if s.kernel.startswith("llama.cpp") else STACK_MARK
+    return [_tps(s.prompt) + mark, _tps(s.generation) + mark]
+
+
+def _cells(r: Row, speed: SpeedReport | None = None) -> list[str]:
+    n = len(columns(speed))
     if r.status != "ok":
-        return [r.method, *["—"] * (len(COLUMNS) - 2), r.status]
-    return [r.method, f"{r.model_bits_per_weight:.2f}", f"{r.memory_mb:.1f}", f"{r.bits_per_weight:.2f}",
-            r.tensors, f"{r.rel_error:.4f}", f"{r.perplexity:.3f}", f"{r.delta_perplexity:+.3f}",
-            f"{r.seconds:.1f}"]
+        return [r.method, *["—"] * (n - 2), r.status]
+    cells = [r.method, f"{r.model_bits_per_weight:.2f}", f"{r.memory_mb:.1f}", f"{r.bits_per_weight:.2f}",
+             r.tensors, f"{r.rel_error:.4f}", f"{r.perplexity:.3f}", f"{r.delta_perplexity:+.3f}"]
+    if speed is not None:
+        cells += _speed_cells(speed.rows.get(r.method))
+    return [*cells, f"{r.seconds:.1f}"]
+
+
+def _ratio(s: Any, ref: Any, which: str) -> str:
+    from . import speed as speed_mod
+
+    x = speed_mod.ratio(s, ref, which) if s is not None and ref is not None else math.nan
+    return f"{x:.2f}×" if math.isfinite(x) else ""
+
+
+def speed_markdown(speed: SpeedReport) -> str:
+    """The Speed section: every kernel timed, its ×base against llama.cpp F16 or torch bfloat16,
+    the load it was timed under, then the rows without a kernel and why."""
+    p = speed.protocol
+    lines = [f"Speed on this machine: tokens/s, best of {p.repeats}, {p.threads} threads; pp: {p.n_prompt} "
+             f"tokens in one batch, tg: {p.n_gen} tokens one at a time; ×base: against {SPEED_GGUF_REFERENCE} "
+             f"(llama.cpp rows) or {SPEED_BNB_REFERENCE} (bitsandbytes rows); load: the 1-minute load average "
+             "as the figure was measured.", "",
+             "| for | kernel | pp t/s | tg t/s | pp ×base | tg ×base | load |", "|---|---|---:|---:|---:|---:|---:|"]
+    ref_of = {k: speed.baselines.get(SPEED_GGUF_REFERENCE if k.startswith("llama.cpp") else SPEED_BNB_REFERENCE)
+              for k in speed.baselines}
+    entries = [(k.split(" ", 1)[1] + " baseline", s, ref_of[k]) for k, s in speed.baselines.items()]
+    entries += [(n, s, speed.reference(n)) for n, s in speed.rows.items() if s.ok and n != "baseline"]
+    for label, s, ref in entries:
+        if s.ok:
+            lines.append(f"| {label} | {s.kernel} | {_tps(s.prompt)} | {_tps(s.generation)} | "
+                         f"{_ratio(s, ref, 'prompt')} | {_ratio(s, ref, 'generation')} | {s.load:.2f} |")
+        else:
+            lines.append(f"| {label} | {s.kernel} | n/a | n/a | | | |")
+    missing = [(n, s) for n, s in [*speed.baselines.items(), *speed.rows.items()] if not s.ok and n != "baseline"]
+    if missing:
+        lines += ["", "No figure:", ""] + [f"- **{n}**: n/a, {s.missing}" for n, s in missing]
+    lines += ["", "Speed: " + "; ".join(f"{k} {v}" for k, v in speed.notes.items()) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def pareto_front(rows: list[Row]) -> list[Row]:
@@ -520,22 +719,35 @@ def pareto_front(rows: list[Row]) -> list[Row]:
     return front
 
 
-def to_markdown(rows: list[Row], protocol: dict[str, str]) -> str:
-    align = ["---" if c in ("method", "tensors") else "---:" for c in COLUMNS]  # text left, numbers right
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
-    lines += ["", footer(protocol), "", COLUMN_NOTE, "", "Methods:", ""]
+def to_markdown(rows: list[Row], protocol: dict[str, str], speed: SpeedReport | None = None) -> str:
+    cols = columns(speed)
+    align = ["---" if c in ("method", "tensors") else "---:" for c in cols]  # text left, numbers right
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(_cells(r, speed)) + " |" for r in rows]
+    lines += ["", footer(protocol), "", COLUMN_NOTE]
+    if speed is not None:
+        lines += ["", SPEED_NOTE, "", speed_markdown(speed).rstrip("\n")]
+    lines += ["", "Methods:", ""]
     lines += [f"- **{r.method}**: {r.description}" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[Row]) -> str:
+# with --speed, report.csv gains these columns (NaN and the reason in speed_kernel where no kernel ran)
+SPEED_CSV_FIELDS = ("prompt_tokens_per_s", "generation_tokens_per_s", "speed_load", "speed_kernel")
+
+
+def to_csv(rows: list[Row], speed: SpeedReport | None = None) -> str:
     buf = io.StringIO()
-    fields = [f.name for f in dataclasses.fields(Row)]
+    fields = [f.name for f in dataclasses.fields(Row)] + (list(SPEED_CSV_FIELDS) if speed is not None else [])
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in dataclasses.asdict(r).items()})
+        values = dataclasses.asdict(r)
+        if speed is not None:
+            s = speed.rows.get(r.method)
+            values.update(zip(SPEED_CSV_FIELDS, (math.nan, math.nan, math.nan, "n/a: not measured") if s is None else
+                              (s.prompt, s.generation, s.load, s.kernel if s.ok else f"n/a: {s.missing}")))
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()})
     return buf.getvalue()
 
 
@@ -549,9 +761,40 @@ _LABEL_SPOTS = ((5, 4, "left", "bottom"), (5, -4, "left", "top"), (-5, 4, "right
                 (-5, 14, "right", "bottom"), (-5, -14, "right", "top"))
 
 
-def plot(rows: list[Row], path: str, title: str = "") -> None:
+def _place_labels(ax: Any, renderer: Any, points: list[tuple[float, float, str]]) -> None:
+    """Each label at the first spot around its point that overlaps no label placed before it
+    (the axes' limits frozen first, so that label extents are final)."""
+    from matplotlib.transforms import Bbox
+
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    frame = ax.get_window_extent(renderer)
+    marker = 4 * ax.figure.dpi / 72  # the markers' half width in pixels (s=36 -> 6 points wide)
+    placed = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker)
+              for px, py in ax.transData.transform([(x, y) for x, y, _ in points])] if points else []
+    for x, y, text in points:
+        for k, (dx, dy, ha, va) in enumerate(_LABEL_SPOTS):
+            label = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=8)
+            box = label.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if (inside and not any(box.overlaps(b) for b in placed)) or k == len(_LABEL_SPOTS) - 1:
+                placed.append(box)
+                break
+            label.remove()
+
+
+def _speed_points(speed: SpeedReport) -> list[tuple[float, float, float, str]]:
+    """(file MB, pp t/s, tg t/s, label) of every llama.cpp file timed: the baselines and the GGUF rows."""
+    named = [(k.split(" ", 1)[1], k, s) for k, s in speed.baselines.items()] + \
+        [(n, n, s) for n, s in speed.rows.items() if n != "baseline"]
+    return [(speed.file_mb[k], s.prompt, s.generation, label) for label, k, s in named
+            if s.ok and k in speed.file_mb and s.kernel.startswith("llama.cpp")]
+
+
+def plot(rows: list[Row], path: str, title: str = "", speed: SpeedReport | None = None) -> None:
     """Perplexity against whole-model bits per parameter, one labelled point per method, the
-    Pareto front drawn (needs matplotlib: ``MissingDependency`` saying how to install it).
+    Pareto front drawn (needs matplotlib: ``MissingDependency`` saying how to install it); with
+    ``speed``, a second panel: llama.cpp's tokens/s against the size of the file it ran.
 
     x is log₂-scaled so that 5 … 10 bits spread out next to the 32-bit baseline; each label goes
     to the first spot around its point that overlaps no label placed before it.
@@ -559,14 +802,13 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
     require("matplotlib", INSTALL_MODEL_EXTRA)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global backend state
-    from matplotlib.transforms import Bbox
 
     ok = sorted((r for r in rows if r.status == "ok" and math.isfinite(r.perplexity)),
                 key=lambda r: (r.model_bits_per_weight, r.perplexity))
     front = pareto_front(ok)
-    fig = Figure(figsize=(8, 5), dpi=120)
+    fig = Figure(figsize=(8, 5) if speed is None else (15, 5.5), dpi=120)
     canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(1, 1 if speed is None else 2, 1)
     ax.plot([r.model_bits_per_weight for r in front], [r.perplexity for r in front], "-", color="tab:orange",
             lw=2, alpha=0.6, zorder=1, label="Pareto front")
     ax.scatter([r.model_bits_per_weight for r in ok], [r.perplexity for r in ok], s=36, zorder=2,
@@ -579,47 +821,53 @@ def plot(rows: list[Row], path: str, title: str = "") -> None:
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("bits per parameter, whole model (scales, zero-points and unquantized tensors included)")
     ax.set_ylabel("perplexity (lower is better)")
-    ax.set_title(title or "perplexity against whole-model bits per parameter")
+    ax.set_title(title or "perplexity against whole-model bits per parameter", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.1)
     ax.legend(loc="upper right", fontsize=8)
+    points = _speed_points(speed) if speed is not None else []
+    if speed is not None:
+        ax2 = fig.add_subplot(1, 2, 2)
+        ax2.scatter([p[0] for p in points], [p[2] for p in points], s=36, color="tab:green", zorder=2,
+                    label=f"generation ({speed.protocol.n_gen} tokens)")
+        ax2.scatter([p[0] for p in points], [p[1] for p in points], s=36, facecolors="none",
+                    edgecolors="tab:purple", zorder=2, label=f"prompt processing ({speed.protocol.n_prompt} tokens)")
+        ax2.set_xscale("log", base=2)
+        ax2.set_yscale("log")
+        ax2.set_xlabel("GGUF file size (MB)")
+        ax2.set_ylabel("tokens/s (higher is better)")
+        ax2.set_title(f"llama.cpp on this machine, {speed.protocol.threads} threads, best of "
+                      f"{speed.protocol.repeats}", fontsize=10)
+        ax2.grid(True, alpha=0.3, which="both")
+        ax2.margins(x=0.12, y=0.15)
+        ax2.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    ax.set_xlim(ax.get_xlim())  # freeze the limits so label extents are final
-    ax.set_ylim(ax.get_ylim())
     renderer = canvas.get_renderer()
-    frame = ax.get_window_extent(renderer)
-    marker = 4 * fig.dpi / 72  # the markers' half width in pixels (s=36 -> 6 points wide)
-    placed = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker)
-              for px, py in ax.transData.transform([(r.model_bits_per_weight, r.perplexity) for r in ok])]
-    for r in ok:
-        for k, (dx, dy, ha, va) in enumerate(_LABEL_SPOTS):
-            label = ax.annotate(r.method, (r.model_bits_per_weight, r.perplexity), xytext=(dx, dy),
-                                textcoords="offset points", ha=ha, va=va, fontsize=8)
-            box = label.get_window_extent(renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if (inside and not any(box.overlaps(b) for b in placed)) or k == len(_LABEL_SPOTS) - 1:
-                placed.append(box)
-                break
-            label.remove()
+    _place_labels(ax, renderer, [(r.model_bits_per_weight, r.perplexity, r.method) for r in ok])
+    if speed is not None and points:
+        _place_labels(ax2, renderer, [(mb, tg, label) for mb, _, tg, label in points])
     fig.savefig(path, format="png")  # a file name or a binary file object
 
 
-def print_table(rows: list[Row], protocol: dict[str, str], file=None) -> None:
+def print_table(rows: list[Row], protocol: dict[str, str], file=None, speed: SpeedReport | None = None) -> None:
     """The table on the terminal: rich when it is installed (an optional package, checked by
     name) and writing to a terminal, else Markdown."""
     file = sys.stdout if file is None else file
     if importlib.util.find_spec("rich") is None or not _is_terminal(file):
-        file.write(to_markdown(rows, protocol))
+        file.write(to_markdown(rows, protocol, speed))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*COLUMNS, caption=f"{footer(protocol)}\n{COLUMN_NOTE}", caption_justify="left")
+    note = COLUMN_NOTE if speed is None else f"{COLUMN_NOTE}\n{SPEED_NOTE}"
+    table = Table(*columns(speed), caption=f"{footer(protocol)}\n{note}", caption_justify="left")
     for c in table.columns:
         c.justify = "left" if c.header in ("method", "tensors") else "right"
     for r in rows:
-        table.add_row(*_cells(r))
+        table.add_row(*_cells(r, speed))
     Console(file=file).print(table)
+    if speed is not None:
+        Console(file=file).print(speed_markdown(speed), highlight=False, markup=False)
     for r in rows:
         Console(file=file).print(f"[bold]{r.method}[/bold]: {r.description}", highlight=False)
 
@@ -631,7 +879,8 @@ def _is_terminal(file) -> bool:
         return False
 
 
-def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> dict[str, str]:
+def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str,
+                  speed: SpeedReport | None = None) -> dict[str, str]:
     """report.md, report.csv, report.png in ``out_dir``, each written atomically
     (``refquant.gguf.file.atomic_write``: a killed run leaves the old file or the new one, no part file)."""
     from .gguf.file import atomic_write
@@ -639,8 +888,10 @@ def write_outputs(rows: list[Row], protocol: dict[str, str], out_dir: str) -> di
     os.makedirs(out_dir, exist_ok=True)
     paths = {ext: os.path.join(out_dir, f"report.{ext}") for ext in ("md", "csv", "png")}
     png = io.BytesIO()
-    plot(rows, png, title=f"perplexity against whole-model bits per parameter — {protocol.get('model', '')}")
-    for ext, data in (("md", to_markdown(rows, protocol).encode("utf-8")), ("csv", to_csv(rows).encode("utf-8")),
+    plot(rows, png, title=f"perplexity against whole-model bits per parameter — {protocol.get('model', '')}",
+         speed=speed)
+    for ext, data in (("md", to_markdown(rows, protocol, speed).encode("utf-8")),
+                      ("csv", to_csv(rows, speed).encode("utf-8")),
                       ("png", png.getvalue())):
         atomic_write(paths[ext], [data])
     return paths

@@ -74,7 +74,7 @@ class SpeedProtocol(NamedTuple):
 
 
 PROTOCOL = SpeedProtocol()
-QUICK_PROTOCOL = SpeedProtocol(stack_blocks=2)
+QUICK_PROTOCOL = SpeedProtocol(n_prompt=128, n_gen=16, stack_blocks=2)  # --quick: a quarter of the tokens
 
 
 class Speed(NamedTuple):

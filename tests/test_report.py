@@ -406,3 +406,160 @@ def test_hqq_row_stores_float16_scale_and_zero(rng):
     got = report.METHODS["HQQ-4-G64"](model, Context()).weights["blk.0.ffn_up.weight"]
     np.testing.assert_array_equal(got, expected)
     assert not np.array_equal(got, hqq.hqq_dequantize(r))  # the float16 rounding does change Ŵ
+
+
+# ---------------------------------------------------------------------------------------
+# --speed: structure only (timings are never asserted); fake kernels on the fake model, then
+# the command end to end on a one-block SmolLM2
+# ---------------------------------------------------------------------------------------
+
+def _kernel(method, **marks):
+    """A fake method carrying the marks report.speed_kernel reads (gguf_ftype / bnb_kind)."""
+    def wrapped(model, ctx):
+        return method(model, ctx)
+    wrapped.__doc__ = method.__doc__
+    for k, v in marks.items():
+        setattr(wrapped, k, v)
+    return wrapped
+
+
+SPEED_FAKES = {**FAKES, "gguf-q8": _kernel(rtn(0.01, 8), gguf_ftype="Q8_0"),
+               "bnb-nf4": _kernel(rtn(0.05, 4), bnb_kind="nf4"), "plain": rtn(0.05, 4)}
+# tokens/s of the fake kernels: (prompt, generation)
+FAKE_TPS = {"F32": (100.0, 10.0), "F16": (200.0, 20.0), "BF16": (150.0, 15.0), "Q8_0": (300.0, 30.0),
+            "float32": (400.0, 40.0), "bfloat16": (100.0, 50.0), "nf4": (50.0, 25.0)}
+
+
+@pytest.fixture
+def fake_kernels(monkeypatch):
+    """llama.cpp and bitsandbytes replaced by table lookups; the GGUF file by a file of 10⁶ · n bytes."""
+    from refquant import speed
+
+    written = []
+
+    def speed_file(src, dst, ftype, ctx):
+        written.append(ftype)
+        with open(dst, "wb") as f:
+            f.write(b"\0" * (1000 * len(written)))
+
+    monkeypatch.setattr(report, "_speed_file", speed_file)
+    monkeypatch.setattr(speed, "llama_cpp_speed",
+                        lambda path, kernel, protocol: speed.Speed(kernel, *FAKE_TPS[path.rsplit("/", 1)[1][:-5]], 1.5))
+    monkeypatch.setattr(speed, "linear_stack_speed",
+                        lambda weights, kind, protocol: speed.Speed(f"{kind}: {len(weights)} linears", *FAKE_TPS[kind], 2.5))
+    return written
+
+
+def _speed_run(rng, names):
+    model = fake_model(rng)
+    rows = report.run_methods(names, model, Context(), fake_perplexity(model), methods=SPEED_FAKES)
+    return rows, report.measure_speed([r.method for r in rows], model, Context(), "unused.gguf", methods=SPEED_FAKES)
+
+
+def test_measure_speed_gives_every_row_a_figure_or_a_reason(rng, fake_kernels):
+    rows, sp = _speed_run(rng, ["gguf-q8", "bnb-nf4", "plain"])
+    assert fake_kernels == ["F32", "F16", "BF16", "Q8_0"]  # the baselines' files, then the row's
+    assert list(sp.baselines) == ["llama.cpp F32", "llama.cpp F16", "llama.cpp BF16", "torch float32", "torch bfloat16"]
+    assert sp.rows["gguf-q8"].generation == 30.0 and sp.rows["baseline"] == sp.baselines["llama.cpp F32"]
+    assert sp.rows["bnb-nf4"].kernel == "nf4: 14 linears of blocks 0-1"  # --quick off: 8 blocks, the model has 2
+    assert not sp.rows["plain"].ok and sp.rows["plain"].missing == report.SPEED_MISSING_DEFAULT
+    assert sp.reference("gguf-q8") == sp.baselines["llama.cpp F16"]
+    assert sp.reference("bnb-nf4") == sp.baselines["torch bfloat16"] and sp.reference("plain") is None
+    assert sp.file_mb["llama.cpp F32"] == 0.001 and sp.file_mb["gguf-q8"] == 0.004
+    assert sp.protocol.stack_blocks == 2 and {"machine", "threads", "load", "kernels"} <= set(sp.notes)
+
+
+def test_measure_speed_times_only_the_kernels_needed(rng, fake_kernels):
+    _, sp = _speed_run(rng, ["bnb-nf4"])
+    assert fake_kernels == ["F32", "F16", "BF16"]  # the baseline row's llama.cpp F32, and its references
+    assert "torch bfloat16" in sp.baselines and "gguf-q8" not in sp.rows
+    model = fake_model(rng)
+    sp = report.measure_speed(["plain"], model, Context(quick=True), "unused.gguf", methods=SPEED_FAKES)
+    assert sp.baselines == {} and not sp.rows["plain"].ok and sp.protocol.stack_blocks == 2
+
+
+def test_markdown_and_csv_with_speed(rng, fake_kernels):
+    rows, sp = _speed_run(rng, ["gguf-q8", "bnb-nf4", "plain", "missing"])
+    md = report.to_markdown(rows, PROTOCOL, sp)
+    header = md.splitlines()[0]
+    assert header == "| " + " | ".join(report.columns(sp)) + " |" and "| pp t/s | tg t/s | time (s) |" in header
+    assert "| gguf-q8 |" in md and "| 300 | 30.0 |" in md.split("\n\n")[0]  # the main table's speed cells
+    assert "| 50.0‡ | 25.0‡ |" in md  # a bitsandbytes stack, marked
+    assert "| plain |" in md and "| n/a | n/a |" in md
+    # ×base: Q8_0 over llama.cpp F16 (300/200, 30/20), NF4 over torch bfloat16 (50/100, 25/50)
+    assert "| gguf-q8 | llama.cpp Q8_0 file | 300 | 30.0 | 1.50× | 1.50× | 1.50 |" in md
+    assert "| bnb-nf4 | nf4: 14 linears of blocks 0-1 | 50.0 | 25.0 | 0.50× | 0.50× | 2.50 |" in md
+    assert f"- **plain**: n/a, {report.SPEED_MISSING_DEFAULT}" in md and report.SPEED_NOTE in md
+    assert "Speed: machine " in md and "load 1-minute load average" in md
+    parsed = {p["method"]: p for p in csv.DictReader(io.StringIO(report.to_csv(rows, sp)))}
+    assert float(parsed["gguf-q8"]["generation_tokens_per_s"]) == 30.0 and parsed["gguf-q8"]["speed_load"] == "1.5"
+    assert parsed["plain"]["speed_kernel"].startswith("n/a: no CPU kernel") and parsed["plain"]["prompt_tokens_per_s"] == "nan"
+    assert set(report.SPEED_CSV_FIELDS) <= set(parsed["baseline"])
+
+
+def test_without_speed_the_outputs_are_unchanged(rng):
+    rows = _rows(rng)
+    assert report.columns() == report.COLUMNS and "t/s" not in report.to_markdown(rows, PROTOCOL)
+    assert not set(report.SPEED_CSV_FIELDS) & set(report.to_csv(rows).splitlines()[0].split(","))
+
+
+def _png_width(path) -> int:
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(24)[16:20], "big")  # IHDR width
+
+
+def test_plot_gains_a_speed_panel(rng, fake_kernels, tmp_path):
+    rows, sp = _speed_run(rng, ["gguf-q8", "bnb-nf4"])
+    report.plot(rows, str(tmp_path / "one.png"))
+    report.plot(rows, str(tmp_path / "two.png"), speed=sp)
+    assert _png_width(tmp_path / "two.png") > 1.5 * _png_width(tmp_path / "one.png")
+    points = report._speed_points(sp)  # llama.cpp files only: the bitsandbytes stack is no whole model
+    assert [p[3] for p in points] == ["F32", "F16", "BF16", "gguf-q8"] and points[3][:3] == (0.004, 300.0, 30.0)
+
+
+def test_every_gguf_and_bnb_method_has_a_kernel():
+    kinds = {n: report.speed_kernel(m) for n, m in report.METHODS.items()}
+    assert kinds["Q4_K_M"] == ("gguf", "Q4_K_M") and kinds["NF4"] == ("bnb", "nf4")
+    assert kinds["NF4-DQ"] == ("bnb", "nf4-dq") and kinds["INT8"] == ("bnb", "int8")
+    assert kinds["GPTQ-4-G128"] is None and "CUDA" in report.SPEED_MISSING["GPTQ-4-G128"]
+
+
+def _first_block(src, dst):
+    """SmolLM2 cut to block 0 (tensors byte for byte, block_count 1), with refquant's own writer."""
+    from refquant.gguf import file as gf
+
+    with gf.read(src) as f:
+        metadata = {**f.metadata, "llama.block_count": 1}
+        keep = [t for n, t in f.tensors.items() if not n.startswith("blk.") or n.startswith("blk.0.")]
+        gf.write(dst, metadata, keep, metadata_types=f.metadata_types)
+
+
+@pytest.mark.slow
+def test_report_speed_quick_end_to_end(smollm2_path, tmp_path):
+    """`refquant report --quick --speed` as a user runs it: the columns, the Speed section, a
+    reason where no kernel runs; on one block of SmolLM2 (its perplexity is meaningless)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("bitsandbytes")
+    model = str(tmp_path / "one-block.gguf")
+    _first_block(smollm2_path, model)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "refquant.cli", "report", "--quick", "--speed", "--model", model,
+                           "--methods", "Q8_0,NF4,INT4-G128", "--tokens", "32", "--window", "32", "--no-progress",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert md in proc.stdout and "| pp t/s | tg t/s |" in md
+    for label in ("F32 baseline | llama.cpp F32 file", "F16 baseline | llama.cpp F16 file",
+                  "BF16 baseline | llama.cpp BF16 file", "Q8_0 | llama.cpp Q8_0 file",
+                  "float32 baseline | torch Linear, float32: 7 linears of block 0",
+                  "NF4 | bitsandbytes Linear4bit NF4"):
+        assert f"| {label}" in md, label
+    assert f"- **INT4-G128**: n/a, {report.SPEED_MISSING['INT4-G128']}" in md
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "report.csv", newline=""))}
+    for m in ("baseline", "Q8_0", "NF4"):
+        assert float(rows[m]["prompt_tokens_per_s"]) > 0 and float(rows[m]["generation_tokens_per_s"]) > 0
+    assert rows["INT4-G128"]["speed_kernel"].startswith("n/a:")
+    assert not list(tmp_path.glob("**/refquant-speed-*"))  # the timed files are gone

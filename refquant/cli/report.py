@@ -51,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensors", metavar="REGEX",
                         help="quantize only the tensors whose GGUF name matches (e.g. 'blk\\.0\\.'); "
                              "the others keep their baseline weights")
+    parser.add_argument("--speed", action="store_true",
+                        help="also time the kernels users run, on this machine: llama.cpp (2 threads) on each GGUF "
+                             "row's file and the F32/F16/BF16 files, bitsandbytes' NF4 / LLM.int8() layers against "
+                             "torch float32 / bfloat16 (a few minutes more)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (they go to stderr)")
 
 
@@ -204,7 +208,13 @@ def run(args: argparse.Namespace) -> int:
 
     rows = report.run_methods(methods, model, ctx, _evaluator(eval_tokens, window, progress))
     protocol = _protocol(args, len(eval_tokens) // window, window, len(calib_tokens))
-    report.print_table(rows, protocol)
-    paths = report.write_outputs(rows, protocol, args.out)
+    speed = None
+    if getattr(args, "speed", False):
+        from .._data import smollm2_path
+
+        speed = report.measure_speed([r.method for r in rows if r.status == "ok"], model, ctx,
+                                     args.model or smollm2_path())
+    report.print_table(rows, protocol, speed=speed)
+    paths = report.write_outputs(rows, protocol, args.out, speed=speed)
     print(f"wrote {', '.join(paths.values())}")
     return 1 if any(r.status.startswith("failed") for r in rows) else 0
