@@ -57,10 +57,13 @@ across blocks; the sequential comparisons of step 2 stay a loop over the candida
 The encoders run in NumPy (the search is a gather-heavy loop; bytes are the NumPy edge)
 and return bytes of the input's namespace; the decoders run in any array namespace.
 
-Domain: finite x whose weighted sums stay finite. With |x| beyond ~1e12 (w·x² ~ |x|³
-overflows) the neighbour search finds no finite error and libggml reads past its input
-(iq1_find_best_neighbour2's fallback loop indexes xval by the grid index) or aborts
-(GGML_ASSERT(scale >= 0) on a NaN scale); refquant raises ValueError there.
+Domain: finite x whose search sums stay finite. Where x² (or a split's Σwqx, Σwq²)
+overflows float32 — |x| around 1e19 and above — a block scale becomes inf/inf = NaN and
+libggml aborts (GGML_ASSERT(scale >= 0)); a neighbour search whose every error overflows
+would make it read past its input (iq1_find_best_neighbour2's fallback loop indexes xval
+by the grid index). refquant raises ValueError in both cases (checked against libggml in
+a subprocess: at 1e20 and 3e38 it aborts exactly where refquant refuses; at 1e15 both give
+the same bytes).
 
 Ref: ggml/src/ggml-quants.c (quantize_row_iq1_s_impl, quantize_row_iq1_m_impl,
 iq1_find_best_neighbour2, iq1_sort_helper, iq2xs_init_impl, dequantize_row_iq1_s,
@@ -76,7 +79,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._backend import from_numpy, namespace, to_numpy
-from ._bytes import QK_K, Layout, check_blocks, fp16_bytes, fp16_field, float_from_bits, sequential_sum
+from ._bytes import QK_K, Layout, check_blocks, fp16_bytes, fp16_field, sequential_sum
 from ._grids import IQ1S
 from ._search import clamp, nearest_int
 
@@ -176,7 +179,7 @@ def _best_neighbour(x: np.ndarray, w: np.ndarray, scale: np.ndarray, xx: np.ndar
         ok = (cand >= 0) & (d2 < FLT_MAX)                                     # NaN fails '<' too
         if not ok.any(axis=1).all():
             raise ValueError("x: values too large for IQ1's neighbour search (the weighted errors overflow "
-                             "float32; libggml reads outside its input there), keep |x| below ~1e12")
+                             "float32; libggml reads outside its input there), keep |x| below ~1e19")
         best = np.argmin(np.where(ok, d2, np.inf), axis=1)                    # first of the least
         out[lo : lo + step] = np.take_along_axis(cand, best[:, None], axis=1)[:, 0]
     return out
@@ -261,7 +264,7 @@ def _refit(x: np.ndarray, w: np.ndarray, index: np.ndarray, minus: np.ndarray, s
 def _check_scale(scale: np.ndarray, qtype: str) -> None:
     if not (scale >= 0).all():
         raise ValueError(f"x: values too large for {qtype}'s search (a block scale overflows to NaN; libggml "
-                         f"aborts there: GGML_ASSERT(scale >= 0)), keep |x| below ~1e12")
+                         f"aborts there: GGML_ASSERT(scale >= 0)), keep |x| below ~1e19")
 
 
 class _Blocks(NamedTuple):
@@ -497,7 +500,9 @@ def dequantize_iq1_m(raw: Any) -> Any:
     n = raw.shape[0]
     sc = _u16(b.scales)                                                       # (n, 4)
     d_bits = (sc[:, 0:1] >> 12) | ((sc[:, 1:2] >> 8) & 0x00F0) | ((sc[:, 2:3] >> 4) & 0x0F00) | (sc[:, 3:4] & 0xF000)
-    d = float_from_bits(d_bits, 5, 10)                                        # (n, 1) iq1m_scale_t.f16
+    # iq1m_scale_t.f16: through fp16_field's bytes, so that a NaN keeps its payload as in C's conversion
+    d16 = xp.astype(xp.concat([d_bits & 0xFF, d_bits >> 8], axis=1), xp.uint8)  # (n, 2)
+    d = fp16_field(d16)                                                       # (n, 1)
     h = from_numpy(np.arange(N_SUB_M, dtype=np.int64), like=raw)              # block of 16: 0..15
     s = (xp.take(sc, h // 4, axis=1) >> (3 * (h % 4))) & 7                    # (n, 16)
     dl = d * xp.astype(2 * s + 1, xp.float32)                                 # (n, 16)
