@@ -38,7 +38,7 @@ import numpy as np
 from ._causes import CAUSES, UNKNOWN, Cause, Evidence, guess
 from ._formats import Field, Format, ShapeMismatch, format_names, get_format
 
-__all__ = ["check", "Report", "PropertyResult", "Failure", "PROPERTIES", "CAUSES", "Cause", "signature",
+__all__ = ["check", "reference", "Report", "PropertyResult", "Failure", "PROPERTIES", "CAUSES", "Cause", "signature",
            "format_names", "get_format", "oracle_versions"]
 
 DIRECTIONS = ("quantize", "dequantize")
@@ -367,7 +367,16 @@ def _safe_decode(fmt: Format, shape: tuple) -> Callable:
 
 
 def _check_nonfinite(case: _Case, x: np.ndarray) -> Failure | None:
+    """refquant's policy is the reference: where refquant encodes NaN/±inf (FP8 saturates ±inf,
+    as satfinite casts do) the bytes must match; where it refuses, the implementation must
+    refuse, or let the non-finite value through to its decoding — never hide it in finite bytes."""
     fmt = case.fmt
+    try:
+        with np.errstate(all="ignore"):
+            fmt.encode(x, None)
+        return _check_quantize(case, "edge parity", x, None)
+    except (ValueError, OverflowError, FloatingPointError):
+        pass
     try:
         out = case.call_quantize(x, None)
         theirs = fmt.read(out, x.shape)
@@ -595,3 +604,43 @@ def check(impl: Callable, fmt: Any, direction: str = "quantize", *, imatrix: Any
     name = getattr(impl, "__qualname__", None) or type(impl).__name__
     module = getattr(impl, "__module__", None)
     return Report(f"{module}.{name}" if module else name, f.name, direction, results, oracle_versions())
+
+
+def reference(fmt: Any, direction: str = "quantize") -> Callable:
+    """refquant's own codec with the natural signature of ``fmt`` (what ``check`` expects of yours).
+
+    >>> q = reference("Q8_0"); raw = q(np.full((1, 32), 2.0, np.float32)); raw.shape
+    (1, 34)
+    >>> check(q, "Q8_0", examples=2, properties=["edge parity"]).ok
+    True
+    """
+    f = get_format(fmt)
+
+    def natural(enc: dict, shape: tuple) -> Any:
+        out = tuple(a for a in f.args(enc, shape) if isinstance(a, np.ndarray))
+        return out[0] if len(out) == 1 else out
+
+    if direction == "quantize":
+        def quantize(x, imatrix=None):
+            x = np.asarray(x, np.float32)
+            return natural(f.encode(x, imatrix), x.shape)
+        quantize.__qualname__ = f"reference_quantize_{f.name}"
+        return quantize
+
+    def dequantize(*args):
+        from ._formats import _np
+
+        args = tuple(_np(a) if not isinstance(a, tuple) else a for a in args)
+        if f.family == "gguf":
+            from ... import gguf
+
+            t = gguf.ggml_type(f.name)
+            shape = (args[0].shape[0], args[0].shape[-1] // t.type_size * t.block_size)
+        elif f.name in ("NF4", "FP4"):
+            shape = tuple(args[2])
+        else:
+            shape = args[0].shape
+        out = args[:2] if f.name in ("NF4", "FP4") else args
+        return f.decode(f.read(out[0] if len(out) == 1 else out, shape), shape)
+    dequantize.__qualname__ = f"reference_dequantize_{f.name}"
+    return dequantize

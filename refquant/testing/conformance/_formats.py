@@ -263,12 +263,13 @@ def _as_f32(field: Field) -> np.ndarray:
     return field.values.view(np.float32) if field.kind == "f32" else field.values.astype(np.float32)
 
 
-def _random_f32(draw, size: int, lo: float = 2.0**-20, hi: float = 2.0**20) -> np.ndarray:
-    """(size,) positive finite float32 scales, drawn by Hypothesis (0 and huge ones included)."""
+def _random_f32(draw, size: int, lo: float = 2.0**-20, hi: float = 2.0**20, zero: bool = True) -> np.ndarray:
+    """(size,) non-negative finite float32 scales, drawn by Hypothesis (0 too where ``zero``)."""
     from hypothesis import strategies as st
     from hypothesis.extra import numpy as hnp
 
-    return draw(hnp.arrays(np.float32, size, elements=st.one_of(st.just(0.0), st.floats(lo, hi, width=32))))
+    positive = st.floats(lo, hi, width=32)
+    return draw(hnp.arrays(np.float32, size, elements=st.one_of(st.just(0.0), positive) if zero else positive))
 
 
 def _nf4_format(quant_type: str) -> Format:
@@ -433,7 +434,7 @@ def _uniform_format(name: str) -> Format:
         q = draw(hnp.arrays(np.int32, shape[0] * shape[1], elements=st.integers(q_min, q_max)))
         z = np.zeros(k, np.float32) if cfg["symmetric"] else draw(
             hnp.arrays(np.int32, k, elements=st.integers(q_min, q_max))).astype(np.float32)
-        return fields(q, _random_f32(draw, k), z, shape)
+        return fields(q, _random_f32(draw, k, zero=False), z, shape)  # refquant.uniform refuses s = 0
 
     per = f"(rows, n/{G})" if G else "(rows,)"
     return Format(
