@@ -11,7 +11,7 @@ written as a llama-imatrix GGUF file that both read). Three kinds of model files
   lengths, layer count and metadata as the whole model, so the same mixture, tensor by tensor —
   and a file small enough to quantize byte for byte in NumPy within CI time (the whole model's
   ~130M weights take NumPy hours: its IQ4_NL / IQ3_S searches cost ~5-30 µs a weight);
-* llama.cpp's own output for a type table of the whole SmolLM2 and a loading check.
+* a small Llama with SmolLM2's tokenizer, which llama.cpp loads and runs from refquant's file.
 
 A whole-file test needs every block type of its mixture; a type whose codec has not landed yet
 is skipped by name (refquant.gguf.CODECS), never counted as a pass.
@@ -36,7 +36,10 @@ from test_gguf_recipes import CONFIGS, tiny_llama, write_gguf_imatrix  # noqa: E
 # rows kept of every SmolLM2 matrix: the IQ1 / IQ2 searches cost ~15-70 ms a super-block in NumPy, so CI keeps two
 ROWS = 4 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 2  # 1 row would be a 1-D tensor to ggml
 # the mixtures also run without an imatrix: the one whose rules read has_imatrix, and some that refuse
-WITHOUT_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_M", "IQ1_M", "IQ3_M")
+WITHOUT_IMATRIX = ("IQ3_XXS", "IQ2_M", "IQ1_M")
+# the layouts of test_gguf_recipes that tell these mixtures apart: n_gqa >= 4, an untied token_embd,
+# rows of 96 (every 256-block type falls back) with n_gqa = 2
+TABLE_CONFIGS = ("gqa4-tied", "gqa1-untied", "rows96-tied-8layers")
 
 LLAMA_QUANTIZE = r"""
 import ctypes, json, sys
@@ -97,12 +100,38 @@ def missing_codecs(types) -> list[str]:
 # --------------------------------------------------------------------------- the tables, synthetic Llamas
 
 @pytest.fixture(scope="module")
-def llama_tables(tmp_path_factory):
+def oracle(smollm2_path, tmp_path_factory) -> dict:
+    """Every llama.cpp quantization of this module, in one child process: llama.cpp builds the IQ1 / IQ2
+    neighbour maps once per process, which takes it tens of seconds. {dst: return code}, and the files."""
+    folder = tmp_path_factory.mktemp("oracle")
+    table_jobs, table_keys = table_runs(folder)
+    rows_src, rows_imatrix = smollm2_rows(smollm2_path, folder)
+    rows_out = {ftype: str(folder / f"rows-{ftype}.gguf") for ftype in WHOLE_FILE}
+    small_src = small_llama(str(folder / "small.gguf"), smollm2_path)
+    small_imatrix = str(folder / "small.imatrix.gguf")
+    write_gguf_imatrix(small_imatrix, synthetic_imatrix(entries(small_src), seed=3))
+    small_out = {ftype: str(folder / f"small-{ftype}.gguf") for ftype in LOADED}
+    jobs = [*table_jobs,
+            *[(rows_src, dst, recipes.FTYPES[f][0], rows_imatrix) for f, dst in rows_out.items()],
+            *[(small_src, dst, recipes.FTYPES[f][0], small_imatrix) for f, dst in small_out.items()]]
+    codes = llama_quantize(jobs)
+    return {"codes": codes, "tables": table_keys, "rows": (rows_src, rows_imatrix, rows_out),
+            "small": (small_src, small_imatrix, small_out)}
+
+
+@pytest.fixture(scope="module")
+def llama_tables(oracle):
     """{(config, ftype, with imatrix): (src, {tensor: type} | None when llama.cpp refused)}."""
-    folder = tmp_path_factory.mktemp("iq-recipes")
+    codes = oracle["codes"]
+    return {(cfg, ftype, im): (src, types_of(dst) if codes[dst] == 0 else None)
+            for cfg, ftype, im, src, dst in oracle["tables"]}
+
+
+def table_runs(folder):
+    """The synthetic Llamas' jobs: every IQ mixture with an imatrix, WITHOUT_IMATRIX also without."""
     jobs, keys = [], []
-    for cfg, kwargs in CONFIGS.items():
-        src = tiny_llama(str(folder / f"{cfg}.gguf"), **kwargs)
+    for cfg in TABLE_CONFIGS:
+        src = tiny_llama(str(folder / f"{cfg}.gguf"), **CONFIGS[cfg])
         imatrix = str(folder / f"{cfg}.imatrix.gguf")
         write_gguf_imatrix(imatrix, synthetic_imatrix(entries(src)))
         for ftype in recipes.IQ_MIXTURES:
@@ -110,11 +139,10 @@ def llama_tables(tmp_path_factory):
                 dst = str(folder / f"{cfg}-{ftype}-{int(with_imatrix)}.gguf")
                 jobs.append((src, dst, recipes.FTYPES[ftype][0], imatrix if with_imatrix else None))
                 keys.append((cfg, ftype, with_imatrix, src, dst))
-    codes = llama_quantize(jobs)
-    return {(cfg, ftype, im): (src, types_of(dst) if codes[dst] == 0 else None) for cfg, ftype, im, src, dst in keys}
+    return jobs, keys
 
 
-@pytest.mark.parametrize("cfg", list(CONFIGS))
+@pytest.mark.parametrize("cfg", TABLE_CONFIGS)
 def test_every_iq_mixture_matches_llama_cpp(cfg, llama_tables):
     n_compared = 0
     for ftype in recipes.IQ_MIXTURES:
@@ -166,9 +194,12 @@ def test_iq_rules_by_hand():
 # --------------------------------------------------------------------------- SmolLM2, row by row
 
 @pytest.fixture(scope="module")
-def smollm2_rows_file(smollm2_path, tmp_path_factory):
+def smollm2_rows_file(oracle):
+    return oracle["rows"][:2]
+
+
+def smollm2_rows(smollm2_path, folder):
     """SmolLM2 with every matrix cut to its first ROWS rows (real bytes), and its synthetic imatrix file."""
-    folder = tmp_path_factory.mktemp("smollm2-rows")
     path = str(folder / "smollm2-rows.gguf")
     with file.read(smollm2_path) as f:
         tensors = []
@@ -185,17 +216,14 @@ def smollm2_rows_file(smollm2_path, tmp_path_factory):
     return path, imatrix
 
 
-WHOLE_FILE = ["IQ2_M", "IQ3_M", "IQ1_M", "IQ3_XS"]
+WHOLE_FILE = ["IQ2_M", "IQ3_M", "IQ1_M"]
 
 
 @pytest.fixture(scope="module")
-def smollm2_llama_outputs(smollm2_rows_file, tmp_path_factory):
-    src, imatrix = smollm2_rows_file
-    folder = tmp_path_factory.mktemp("smollm2-llama")
-    jobs = [(src, str(folder / f"{ftype}.gguf"), recipes.FTYPES[ftype][0], imatrix) for ftype in WHOLE_FILE]
-    codes = llama_quantize(jobs)
-    assert all(code == 0 for code in codes.values()), codes
-    return {ftype: str(folder / f"{ftype}.gguf") for ftype in WHOLE_FILE}
+def smollm2_llama_outputs(oracle):
+    outputs = oracle["rows"][2]
+    assert all(oracle["codes"][dst] == 0 for dst in outputs.values()), oracle["codes"]
+    return outputs
 
 
 @pytest.mark.parametrize("ftype", WHOLE_FILE)
@@ -278,17 +306,9 @@ def test_smollm2_refusals_match_llama_cpp(smollm2_rows_file, tmp_path):
         assert recipes.tensor_types(f, "IQ3_XXS") == types_of(str(tmp_path / "IQ3_XXS.gguf"))
 
 
-def test_smollm2_llama_cpp_file_loads(smollm2_llama_outputs):
-    """The IQ3_M file, which refquant reproduces byte for byte, is one llama.cpp accepts (names, types, sizes)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(smollm2_llama_outputs["IQ3_M"])
-    assert {t.name: t.tensor_type.name for t in reader.tensors} == types_of(smollm2_llama_outputs["IQ3_M"])
-
-
 # --------------------------------------------------------------------------- a file llama.cpp loads
 
-def small_llama(path: str, smollm2_path: str, n_layer=4, n_embd=32, n_ff=256, n_head=4, n_head_kv=1, seed=2):
+def small_llama(path: str, smollm2_path: str, n_layer=2, n_embd=32, n_ff=256, n_head=4, n_head_kv=1, seed=2):
     """A Llama llama.cpp can load and run: SmolLM2's tokenizer (49152 tokens, tied embeddings), n_embd = 32
     (its matrices take the IQ4_NL / Q5_0 fallbacks) and ffn_down rows of n_ff = 256 (the i-quants proper)."""
     rng = np.random.default_rng(seed)
@@ -328,12 +348,10 @@ LOADED = ["IQ3_M", "IQ2_M", "IQ1_M"]
 
 
 @pytest.mark.parametrize("ftype", LOADED)
-def test_small_llama_is_byte_identical_and_loads(ftype, smollm2_path, tmp_path):
-    src = small_llama(str(tmp_path / "small.gguf"), smollm2_path)
-    imatrix = str(tmp_path / "small.imatrix.gguf")
-    write_gguf_imatrix(imatrix, synthetic_imatrix(entries(src), seed=3))
-    theirs = str(tmp_path / "llama.gguf")
-    assert llama_quantize([(src, theirs, recipes.FTYPES[ftype][0], imatrix)]) == {theirs: 0}
+def test_small_llama_is_byte_identical_and_loads(ftype, oracle, tmp_path):
+    src, imatrix, outputs = oracle["small"]
+    theirs = outputs[ftype]
+    assert oracle["codes"][theirs] == 0
     types = types_of(theirs)
     assert any(t.startswith("IQ") and t != "IQ4_NL" for t in types.values())   # the i-quants proper are in it
     if missing_codecs(types.values()):
