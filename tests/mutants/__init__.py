@@ -634,3 +634,8 @@ MUTANTS: list[Mutant] = [
     Mutant("HQQ-4 without the solver", "HQQ-4", "quantize", hqq_no_optimize, "edge parity", None),
     Mutant("HQQ-4 zero-point rounded", "HQQ-4", "quantize", hqq_zero_rounded, "edge parity", None),
 ]
+
+# refquant's own Q4_0 with the natural signature: the command line's conforming example
+from refquant.testing.conformance import reference as _reference  # noqa: E402
+
+reference_q4_0 = _reference("Q4_0")
