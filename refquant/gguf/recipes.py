@@ -72,8 +72,8 @@ import numpy as np
 
 from .types import ggml_type
 
-__all__ = ["FTYPES", "IQ_MIXTURES", "ModelInfo", "use_more_bits", "category", "allows_quantization", "fallback", "tensor_type",
-           "mixture_type", "MIXTURE_RULES", "MIXTURE_AFTER", "tensor_types", "llama_order"]
+__all__ = ["FTYPES", "IQ_MIXTURES", "ModelInfo", "use_more_bits", "category", "allows_quantization", "fallback",
+           "tensor_type", "mixture_type", "MIXTURE_RULES", "MIXTURE_AFTER", "tensor_types", "llama_order"]
 
 # file type name -> (llama_ftype value written to general.file_type, default ggml type)
 FTYPES: dict[str, tuple[int, str]] = {
@@ -242,8 +242,8 @@ def mixture_type(name: str, shape: tuple[int, ...], ftype: str, info: ModelInfo,
     elif cat == "token_embd":
         group = "token_embd"
     elif ftype in LOW_BIT:  # IQ1_* / IQ2_*: a branch of their own, without the rules below
-        return next((r.new for r in MIXTURE_RULES["low_bit " + cat] if _names(r.ftypes, ftype) and r.when(w)), default) \
-            if "low_bit " + cat in MIXTURE_RULES else default
+        rules = MIXTURE_RULES.get("low_bit " + cat, ())
+        return next((r.new for r in rules if _names(r.ftypes, ftype) and r.when(w)), default)
     else:
         group = _RULE_GROUP.get(cat, "")
     new = next((r.new for r in MIXTURE_RULES.get(group, ()) if _names(r.ftypes, ftype) and r.when(w)), default)
