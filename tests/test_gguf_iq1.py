@@ -1,11 +1,13 @@
 """IQ1_S / IQ1_M: bytes vs libggml (with an imatrix; IQ1_M without too), decoding vs libggml and
-gguf-py on quantized data and random bytes, the neighbour map vs a slow loop, refusals.
+gguf-py on quantized data and random bytes, the IQ1 neighbour map (nwant = 3) vs a slow loop, refusals.
 
 libggml's first IQ1 quantization builds its neighbour map (iq2xs_init_impl, seconds); the
 search itself is slow in both libraries, so the example counts are small.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -15,13 +17,16 @@ from hypothesis import strategies as st
 import refquant.gguf as rg
 from refquant.gguf import iq1
 from refquant.gguf._grids import IQ1S
+from refquant.gguf._lattice import neighbour_map
 from refquant.testing import strategies as rst
 from refquant.testing.ggml import ggml_dequantize, ggml_quantize
 
 from test_gguf_legacy import imatrices  # noqa: E402  (tests/ is on sys.path under pytest)
 
 IQ1 = ("IQ1_S", "IQ1_M")
-FEW = settings(max_examples=12)        # the searches are slow: a dozen rows per test in CI and by default
+# the searches are slow: a dozen rows per test in CI and by default, 300 with HYPOTHESIS_PROFILE=thorough
+N_EXAMPLES = 300 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 12
+FEW = settings(max_examples=N_EXAMPLES)
 TOO_LARGE = "values too large"         # refquant's refusal where libggml aborts or reads out of bounds
 
 
@@ -151,12 +156,12 @@ def _slow_neighbours(key: int) -> list[int]:
 @example(codes=[1] * 8)                          # the centre of the cube: not a grid point
 def test_neighbours_match_a_slow_loop(codes):
     key = sum(c << (2 * k) for k, c in enumerate(codes))
-    nb = iq1.neighbours()
+    nb = neighbour_map("IQ1_S")                                           # the map IQ1's search reads
     i = int(nb.kmap[key])
     if i >= 0:
         assert int(IQ1S.keys[i]) == key                                   # on the grid: its own index
     else:
-        row = nb.table[-1 - i]
+        row = nb.table[key]
         assert row[row >= 0].tolist() == _slow_neighbours(key)
 
 

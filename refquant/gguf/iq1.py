@@ -45,7 +45,7 @@ the block size and where the shift is chosen):
    A negative scale is turned positive by mirroring the codes (L → 2 − L, δ → −δ).
 3. Each group's 8 codes are a key Σ L_j·4^j; a key that is a grid point is stored as
    its index; any other key takes, among its neighbours (the grid points at the 3
-   smallest distances, iq2xs_init_impl, computed here and not stored), the one with the
+   smallest distances: iq2xs_init_impl's map, computed by refquant.gguf._lattice), the one with the
    smallest weighted error Σ w (s·q − x)² at the block's scale (iq1_find_best_neighbour2).
    If any group moved, the block scale is refit to the chosen points.
 4. d = max_b(scale_b)/15, s_b = clamp(round(½(scale_b/d − 1)), 0, 7); IQ1_S stores
@@ -73,7 +73,6 @@ IQ1M_DELTA, iq1s_grid); gguf-py quants.py (IQ1_S, IQ1_M).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -81,10 +80,10 @@ import numpy as np
 from .._backend import from_numpy, namespace, to_numpy
 from ._bytes import QK_K, Layout, check_blocks, fp16_bytes, fp16_field, sequential_sum
 from ._grids import IQ1S
+from ._lattice import neighbour_map
 from ._search import clamp, nearest_int
 
-__all__ = ["CODECS", "IQ1_S_BLOCK", "IQ1_M_BLOCK", "Neighbours", "neighbours",
-           "quantize_iq1_s", "dequantize_iq1_s", "quantize_iq1_m", "dequantize_iq1_m"]
+__all__ = ["CODECS", "IQ1_S_BLOCK", "IQ1_M_BLOCK", "quantize_iq1_s", "dequantize_iq1_s", "quantize_iq1_m", "dequantize_iq1_m"]
 
 IQ1S_DELTA = 0.125                          # ggml-common.h IQ1S_DELTA (= IQ1M_DELTA): the ±1/8 shift
 GROUP = 8                                   # weights per grid point
@@ -92,8 +91,6 @@ IQ1S_BLOCK_SIZE = 32                        # ggml-quants.c IQ1S_BLOCK_SIZE: wei
 IQ1M_BLOCK_SIZE = 16                        # ggml-quants.c IQ1M_BLOCK_SIZE
 GROUP_MAX_EPS_IQ1_S = float(np.float32(1e-12))  # ggml-quants.c: a block below it is "all zero"
 GROUP_MAX_EPS_IQ1_M = float(np.float32(1e-7))
-N_WANT = 3                                  # iq2xs_init_impl's nwant for IQ1: neighbours at 3 distances
-KMAP_SIZE = 43692                           # iq2xs_init_impl's kmap_size: keys 0 … 0xAAAA (+1)
 SCALE_MAX = 15                              # d = max_scale/15 (both types)
 FUDGE_IQ1_S = float(np.float32(1.125))      # quantize_row_iq1_s_impl: GGML_FP32_TO_FP16(d*1.125f)
 FUDGE_IQ1_M = float(np.float32(1.1125))     # quantize_row_iq1_m_impl: GGML_FP32_TO_FP16(d*1.1125f)
@@ -107,53 +104,8 @@ _LEVELS = np.stack([X_P, X_M])              # (2, 3): row 0 δ = +Δ, row 1 δ =
 
 
 # ---------------------------------------------------------------------------------------
-# The neighbour map of iq2xs_init_impl, for the ternary keys IQ1 can ask about
+# The neighbour search of iq1_find_best_neighbour2 (the map itself: refquant.gguf._lattice)
 # ---------------------------------------------------------------------------------------
-
-class Neighbours(NamedTuple):
-    """kmap: (KMAP_SIZE,) int32, the grid index of a key on the grid, else −1 − (its row in ``table``);
-    table: (n_off, M) int32, each row the neighbours of one key ordered by (distance, index), −1 padded."""
-
-    kmap: np.ndarray
-    table: np.ndarray
-
-
-@functools.lru_cache(maxsize=1)
-def neighbours() -> Neighbours:
-    """iq2xs_init_impl's map for iq1s_grid, computed: for every key of 8 ternary codes that is not
-    a grid point, the grid points at the N_WANT = 3 smallest squared distances, ordered by
-    (distance, index) as its qsort of (d², j) pairs does. Distances use the odd coordinates
-    2l + 1 of the C code (4× the ternary distance: the same order).
-
-    (Keys with a code 3 — which the C map also covers — never occur in IQ1: codes are 0, 1, 2.)
-
-    >>> nb = neighbours(); int(nb.kmap[0]), int(nb.kmap[1]) < 0, int((nb.table >= 0).sum(axis=1).max())
-    (0, True, 205)
-    """
-    levels = IQ1S.levels.astype(np.int64)                                     # (2048, 8)
-    digits = (np.arange(3**GROUP)[:, None] // 3 ** np.arange(GROUP)) % 3      # (6561, 8) all ternary keys
-    keys = (digits << (2 * np.arange(GROUP))).sum(axis=1)                     # (6561,)
-    kmap = np.full(KMAP_SIZE, -1, np.int32)
-    kmap[IQ1S.keys] = np.arange(IQ1S.keys.size, dtype=np.int32)
-    off = kmap[keys] < 0
-    off_keys, pos = keys[off], 2 * digits[off] + 1                            # (n_off,), (n_off, 8)
-    grid_pos = 2 * levels + 1
-    # |p − g|² = |p|² + |g|² − 2 p·g: (n_off, 2048), integers below 200, exact in a float64 product
-    dot = (pos.astype(np.float64) @ grid_pos.T.astype(np.float64)).astype(np.int32)
-    d2 = (pos**2).sum(axis=1)[:, None].astype(np.int32) + (grid_pos**2).sum(axis=1)[None, :].astype(np.int32) - 2 * dot
-    order = np.argsort(d2, axis=1, kind="stable")                            # by (d², j)
-    s = np.take_along_axis(d2, order, axis=1)                                 # (n_off, 2048) ascending
-    third = s[:, :1]
-    for _ in range(N_WANT - 1):                                               # the N_WANT-th distinct distance
-        third = np.where(s > third, s, np.iinfo(np.int32).max).min(axis=1, keepdims=True)
-    keep = s <= third
-    width = int(keep.sum(axis=1).max())
-    table = np.where(keep, order, -1)[:, :width].astype(np.int32)            # (n_off, M)
-    kmap[off_keys] = -1 - np.arange(off_keys.size, dtype=np.int32)
-    for a in (kmap, table):
-        a.setflags(write=False)
-    return Neighbours(kmap, table)
-
 
 def _best_neighbour(x: np.ndarray, w: np.ndarray, scale: np.ndarray, xx: np.ndarray,
                     keys: np.ndarray) -> np.ndarray:
@@ -164,11 +116,11 @@ def _best_neighbour(x: np.ndarray, w: np.ndarray, scale: np.ndarray, xx: np.ndar
     group whose every error is NaN or ≥ FLT_MAX (overflow) makes libggml read outside its
     input: ValueError.
     """
-    nb = neighbours()
+    table = neighbour_map("IQ1_S").table                                      # (43692, 205) int16, −1 padded
     out = np.empty(keys.shape, np.int64)
     step = 1024                                                               # groups per pass: bounded memory
     for lo in range(0, keys.size, step):
-        cand = nb.table[-1 - nb.kmap[keys[lo : lo + step]]]                   # (g, M) grid indices, −1 pad
+        cand = table[keys[lo : lo + step]].astype(np.int64)                   # (g, M) grid indices, −1 pad
         lv = IQ1S.levels[np.maximum(cand, 0)]                                 # (g, M, 8) codes 0..2
         q = np.take_along_axis(xx[lo : lo + step, None, :], lv.astype(np.intp), axis=2)  # (g, M, 8)
         diff = scale[lo : lo + step, None, None] * q - x[lo : lo + step, None, :]
@@ -240,7 +192,7 @@ def _grid_indices(x: np.ndarray, w: np.ndarray, L: np.ndarray, scale: np.ndarray
     B, n = L.shape
     g = n // GROUP
     key = (L.reshape(B, g, GROUP) << (2 * np.arange(GROUP))).sum(axis=2)     # (B, g)
-    index = neighbours().kmap[key].astype(np.int64)                           # (B, g)
+    index = neighbour_map("IQ1_S").kmap[key].astype(np.int64)                 # (B, g): < 0 off the grid
     off = index < 0
     if off.any():
         b, k = np.nonzero(off)
