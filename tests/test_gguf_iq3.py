@@ -158,6 +158,9 @@ def test_dequantize_backends(qtype, xp, rng):
     raw = random_iq3_blocks(rng, qtype, 8)
     expected = rg.dequantize(raw, qtype)
     assert np.array_equal(to_numpy(rg.dequantize(from_numpy(raw, like=xp.asarray([0])), qtype)), expected)
+    # the search runs on NumPy; the bytes come back in the input's namespace
+    x = (rng.standard_t(4, (1, 256)) * 0.02).astype(np.float32)
+    assert np.array_equal(to_numpy(rg.quantize(from_numpy(x, like=xp.asarray([0.0])), qtype)), rg.quantize(x, qtype))
 
 
 # --------------------------------------------------------------------------- the neighbour lists
