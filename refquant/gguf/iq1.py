@@ -39,9 +39,9 @@ the block size and where the shift is chosen):
    missing imatrix, and ggml_quantize_requires_imatrix says so; refquant refuses.)
 2. Per block: with the levels q ∈ {−1+δ, δ, 1+δ}, the codes of the weighted least-squares
    fit are 0, 1, 2 split at two thresholds of the sorted x. Sort x (a stable sort, as
-   glibc's merge-sort qsort is for these small arrays — glibc 2.36 here; equal x, ±0
-   included, keep their order, and the "constant" and "ties" blocks of the tests need
-   exactly that order to match), and for every split (i1 ≤ i2) and every shift choice
+   glibc's merge-sort qsort is for these small arrays — glibc 2.36 here: equal x, ±0
+   included, keep their order, which decides the codes when a split falls between equal
+   values), and for every split (i1 ≤ i2) and every shift choice
    (IQ1_S: δ = ±Δ for the block; IQ1_M: δ = ±Δ for each half) compute Σwqx and Σwq² and
    keep the split with the largest (Σwqx)²/Σwq² (the first one, by C's strict '>').
    A negative scale is turned positive by mirroring the codes (L → 2 − L, δ → −δ).
