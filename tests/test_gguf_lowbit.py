@@ -270,6 +270,16 @@ def test_q1_0_worked_example():
     assert np.array_equal(raw, ggml_q(x, "Q1_0"))
 
 
+def test_q1_0_sums_left_to_right():
+    """x_0 = 1 + 2^-11 − 2^-22 (d = x_0/128 just below a float16 midpoint), then 127 lanes of 2^-24: C's
+    running sum loses every one (a tie to even), a pairwise sum keeps 112 of them and crosses the midpoint."""
+    x = np.full((1, 128), 2.0**-24, np.float32)
+    x[0, 0] = 1 + 2.0**-11 - 2.0**-22
+    raw = rg.quantize(x, "Q1_0")
+    assert raw[0, :2].tolist() == f16(2.0**-7)          # the pairwise sum would round up to (1 + 2^-10)·2^-7
+    assert np.array_equal(raw, ggml_q(x, "Q1_0"))
+
+
 # --------------------------------------------------------------------------- the element search
 
 @given(v=st.floats(-20, 20, width=32), e=st.integers(-3, 3))

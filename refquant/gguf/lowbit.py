@@ -132,8 +132,10 @@ def best_index_fp4(x: Any, d: Any) -> Any:
     above 12·d (NVFP4's capped scale), several errors round to the same float and the first
     (smallest) level wins, which a midpoint rule would miss.
 
+    Example (d = 0.5, codes as float32): 0.25 and 0.75 are ties and go down; 7 and 100 saturate.
+
     >>> best_index_fp4(np.float32([[0.25, 0.75, -1.0, -0.0, 7.0, 100.0]]), np.float32([[0.5]])).tolist()
-    [[0, 1, 10, 0, 7, 7]]
+    [[0.0, 1.0, 10.0, 0.0, 7.0, 7.0]]
     """
     xp = namespace(x)
     a = xp.abs(x)
