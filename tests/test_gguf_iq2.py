@@ -182,3 +182,21 @@ def test_iq2_xxs_near_overflow_matches_libggml(scale):
     x = (np.random.default_rng(0).standard_normal((1, 256)) * scale).astype(np.float32)
     imatrix = np.ones(256, np.float32)
     assert np.array_equal(rg.quantize(x, "IQ2_XXS", imatrix), ggml_quantize(x, "IQ2_XXS", imatrix))
+
+
+def test_nan_scale_is_refused_where_libggml_aborts():
+    """imatrix 1e38 on every third column: IQ2_XXS's weights overflow, its scale is NaN and libggml
+    aborts ("Oops: found point not on grid" / GGML_ASSERT(scale >= 0)); IQ2_XS keeps finite bytes."""
+    x = np.full((1, 256), 2, np.float32)
+    x[0, 0] = 1
+    imatrix = np.ones(256, np.float32)
+    imatrix[::3] = 1e38
+    with pytest.raises(ValueError, match="x: a IQ2_XXS sub-block's scale is NaN"):
+        rg.quantize(x, "IQ2_XXS", imatrix)
+    assert np.array_equal(rg.quantize(x, "IQ2_XS", imatrix), ggml_quantize(x, "IQ2_XS", imatrix))
+    code = ("import numpy as np; from refquant.testing.ggml import ggml_quantize\n"
+            "x = np.full((1, 256), 2, np.float32); x[0, 0] = 1; im = np.ones(256, np.float32); im[::3] = 1e38\n"
+            "ggml_quantize(x, 'IQ2_XXS', im)\n")
+    env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode != 0 and "fatal error" in done.stderr
