@@ -64,6 +64,7 @@ import numpy as np
 from ._backend import from_numpy, namespace, to_numpy
 from ._errors import require
 from ._rounding import to_fp16
+from . import allocate as _allocate
 
 __all__ = [
     "METHODS", "QUICK_METHODS", "DEFAULT_METHODS", "Quantized", "Context", "Row",
@@ -384,6 +385,8 @@ METHODS: dict[str, Callable[[Any, Context], Quantized]] = {
     "Q4_0": _gguf("Q4_0"),
     "Q3_K_M": _gguf("Q3_K_M"),
     "Q2_K": _gguf("Q2_K"),
+    "mix @ Q4_K_M size": _allocate.mix_method("Q4_K_M"),  # refquant.allocate: an exact knapsack at that size
+    "mix @ Q3_K_M size": _allocate.mix_method("Q3_K_M"),
 }
 DEFAULT_METHODS = tuple(METHODS)
 QUICK_METHODS = ("baseline", "INT8", "INT4-G128", "NF4", "Q8_0", "Q4_K_M", "Q2_K")
