@@ -150,6 +150,8 @@ def c_int8(v: Any) -> Any:
     """
     xp = namespace(v)
     t = xp.trunc(v)
+    if bool(xp.all(xp.abs(t) < 128.0)):  # every code in range (no NaN, no inf): wrap8(t) = t; the
+        return t + 0.0                   # usual case, and it skips the float remainder (~90% of the time)
     ok = xp.abs(t) < _TWO_31                                        # False for NaN and ±inf
     t = xp.where(ok, t, xp.full_like(t, float(INT_INDEFINITE_LOW_BYTE)))
     low = xp.remainder(t, 256.0)                                    # 0 … 255, exact (fmod of a float32 integer)
