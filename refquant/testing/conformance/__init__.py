@@ -159,8 +159,8 @@ def oracle_versions() -> dict:
 def signature(fmt: Any, direction: str = "quantize") -> str:
     """The natural signature ``impl`` must have for ``fmt`` in ``direction``.
 
-    >>> signature("Q4_0")
-    'impl(x: float32 (rows, n), n % 32 == 0) -> uint8 (rows, n/32*18)'
+    >>> signature("Q8_0")
+    'impl(x: float32 (rows, n), n % 32 == 0) -> uint8 (rows, n/32*34)'
     """
     f = get_format(fmt)
     return f.quantize_doc if direction == "quantize" else f.dequantize_doc
