@@ -6,34 +6,58 @@ import numpy as np
 import pytest
 
 import refquant.gguf as rg
-from refquant.testing.ggml import ggml_quantize
+from refquant.testing.ggml import ggml_quantize, lib
 
-ALL = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
-       "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ4_NL", "IQ4_XS")
+GGML_TYPE_COUNT = 43   # enum ggml_type's GGML_TYPE_COUNT in libggml 0.20.2's ggml.h (Q2_0 = 42 is the last)
 
 
-def test_every_supported_type_has_a_codec():
-    assert set(rg.SUPPORTED) == set(ALL)
-    for name in ALL:
+def libggml_weight_types() -> dict[str, tuple[int, int, int]]:
+    """Every type libggml 0.20.2 stores weights in, read from its type traits: the quantized types and the
+    three floats (not the integer types, F64 or the removed ids, whose block size is 0): name -> (id, QK, bytes)."""
+    out = {}
+    for tid in range(GGML_TYPE_COUNT):
+        t = lib().ggml_get_type_traits(tid).contents
+        name = t.type_name.decode().upper()
+        if t.blck_size > 0 and (t.is_quantized or name in ("F32", "F16", "BF16")):
+            out[name] = (tid, t.blck_size, t.type_size)
+    return out
+
+
+ALL = tuple(libggml_weight_types())
+
+
+def test_every_ggml_weight_type_has_a_codec():
+    theirs = libggml_weight_types()
+    assert len(theirs) == 30 and set(rg.SUPPORTED) == set(theirs)
+    for name, (tid, qk, size) in theirs.items():
+        t = rg.ggml_type(name)
+        assert (t.id, t.block_size, t.type_size) == (tid, qk, size)
         c = rg.codec(name)
         assert c.quantize.__name__ == f"quantize_{name.lower()}"
         assert c.dequantize.__name__ == f"dequantize_{name.lower()}"
         assert (c.imatrix != rg.IGNORED) == (name in rg.IMATRIX_TYPES)
-    # libggml's imatrix paths: Q8_0 and the plain floats ignore it; Q8_1 / Q8_K have none
-    assert set(rg.IMATRIX_TYPES) == set(ALL) - {"F32", "F16", "BF16", "Q8_0", "Q8_1", "Q8_K"}
+    # libggml's imatrix paths: Q8_0, the plain floats and the ternary/FP4/1-2 bit types ignore it; Q8_1 / Q8_K
+    # have none (they are activation formats)
+    assert set(rg.IMATRIX_TYPES) == set(ALL) - {"F32", "F16", "BF16", "Q8_0", "Q8_1", "Q8_K", "TQ1_0", "TQ2_0",
+                                                "MXFP4", "NVFP4", "Q1_0", "Q2_0"}
+    # ggml_quantize_requires_imatrix (ggml.c): exactly these three
+    assert {n for n in ALL if rg.codec(n).imatrix == rg.REQUIRED} == {"IQ2_XXS", "IQ2_XS", "IQ1_S"}
 
 
 @pytest.mark.parametrize("qtype", ALL)
 def test_shapes_and_round_trip_on_leading_axes(qtype, rng):
     t = rg.ggml_type(qtype)
     x = rng.standard_normal((2, 3, 2 * 256)).astype(np.float32)
-    raw = rg.quantize(x, qtype)
+    # IQ2_XXS, IQ2_XS and IQ1_S refuse to run without an importance matrix: give them a drawn one
+    imatrix = rng.uniform(0.1, 2.0, 512).astype(np.float32) if rg.codec(qtype).imatrix == rg.REQUIRED else None
+    raw = rg.quantize(x, qtype, imatrix=imatrix)
     assert raw.dtype == np.uint8 and raw.shape == (2, 3, rg.row_bytes(qtype, 512))
     assert raw.shape[-1] == 512 // t.block_size * t.type_size
     y = rg.dequantize(raw, qtype)
     assert y.dtype == np.float32 and y.shape == x.shape
     # rows are independent: the 6 rows quantized alone give the same bytes
-    assert np.array_equal(raw.reshape(6, -1), np.stack([rg.quantize(r[None], qtype)[0] for r in x.reshape(6, -1)]))
+    assert np.array_equal(raw.reshape(6, -1), np.stack([rg.quantize(r[None], qtype, imatrix=imatrix)[0]
+                                                        for r in x.reshape(6, -1)]))
 
 
 def test_type_given_by_name_id_or_gguf_py_enum(rng):
@@ -131,7 +155,9 @@ def test_unknown_and_unsupported_type_names():
         rg.quantize(x, "Q4_Z")
     with pytest.raises(ValueError, match="qtype: unknown ggml type id 99"):
         rg.dequantize(np.zeros((1, 18), np.uint8), 99)
-    with pytest.raises(ValueError, match="qtype: refquant has no codec for IQ2_XXS"):
+    with pytest.raises(ValueError, match="qtype: refquant has no codec for I32; supported: F32, F16"):
+        rg.quantize(x, "I32")
+    with pytest.raises(ValueError, match=r"^imatrix: IQ2_XXS needs an importance matrix"):
         rg.quantize(x, "IQ2_XXS")
 
 

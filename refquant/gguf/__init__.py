@@ -17,6 +17,10 @@ namespace; quantization returns bytes of the input's namespace too.
 | legacy       | Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1     | refquant.gguf.legacy        |
 | k-quants     | Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K     | refquant.gguf.kquants       |
 | non-linear   | IQ4_NL, IQ4_XS                         | refquant.gguf.iquants       |
+| E8 lattice   | IQ2_XXS, IQ2_XS, IQ2_S                 | refquant.gguf.iq2           |
+| D4 lattice   | IQ3_XXS, IQ3_S                         | refquant.gguf.iq3           |
+| ternary grid | IQ1_S, IQ1_M                           | refquant.gguf.iq1           |
+| 1-2 bit, FP4 | TQ1_0, TQ2_0, Q1_0, Q2_0, MXFP4, NVFP4 | refquant.gguf.lowbit        |
 
 Every codec works on blocks — ``quantize_<t>(x (n_blocks, QK), qw (n_blocks, QK) | None)
 -> uint8 (n_blocks, type_size)`` and ``dequantize_<t>(raw (n_blocks, type_size)) ->
@@ -27,7 +31,9 @@ does the rows: validation, reshaping, and spreading the per-column importance ma
 Which code path libggml takes (ggml_quantize_chunk, ggml.c): Q4_0 … Q5_1 use the
 *_ref quantizers when imatrix is NULL and the weighted search (*_impl) otherwise;
 Q8_0 always uses quantize_row_q8_0_ref (the imatrix is ignored); the k-quants likewise
-switch between *_ref and *_impl; IQ4_NL / IQ4_XS always run quantize_row_iq4_nl_impl.
+switch between *_ref and *_impl; IQ4_NL / IQ4_XS always run quantize_row_iq4_nl_impl; the lattice types run their
+weighted searches (IQ2_XXS, IQ2_XS and IQ1_S refuse to run without an imatrix, as
+ggml_quantize_requires_imatrix says); TQ1_0 … NVFP4 ignore the imatrix.
 Q8_1 and Q8_K are not offered by ggml_quantize_chunk (they are the formats the CPU
 kernels quantize activations to); refquant encodes them as their *_ref functions do.
 """
@@ -131,7 +137,8 @@ def quantize(x: Any, qtype: Any, imatrix: Any = None) -> Any:
     """
     t = _supported(qtype)
     if imatrix is None and codec(t).imatrix == REQUIRED:
-        raise ValueError(f"imatrix: {t.name} needs an importance matrix (ggml_quantize_requires_imatrix); pass imatrix=")
+        raise ValueError(f"imatrix: {t.name} needs an importance matrix (ggml_quantize_requires_imatrix); "
+                         "pass imatrix=, an (n,) array of per-column importances (refquant imatrix writes one)")
     rows = _rows(x, t)                                                        # (n_rows, n) float32
     xp = namespace(rows)
     n_rows, n = rows.shape

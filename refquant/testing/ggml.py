@@ -16,7 +16,7 @@ import numpy as np
 
 from . import OracleUnavailable
 
-__all__ = ["GGML_TYPES", "ggml_quantize", "ggml_dequantize", "ggml_row_size", "ggml_block_size", "lib",
+__all__ = ["GGML_TYPES", "ggml_quantize", "ggml_quantize_or_abort", "ggml_dequantize", "ggml_row_size", "ggml_block_size", "lib",
            "ggml_quantize_row_ref", "ggml_dequantize_row"]
 
 # enum ggml_type (ggml.h)
@@ -24,7 +24,8 @@ GGML_TYPES = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q8_1": 9,
     "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "Q8_K": 15,
     "IQ2_XXS": 16, "IQ2_XS": 17, "IQ3_XXS": 18, "IQ1_S": 19, "IQ4_NL": 20, "IQ3_S": 21, "IQ2_S": 22,
-    "IQ4_XS": 23, "IQ1_M": 29, "BF16": 30,
+    "IQ4_XS": 23, "IQ1_M": 29, "BF16": 30, "TQ1_0": 34, "TQ2_0": 35, "MXFP4": 39, "NVFP4": 40,
+    "Q1_0": 41, "Q2_0": 42,
 }
 
 
@@ -109,6 +110,48 @@ def ggml_quantize(x: np.ndarray, qtype: str | int, imatrix: np.ndarray | None = 
     written = lib().ggml_quantize_chunk(tid, rows.ctypes.data, out.ctypes.data, 0, rows.shape[0], n_per_row, imat_ptr)
     assert written == out.nbytes, (written, out.nbytes)
     return out.reshape(*x.shape[:-1], row_bytes)
+
+
+def ggml_quantize_or_abort(x: np.ndarray, qtype: str | int, imatrix: np.ndarray | None = None) -> np.ndarray | None:
+    """``ggml_quantize``, run in a forked child: its bytes, or None when libggml aborts (a GGML_ASSERT).
+
+    The lattice types' searches (IQ1/IQ2/IQ3) abort the process on weights whose weighted errors
+    overflow float32; a fork lets a test see that without dying. The parent first quantizes one
+    harmless row of the type, so the grid tables libggml builds on first use (seconds of C for
+    IQ2_S) are already in the memory the child inherits. POSIX only.
+    """
+    tid = _type_id(qtype)
+    qk = ggml_block_size(tid)
+    ggml_quantize(np.ones((1, qk), np.float32), tid, np.ones(qk, np.float32))  # warm ggml_quantize_init
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    expected = int(np.prod(x.shape[:-1], dtype=np.int64)) * ggml_row_size(tid, x.shape[-1])
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: quantize, send the bytes, leave without running the parent's exit handlers
+        code = 1
+        try:
+            os.close(read_end)
+            os.environ["GGML_NO_BACKTRACE"] = "1"          # ggml_abort would otherwise attach gdb
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)                             # the abort's message is not this caller's output
+            data = memoryview(ggml_quantize(x, tid, imatrix).tobytes())
+            while data:
+                data = data[os.write(write_end, data):]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as f:
+        while chunk := f.read(1 << 16):
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 6:  # SIGABRT: ggml_abort
+        return None
+    body = b"".join(chunks)
+    if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and len(body) == expected):
+        raise RuntimeError(f"libggml child for type {qtype!r} ended with status {status} after {len(body)} bytes")
+    return np.frombuffer(body, np.uint8).reshape(*x.shape[:-1], -1).copy()
 
 
 def ggml_dequantize(raw: np.ndarray, qtype: str | int, n_per_row: int | None = None) -> np.ndarray:
