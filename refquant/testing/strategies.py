@@ -43,7 +43,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-__all__ = ["KINDS", "EDGE_KINDS", "GGUF_KINDS", "ordinary_block", "edge_block", "seeded_block", "block_values", "rows",
+__all__ = ["KINDS", "EDGE_KINDS", "GGUF_KINDS", "ordinary_block", "edge_block", "seeded_edge_block", "seeded_block", "block_values", "rows",
            "float_arrays", "matrices"]
 
 KINDS = ("normal", "zeros", "constant", "outlier", "ties", "same_sign", "heavy_tails", "fp16_edge", "uniform_int")
@@ -132,27 +132,56 @@ def edge_block(draw, kind: str, n: int) -> np.ndarray:
     if kind not in EDGE_KINDS:
         raise ValueError(f"kind: {kind!r} is not one of EDGE_KINDS {EDGE_KINDS}")
     if kind == "all_signed_zeros":
-        signs = draw(hnp.arrays(np.bool_, n))                             # True: −0.0
-        return np.where(signs, np.float32(-0.0), np.float32(0.0))
+        return _compose_edge(kind, draw(hnp.arrays(np.bool_, n)), None, None, None, 1.0)   # True: −0.0
     negative = draw(hnp.arrays(np.bool_, n))                              # sign of every lane
     if kind == "zero_extreme":
-        # labels 0: +0, 1: −0, 2: a value; all values on one side, so 0 is the min (or max)
-        labels = draw(_lanes(n, 3))
-        v = draw(_f32s(n, 2.0**-4, 16.0))
-        side = np.float32(-1.0) if draw(st.booleans()) else np.float32(1.0)
-        return np.where(labels == 0, np.float32(0.0), np.where(labels == 1, np.float32(-0.0), side * v))
+        labels, v = draw(_lanes(n, 3)), draw(_f32s(n, 2.0**-4, 16.0))
+        return _compose_edge(kind, negative, labels, v, None, -1.0 if draw(st.booleans()) else 1.0)
     ordinary = draw(_f32s(n, 2.0**-4, 16.0))
     if kind == "signed_zeros":
-        labels = draw(_lanes(n, 2))                                       # 0: a ±0 lane, 1: an ordinary value
-        return np.where(labels == 0, np.float32(0.0), ordinary) * np.where(negative, np.float32(-1.0), np.float32(1.0))
+        return _compose_edge(kind, negative, draw(_lanes(n, 2)), ordinary, None, 1.0)
     lo, hi = _EDGE_MAGNITUDE[kind]
     special = draw(_f32s(n, lo, hi))
-    # subnormal: 0: ±0, 1: a subnormal (no ordinary lanes: they would set the scale);
-    # fp16_overflow / huge: 0: ±0, 1: special, 2: ordinary
     labels = draw(_lanes(n, 2 if kind == "subnormal" else 3))
-    v = np.where(labels == 0, np.float32(0.0), np.where(labels == 1, special, ordinary))
-    return (v * np.where(negative, np.float32(-1.0), np.float32(1.0))).astype(np.float32)
+    return _compose_edge(kind, negative, labels, ordinary, special, 1.0)
 
+
+def seeded_edge_block(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n,) float32: one block of an ``EDGE_KINDS`` kind from a NumPy generator, lanes as ``edge_block``
+    labels and fills them, so that a battery can try every edge class whatever Hypothesis draws.
+
+    >>> seeded_edge_block("all_signed_zeros", np.random.default_rng(0), 4).tolist()
+    [0.0, -0.0, -0.0, -0.0]
+    """
+    if kind not in EDGE_KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of EDGE_KINDS {EDGE_KINDS}")
+    negative = rng.random(n) < 0.5
+    n_labels = {"all_signed_zeros": 1, "zero_extreme": 3, "signed_zeros": 2, "subnormal": 2}.get(kind, 3)
+    labels = rng.integers(0, n_labels, n)
+    ordinary = np.exp2(rng.uniform(-4, 4, n)).astype(np.float32)          # ±[2^-4, 16] as edge_block's
+    lo, hi = _EDGE_MAGNITUDE.get(kind, (1.0, 1.0))
+    special = np.exp(rng.uniform(np.log(lo), np.log(hi), n)).astype(np.float32)  # log-uniform over the range
+    return _compose_edge(kind, negative, labels, ordinary, special, float(rng.choice([-1.0, 1.0])))
+
+
+def _compose_edge(kind: str, negative, labels, ordinary, special, side: float) -> np.ndarray:
+    """The block of ``kind`` from its drawn parts (lane signs, lane labels, ordinary and special values).
+
+    all_signed_zeros: −0 where ``negative``; zero_extreme: labels 0: +0, 1: −0, 2: side·ordinary
+    (all values on one side, so 0 is the min or the max); signed_zeros: 0: a ±0 lane, 1: ±ordinary;
+    subnormal: 0: ±0, 1: ±special (no ordinary lanes: they would set the scale);
+    fp16_overflow / huge: 0: ±0, 1: ±special, 2: ±ordinary.
+    """
+    if kind == "all_signed_zeros":
+        return np.where(negative, np.float32(-0.0), np.float32(0.0))
+    sign = np.where(negative, np.float32(-1.0), np.float32(1.0))
+    if kind == "zero_extreme":
+        return np.where(labels == 0, np.float32(0.0), np.where(labels == 1, np.float32(-0.0),
+                                                                np.float32(side) * ordinary)).astype(np.float32)
+    if kind == "signed_zeros":
+        return (np.where(labels == 0, np.float32(0.0), ordinary) * sign).astype(np.float32)
+    v = np.where(labels == 0, np.float32(0.0), np.where(labels == 1, special, ordinary))
+    return (v * sign).astype(np.float32)
 
 
 def seeded_block(kind: str, rng: np.random.Generator, n: int, scale: float) -> np.ndarray:

@@ -610,10 +610,10 @@ MUTANTS: list[Mutant] = [
     Mutant("Q6_K decoded with offset 31", "Q6_K", "dequantize", deq_q6_k_offset_31, "edge parity", None),
     Mutant("Q4_K decoded with 4-bit scales", "Q4_K", "dequantize", deq_q4_k_low_scales, "edge parity", None),
     Mutant("IQ4_NL table level changed", "IQ4_NL", "dequantize", deq_iq4_nl_one_level, "edge parity", "one table level"),
-    Mutant("F16 decoded flush-to-zero", "F16", "dequantize", deq_f16_ftz, "bulk parity", "subnormal flushed"),
+    Mutant("F16 decoded flush-to-zero", "F16", "dequantize", deq_f16_ftz, "edge parity", "subnormal flushed"),
     # bitsandbytes
     Mutant("NF4 ties to the upper code", "NF4", "quantize", nf4_ties_up, "edge parity", None),
-    Mutant("NF4 table level changed", "NF4", "quantize", nf4_one_level, "bulk parity", None),
+    Mutant("NF4 table level changed", "NF4", "quantize", nf4_one_level, "edge parity", None),
     Mutant("NF4 absmax rounded to fp16", "NF4", "quantize", nf4_absmax_fp16, "edge parity", None),
     Mutant("NF4 nibbles swapped", "NF4", "quantize", nf4_nibbles_swapped, "edge parity", "nibble order (halves)"),
     Mutant("NF4 decoded with a changed level", "NF4", "dequantize", deq_nf4_one_level, "edge parity", "one table level"),

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..strategies import EDGE_KINDS, KINDS
 
-__all__ = ["Field", "Format", "get_format", "format_names", "ShapeMismatch", "tie_rows"]
+__all__ = ["Field", "Format", "get_format", "format_names", "ShapeMismatch", "tie_rows", "seeded_tie_row"]
 
 
 class Field(NamedTuple):
@@ -207,30 +207,14 @@ def tie_rows(tie: tuple, block: int):
     from hypothesis import strategies as st
     from hypothesis.extra import numpy as hnp
 
-    kind, L = tie
+    n_mid, lo, hi = _tie_draw_range(tie)
 
     @st.composite
     def one_block(draw):
-        p = 2.0 ** draw(st.integers(-10, 4))
-        if kind == "grid":
-            g = np.unique(np.abs(np.asarray(L, np.float64)[np.isfinite(L)]))
-            mids = (g[1:] + g[:-1]) / 2
-            idx = draw(hnp.arrays(np.int32, block, elements=st.integers(0, len(mids) - 1)))
-            sign = np.where(draw(hnp.arrays(np.bool_, block)), -1.0, 1.0)
-            return (sign * mids[idx]).astype(np.float32)
-        if kind == "table":
-            c = np.sort(np.asarray(L, np.float32))
-            mids = ((c[1:] + c[:-1]) / np.float32(2)).astype(np.float32)
-            v = mids[draw(hnp.arrays(np.int32, block, elements=st.integers(0, len(mids) - 1)))] * np.float32(p)
-        else:
-            lo, hi = (-L, L - 2) if kind != "range" else (0, L - 1)
-            v = (draw(hnp.arrays(np.int32, block, elements=st.integers(lo, hi))) + 0.5) * p
-        j = draw(st.integers(0, block - 1))
-        sign = -1.0 if draw(st.booleans()) else 1.0
-        v[j] = sign * (L * p if kind in ("signed", "absmax") else p) if kind != "range" else L * p
-        if kind == "range":
-            v[(j + 1) % block] = 0.0
-        return v.astype(np.float32)
+        e = draw(st.integers(-10, 4))
+        idx = draw(hnp.arrays(np.int32, block, elements=st.integers(lo, hi)))
+        signs = draw(hnp.arrays(np.bool_, block))
+        return _tie_block(tie, e, idx, signs, draw(st.integers(0, block - 1)), draw(st.booleans()))
 
     @st.composite
     def rows(draw):
@@ -238,6 +222,51 @@ def tie_rows(tie: tuple, block: int):
         return np.concatenate([draw(one_block()) for _ in range(n_rows * n_blocks)]).reshape(n_rows, -1)
 
     return rows()
+
+
+def seeded_tie_row(tie: tuple, block: int, rng: np.random.Generator, n_blocks: int = 2) -> np.ndarray:
+    """(1, n_blocks·block) float32: ``tie_rows``' blocks from a NumPy generator (a fixed first example)."""
+    _, lo, hi = _tie_draw_range(tie)
+    return np.concatenate([_tie_block(tie, int(rng.integers(-10, 5)), rng.integers(lo, hi + 1, block),
+                                      rng.random(block) < 0.5, int(rng.integers(block)), bool(rng.random() < 0.5))
+                           for _ in range(n_blocks)]).reshape(1, -1)
+
+
+def _grid_midpoints(tie: tuple) -> np.ndarray:
+    kind, L = tie
+    if kind == "grid":
+        g = np.unique(np.abs(np.asarray(L, np.float64)[np.isfinite(L)]))
+        return (g[1:] + g[:-1]) / 2
+    c = np.sort(np.asarray(L, np.float32))
+    return ((c[1:] + c[:-1]) / np.float32(2)).astype(np.float32)
+
+
+def _tie_draw_range(tie: tuple) -> tuple:
+    """(number of midpoints or None, lo, hi): the integers a tie block's lanes are drawn from."""
+    kind, L = tie
+    if kind in ("grid", "table"):
+        n = len(_grid_midpoints(tie))
+        return n, 0, n - 1
+    return None, *((-L, L - 2) if kind != "range" else (0, L - 1))
+
+
+def _tie_block(tie: tuple, e: int, idx, signs, j: int, negative: bool) -> np.ndarray:
+    """One block of ``tie_rows`` from its drawn parts: the scale 2^e, lane indices ``idx``, lane signs
+    (grid only), the lane j that sets the scale and its sign."""
+    kind, L = tie
+    p = 2.0 ** e
+    if kind == "grid":
+        return (np.where(signs, -1.0, 1.0) * _grid_midpoints(tie)[idx]).astype(np.float32)
+    if kind == "table":
+        v = _grid_midpoints(tie)[idx] * np.float32(p)
+    else:
+        v = (np.asarray(idx, np.int64) + 0.5) * p
+    v = np.array(v)
+    sign = -1.0 if negative else 1.0
+    v[j] = sign * (L * p if kind in ("signed", "absmax") else p) if kind != "range" else L * p
+    if kind == "range":
+        v[(j + 1) % len(v)] = 0.0
+    return v.astype(np.float32)
 
 
 def _fields_of(layouts: dict, qtype: str) -> tuple:
