@@ -74,7 +74,7 @@ class QuantizeSummary:
 def quantize_file(src: str, dst: str, ftype: str, imatrix: Mapping[str, np.ndarray] | str | None = None,
                   progress: Callable[[Iterable], Iterable] | None = None, *,
                   types_override: Mapping[str, str] | None = None, threads: int | None = None,
-                  chunk_weights: int = CHUNK_WEIGHTS) -> QuantizeSummary:
+                  chunk_weights: int = CHUNK_WEIGHTS, executor: Callable[[str], Any] | None = None) -> QuantizeSummary:
     """Quantize a GGUF model file with a llama.cpp mixture, as llama-quantize does.
 
     Tensors keep llama.cpp's order; a tensor whose type does not change is copied byte
@@ -89,6 +89,8 @@ def quantize_file(src: str, dst: str, ftype: str, imatrix: Mapping[str, np.ndarr
     ``threads`` workers (default: the machine's cores) quantize pieces of about
     ``chunk_weights`` weights; the output bytes are the same for every value of either.
     ``progress`` wraps the tensor names (a bar ticks as each tensor starts being written).
+    ``executor(src)``, if given, replaces the thread pool: a context manager whose ``ordered(pieces)``
+    yields each piece's bytes in order (``refquant.distributed.executor``: a Dask cluster).
     """
     from . import file
 
@@ -119,7 +121,7 @@ def quantize_file(src: str, dst: str, ftype: str, imatrix: Mapping[str, np.ndarr
         names = list(types)
         plans = [_plan(f.tensors[n], types[n], _tensor_imatrix(imatrix, f.tensors[n]), chunk_weights) for n in names]
         ticks = iter(progress(names)) if progress else None
-        with _Workers(threads) as workers:
+        with _Workers(threads) if executor is None else executor(os.fspath(src)) as workers:
             pieces = workers.ordered(piece for plan in plans for piece in plan.pieces)
             out = [(p.name, p.qtype, p.shape, _tensor_bytes(p, pieces, ticks)) for p in plans]
             file.write(dst, metadata, out, metadata_types=metadata_types)
