@@ -243,7 +243,7 @@ def _torch_threads(torch: Any, n: int):
 def _layer(torch: Any, bnb: Any, W: np.ndarray, kind: str) -> Any:
     """One (out, in) weight as the layer ``kind`` runs it."""
     n_out, n_in = W.shape
-    w = torch.from_numpy(np.ascontiguousarray(W, dtype=np.float32))
+    w = torch.from_numpy(np.array(W, dtype=np.float32))  # a writable copy (model weights may be read-only)
     if kind in ("float32", "bfloat16"):
         dtype = torch.float32 if kind == "float32" else torch.bfloat16
         layer = torch.nn.Linear(n_in, n_out, bias=False, dtype=dtype)
