@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -30,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="with a target: print the allocation, write nothing")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help=f"worker threads (default: the machine's {os.cpu_count()} cores); the bytes are the same for every N")
+    parser.add_argument("--scheduler", choices=("threads", "dask"), default="threads",
+                        help="threads in this process (default), or tasks on a Dask cluster (pip install refquant[dask])")
+    parser.add_argument("--address", metavar="URL", help="with --scheduler dask: the scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="with --scheduler dask: start a local cluster of N worker processes instead")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal's stderr)")
 
 
@@ -64,9 +70,41 @@ def _progress(enabled: bool):
     return lambda names: tqdm(names, desc="tensors", unit="tensor", file=sys.stderr, dynamic_ncols=True)
 
 
+def _check_scheduler(args: argparse.Namespace) -> None:
+    if args.scheduler != "dask":
+        if args.address is not None or args.workers is not None:
+            raise UserError("--address/--workers: only with --scheduler dask")
+        return
+    if (args.address is None) == (args.workers is None):
+        raise UserError("--scheduler dask: give --address URL (a running scheduler) or --workers N (a local cluster)")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: expected a positive number of worker processes, got {args.workers}")
+    if args.threads is not None:
+        raise UserError("--threads: not with --scheduler dask (each worker process runs one piece at a time)")
+    if args.type is None or args.target_bpw is not None or args.target_size is not None or args.dry_run:
+        raise UserError("--scheduler dask: quantizes with a --type mixture; not with --target-bpw/--target-size/--dry-run")
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace):
+    """None (quantize_file's threads), or a Dask executor on the cluster the flags name."""
+    if args.scheduler != "dask":
+        yield None
+        return
+    from .. import distributed  # dask itself is imported (or reported missing) only here
+
+    with contextlib.ExitStack() as stack:
+        try:  # only the connection's own errors are the flags' fault; the run's pass through
+            client = stack.enter_context(distributed.connect(args.address, args.workers))
+        except (ConnectionError, ValueError, TypeError) as e:
+            raise UserError(f"--{e}") from None  # "address: ..." -> "--address: ..."
+        yield distributed.executor(client)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: expected a positive number of threads, got {args.threads}")
+    _check_scheduler(args)
     if args.type is None or args.target_bpw is not None or args.target_size is not None or args.dry_run:
         from ._target import run_target  # refquant's allocation (refquant.allocate) instead of a mixture
 
@@ -78,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
     _check_paths(args)
     imatrix = _load_imatrix(args.imatrix) if args.imatrix else None
     try:
-        summary = convert.quantize_file(args.input, args.output, ftype, imatrix,
-                                        _progress(not args.no_progress), threads=args.threads)
+        with _executor(args) as executor:
+            summary = convert.quantize_file(args.input, args.output, ftype, imatrix,
+                                            _progress(not args.no_progress), threads=args.threads, executor=executor)
     except GGUFFormatError as e:
         raise UserError(f"input: {args.input!r}: not a valid GGUF file: {e}") from None
     except (ValueError, TypeError) as e:
