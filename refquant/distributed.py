@@ -71,8 +71,10 @@ def connect(address: str | None = None, workers: int | None = None) -> Iterator[
         raise TypeError(f"address: expected a scheduler address such as 'tcp://host:8786', got {address!r}")
     distributed = _distributed()
     if workers is not None:
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        # no dashboard; the scheduler's own HTTP endpoint (health, metrics) on a free port, not 8787
+        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                      scheduler_kwargs={"dashboard_address": ":0"}) as cluster, \
+                distributed.Client(cluster) as client:
             yield client
         return
     try:
