@@ -361,23 +361,25 @@ def _search_iq1_m(x: np.ndarray, w: np.ndarray) -> _Blocks:
     amax = np.abs(x).max(axis=1)
     order = np.argsort(x, axis=1, kind="stable")
     xs, ws = np.take_along_axis(x, order, axis=1), np.take_along_axis(w, order, axis=1)
-    second = order >= n // 2                                                  # (B, n): sorted lane's half
+    second = (order >= n // 2).astype(np.intp)                               # (B, n): sorted lane's half
+    # the level index v = level + 3·minus of lane j under shift pair k: 3·MINUS_M[k, half of lane j]
+    shift = 3 * np.take_along_axis(MINUS_M.T[None, :, :], second[:, :, None], axis=1)  # (B, n, 4)
+    v = np.arange(3)[None, None, :, None] + shift[:, :, None, :]             # (B, n, 3 levels, 4)
     lv = _LEVELS.reshape(-1)                                                  # (6,) x_p then x_m
-    pqx = (ws[:, :, None] * lv) * xs[:, :, None]                              # (B, n, 6): weight*x_v*xb
-    pq2 = (ws[:, :, None] * lv) * lv                                          # weight*x_v*x_v
+    vx = lv[v]                                                                # (B, n, 3, 4) x_v per level, k
+    wv = ws[:, :, None, None] * vx
+    # blocks last, so that each lane's gather below copies whole rows of B sums
+    pqx = np.ascontiguousarray((wv * xs[:, :, None, None]).transpose(1, 2, 3, 0))  # (n, 3, 4, B): weight*x_v*xb
+    pq2 = np.ascontiguousarray((wv * vx).transpose(1, 2, 3, 0))                 # weight*x_v*x_v
     i1, i2 = _splits(n)                                                       # (n_splits,)
-    sumqx = np.zeros((B, i1.size, 4), np.float32)
-    sumq2 = np.zeros((B, i1.size, 4), np.float32)
-    for j in range(n):
-        level = (j >= i1).astype(np.intp) + (j >= i2)                         # (n_splits,) code of rank j
-        minus = np.where(second[:, j : j + 1], MINUS_M[:, 1], MINUS_M[:, 0])   # (B, 4): lane's half, per k
-        col = level[None, :, None] + 3 * minus[:, None, :]                    # (B, n_splits, 4)
-        flat = col.reshape(B, -1)
-        sumqx += np.take_along_axis(pqx[:, j, :], flat, axis=1).reshape(col.shape)
-        sumq2 += np.take_along_axis(pq2[:, j, :], flat, axis=1).reshape(col.shape)
+    cand_qx = np.zeros((i1.size, 4, B), np.float32)                           # candidate c = 4·split + k
+    cand_q2 = np.zeros((i1.size, 4, B), np.float32)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        cand_qx = np.ascontiguousarray(sumqx.reshape(B, -1).T)                # (n_splits*4, B)
-        cand_q2 = np.ascontiguousarray(sumq2.reshape(B, -1).T)
+        for j in range(n):  # the C loop over the sorted lanes: Σ in rank order, one term per lane
+            level = (j >= i1).astype(np.intp) + (j >= i2)                     # (n_splits,) code of rank j
+            cand_qx += pqx[j, level]                                          # (n_splits, 4, B)
+            cand_q2 += pq2[j, level]
+        cand_qx, cand_q2 = cand_qx.reshape(-1, B), cand_q2.reshape(-1, B)      # (n_splits*4, B)
         best, scale = _choose(cand_qx, cand_q2, amax)
     used = (amax >= GROUP_MAX_EPS_IQ1_M) & (best >= 0)
     split, k = np.maximum(best, 0) // 4, np.maximum(best, 0) % 4
