@@ -8,6 +8,12 @@ same lines run on any conforming array library. Bytes are a NumPy affair: packin
     xp = namespace(x)              # the array's own namespace (array-api-compat wrapped)
     a  = to_numpy(x)               # host NumPy copy (CuPy -> .get(), torch -> .cpu())
     y  = from_numpy(a, like=x)     # back onto x's namespace and device
+
+A few spec operations have a faster spelling in some libraries, and hot loops use it through
+the helpers below (same values, fewer passes over memory): ``rint_`` and ``clamp_`` round and
+clamp a float array in place where the library can (NumPy/CuPy ``out=``, torch's ``round_`` /
+``clamp_``; the array-api-compat ``clip`` on torch is several torch ops, ``torch.clamp`` one);
+``min_max`` is torch's single ``aminmax`` pass where one axis is reduced.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import numpy as np
 from array_api_compat import array_namespace, device as _device, is_numpy_array
 from array_api_compat import is_cupy_array, is_torch_array
 
-__all__ = ["namespace", "to_numpy", "from_numpy", "device", "is_numpy", "backend_name"]
+__all__ = ["namespace", "to_numpy", "from_numpy", "device", "is_numpy", "backend_name", "rint_", "clamp_",
+           "min_max"]
 
 
 def namespace(*arrays: Any) -> Any:
@@ -105,3 +112,67 @@ def from_numpy(a: np.ndarray, like: Any = None, xp: Any = None) -> Any:
         except (TypeError, ValueError):
             pass
     return xp.asarray(a)
+
+
+# --------------------------------------------------------------------------- fused / in-place ops
+
+
+def rint_(x: Any) -> Any:
+    """round(x), ties to even, written over ``x`` where the library can; use the returned array.
+
+    Same values as the array-API ``xp.round`` (NumPy's ``round`` is ``rint``; torch's ``round``
+    rounds half to even). Namespaces without an in-place form get ``xp.round(x)``.
+
+    >>> a = np.float32([0.5, 1.5, -2.5]); rint_(a) is a, a.tolist()
+    (True, [0.0, 2.0, -2.0])
+    """
+    if isinstance(x, np.generic):                  # a NumPy scalar (0-d arithmetic result)
+        return np.rint(x)
+    if isinstance(x, np.ndarray) or is_cupy_array(x):
+        return _module(x).rint(x, out=x)
+    if is_torch_array(x):
+        return x.round_()
+    return namespace(x).round(x)
+
+
+def clamp_(x: Any, lo: float, hi: float) -> Any:
+    """min(max(x, lo), hi) for Python floats lo <= hi, over ``x`` where the library can.
+
+    Same values as the array-API ``xp.clip(x, lo, hi)``, NaN included (it stays NaN).
+
+    >>> a = np.float32([-3.0, 0.25, 9.0]); clamp_(a, -1.0, 1.0) is a, a.tolist()
+    (True, [-1.0, 0.25, 1.0])
+    """
+    if isinstance(x, np.generic):
+        return np.clip(x, lo, hi)
+    if isinstance(x, np.ndarray) or is_cupy_array(x):
+        return _module(x).clip(x, lo, hi, out=x)
+    if is_torch_array(x):
+        return x.clamp_(lo, hi)
+    return namespace(x).clip(x, lo, hi)
+
+
+def min_max(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+    """(min, max) of ``x`` over ``axes``, keepdims; NaN propagates into both (array-API min/max).
+
+    torch reads the data once for both (``torch.aminmax``) when one axis is reduced; other
+    libraries take two passes.
+
+    >>> lo, hi = min_max(np.float32([[1, -2], [3, 0]]), (1,)); lo.tolist(), hi.tolist()
+    ([[-2.0], [0.0]], [[1.0], [3.0]])
+    """
+    if is_torch_array(x) and len(axes) == 1:
+        import torch
+
+        return tuple(torch.aminmax(x, dim=axes[0], keepdim=True))
+    xp = namespace(x)
+    return xp.min(x, axis=axes, keepdims=True), xp.max(x, axis=axes, keepdims=True)
+
+
+def _module(x: Any) -> Any:
+    """The NumPy or CuPy module itself (not the compat namespace): for their ``out=`` arguments."""
+    if isinstance(x, np.ndarray):
+        return np
+    import cupy
+
+    return cupy

@@ -54,12 +54,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._backend import device, namespace, to_numpy
-from ._checks import check_bits, check_divisible, check_float_input, check_int
+from ._backend import clamp_, device, min_max, namespace, rint_, to_numpy
+from ._checks import check_bits, check_divisible, check_finite, check_float, check_int
+from ._checks import check_nonempty
 from ._packing import pack_bits, unpack_bits
 from ._rounding import round_half_even
 
@@ -312,6 +313,35 @@ def dequantize_codes(q: Any, s: Any, z: Any) -> Any:
     return s * (xp.astype(q, s.dtype) - xp.astype(z, s.dtype))
 
 
+#: integers up to 2^24 in magnitude are exact in float32 (and float64): codes, zero-points and q - z
+_EXACT_INT = 2**24
+
+
+def _fits_exactly(q_min: int, q_max: int) -> bool:
+    """Codes, an integer z in the range and every q - z are exact in float32."""
+    return -_EXACT_INT <= q_min <= q_max <= _EXACT_INT and q_max - q_min <= _EXACT_INT
+
+
+def _fused_fake_quant(x: Any, s: Any, z: Any, q_min: int, q_max: int, *, inv_s: Any = None) -> Any:
+    """x̂ = s (clamp(round(x / s) + z, q_min, q_max) - z)  (x · inv_s instead of x / s if given).
+
+    The values of ``dequantize_codes(quantize_codes(x, s, z, ...), s, z)`` (``quantize_codes_torch``
+    with ``inv_s``) for float z, s of x's dtype and an integer z, in one temporary written over
+    five times instead of an int32 code array and three float ones: with |codes|, |z| and
+    |q - z| <= 2^24 (``_fits_exactly``) the sum, the clamp and the difference are exact in
+    x's dtype, so only the division (or product) and s·(q - z) round, as in the two-step form.
+    NaN stays NaN (the two-step form casts it to an int32 code first).
+    x: (...); s, z, inv_s broadcastable to x -> x̂ of x's shape and dtype.
+    """
+    t = x / s if inv_s is None else x * inv_s          # the only array of x's size
+    t = rint_(t)                                       # round half to even
+    t += z
+    t = clamp_(t, float(q_min), float(q_max))
+    t -= z
+    t *= s
+    return t
+
+
 def fake_quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int, convention: str = "refquant", *,
                         float_zero_point: bool | None = None) -> Any:
     """x̂ = D(Q(x)) for given s, z — the drop-in for ``torch.fake_quantize_per_*_affine``.
@@ -327,8 +357,20 @@ def fake_quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int, conventi
     _check_choice(convention, CONVENTIONS, "convention")
     xp = namespace(x)
     if convention == "refquant":
+        z_x = xp.astype(z, x.dtype)
+        if x.dtype in (xp.float32, xp.float64) and s.dtype == x.dtype and _fits_exactly(q_min, q_max) \
+                and bool(xp.all(z_x == xp.round(z_x))):            # a fractional z truncates with the codes
+            return _fused_fake_quant(x, s, z_x, q_min, q_max)
         return dequantize_codes(quantize_codes(x, s, z, q_min, q_max), xp.astype(s, x.dtype), z)
     s32 = xp.astype(s, xp.float32)
+    if x.dtype != xp.float64 and _fits_exactly(q_min, q_max) \
+            and not _check_zero_point(xp, z, q_min, q_max, float_zero_point):
+        # integer z, float32 arithmetic: (q - z) is an exact small integer, so the float32
+        # product s·(q - z) is the correctly rounded one the kernels store (see below)
+        xc = xp.astype(x, xp.float32, copy=False)
+        inv_s = xp.astype(1.0 / s32, xp.float32)                            # fl32(1.0f / s), as in C++
+        x_hat = _fused_fake_quant(xc, s32, xp.astype(z, xp.float32), q_min, q_max, inv_s=inv_s)
+        return xp.astype(x_hat, x.dtype, copy=False)
     q = quantize_codes_torch(x, s32, z, q_min, q_max, float_zero_point=float_zero_point)
     # (q - z) * s in double is exact for an integer z and, rounded to float, equals the float
     # product of the per-tensor kernel; for a float z it is the per-channel kernel's double product
@@ -453,11 +495,43 @@ def quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: str = "
     >>> print(qt.s.tolist(), qt.z.tolist(), qt.q.tolist(), dequantize(qt).tolist())
     [1.0] [1.0] [0, 1, 1, 3] [-1.0, 0.0, 0.0, 2.0]
     """
-    check_float_input(x, "x")
+    obs = _observe(x, bits, symmetric, granularity, axis, group_size, signed, search, convention)
+    if convention == "torch":
+        q = quantize_codes_torch(obs.blocks, obs.s, obs.z, *obs.q_range, float_zero_point=False)
+    else:
+        q = quantize_codes(obs.blocks, obs.s, obs.z, *obs.q_range)
+    return UniformQuantized(q=q, s=obs.s, z=obs.z, bits=obs.bits, q_min=obs.q_range[0], q_max=obs.q_range[1],
+                            symmetric=bool(symmetric), signed=bool(signed), granularity=granularity, axis=obs.axis,
+                            group_size=int(group_size) if granularity == "group" else None,
+                            shape=tuple(int(n) for n in x.shape), convention=convention)
+
+
+class _Observed(NamedTuple):
+    """What ``quantize`` reads off x before the codes: the blocks and their (s, z)."""
+
+    blocks: Any                # x (float32/float64), grouped to (..., n/G, G) per group
+    s: Any                     # scales, broadcastable to blocks
+    z: Any                     # zero-points (integral floats), broadcastable to blocks
+    bits: int
+    q_range: tuple[int, int]
+    axis: int | None
+
+
+def _observe(x: Any, bits: int, symmetric: bool, granularity: str, axis: int | None, group_size: int | None,
+             signed: bool, search: str | float | None, convention: str) -> _Observed:
+    """Arguments checked, x widened and split into blocks, (s, z) from the blocks' min/max or search.
+
+    The finiteness check rides on the min/max pass: NaN propagates into a block's min and max
+    and ±inf is one of them, so x is finite iff every block's extremes are — no pass of its own.
+    """
+    check_float(x, "x")
+    check_nonempty(x, "x")
     b = check_bits(bits)
     _check_choice(granularity, GRANULARITIES, "granularity")
     _check_choice(convention, CONVENTIONS, "convention")
     xp = namespace(x)
+    if search is not None:
+        check_finite(x, "x")
     if not xp.isdtype(x.dtype, (xp.float32, xp.float64)):
         x = xp.astype(x, xp.float32)
     z_sym = None
@@ -471,19 +545,14 @@ def quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: str = "
     blocks, reduce_axes, ax = _blocks(xp, x, granularity, axis, group_size)
     if search is None:
         x_min, x_max = _min_max(xp, blocks, reduce_axes)
+        check_finite(x_min, "x")
+        check_finite(x_max, "x")
         s, z = qparams(x_min, x_max, b, symmetric, signed, q_range=q_range, eps=eps, z_unsigned_symmetric=z_sym)
     else:
         norm = _search_norm(search)
         s, z = range_search(blocks, reduce_axes, b, symmetric, signed, norm=norm, q_range=q_range, eps=eps,
                             convention=convention, z_unsigned_symmetric=z_sym)
-    if convention == "torch":
-        q = quantize_codes_torch(blocks, s, z, *q_range, float_zero_point=False)
-    else:
-        q = quantize_codes(blocks, s, z, *q_range)
-    return UniformQuantized(q=q, s=s, z=z, bits=b, q_min=q_range[0], q_max=q_range[1], symmetric=bool(symmetric),
-                            signed=bool(signed), granularity=granularity, axis=ax,
-                            group_size=int(group_size) if granularity == "group" else None,
-                            shape=tuple(int(n) for n in x.shape), convention=convention)
+    return _Observed(blocks, s, z, b, q_range, ax)
 
 
 def dequantize(qt: UniformQuantized) -> Any:
@@ -494,14 +563,19 @@ def dequantize(qt: UniformQuantized) -> Any:
     s must be finite and positive, z finite — a mismatch is a ValueError, never a wrong tensor.
     """
     _check_state(qt)
-    xp = namespace(qt.q)
     x_hat = dequantize_codes(qt.q, qt.s, qt.z)
-    if qt.granularity == "group":
-        moved = list(qt.shape)
-        moved.append(moved.pop(qt.axis))             # x's shape with the grouped axis last
-        x_hat = xp.reshape(x_hat, tuple(moved))       # (..., n)
-        x_hat = xp.moveaxis(x_hat, -1, qt.axis)       # x's shape
-    return x_hat
+    return _unblock(x_hat, qt.granularity, qt.shape, qt.axis)
+
+
+def _unblock(x_hat: Any, granularity: str, shape: tuple, axis: int | None) -> Any:
+    """Blocks back to x's shape: a grouped (..., n/G, G) tensor is un-split and its axis moved back."""
+    if granularity != "group":
+        return x_hat
+    xp = namespace(x_hat)
+    moved = list(shape)
+    moved.append(moved.pop(axis))                 # x's shape with the grouped axis last
+    x_hat = xp.reshape(x_hat, tuple(moved))       # (..., n)
+    return xp.moveaxis(x_hat, -1, axis)           # x's shape
 
 
 def fake_quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: str = "tensor", axis: int | None = None,
@@ -513,11 +587,17 @@ def fake_quantize(x: Any, bits: int = 8, symmetric: bool = True, granularity: st
     ``torch.fake_quantize_per_tensor_affine(x, *MinMaxObserver(...).calculate_qparams(), ...)``,
     per channel the ``PerChannelMinMaxObserver`` + ``fake_quantize_per_channel_affine`` pair.
     """
-    qt = quantize(x, bits, symmetric, granularity, axis, group_size, signed=signed, search=search,
-                  convention=convention)
+    obs = _observe(x, bits, symmetric, granularity, axis, group_size, signed, search, convention)
     xp = namespace(x)
-    x_hat = dequantize(qt)                                     # float32 (or float64)
-    out = xp.astype(x_hat, x.dtype)                            # one rounding, e.g. to float16
+    blocks = obs.blocks                                         # float32 (or float64)
+    # the values of dequantize(quantize(x)) in one fused pass (b <= 8 bits: _fits_exactly holds),
+    # codes formed as quantize forms them: x · fl32(1/s) in torch's convention, x / s in refquant's
+    inv_s = None
+    if convention == "torch":
+        inv_s = xp.astype(1.0 / xp.astype(obs.s, xp.float32), blocks.dtype)   # as quantize_codes_torch
+    x_hat = _fused_fake_quant(blocks, obs.s, obs.z, *obs.q_range, inv_s=inv_s)
+    x_hat = _unblock(x_hat, granularity, tuple(int(n) for n in x.shape), obs.axis)
+    out = xp.astype(x_hat, x.dtype, copy=False)                # one rounding, e.g. to float16
     if x.dtype != x_hat.dtype and not bool(xp.all(xp.isfinite(out))):
         # the grid may reach s/2 beyond the data range (the zero-point is rounded); at float16's
         # edge that lands past ±65504, which float16 cannot hold
