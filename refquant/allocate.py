@@ -55,9 +55,9 @@ import numpy as np
 from ._backend import namespace, to_numpy
 
 __all__ = ["GGUF_CANDIDATES", "Candidate", "gguf_candidate", "uniform_candidate", "Curvature", "curvature",
-           "predicted_delta", "imatrix_error", "Option", "sensitivities", "measure_deltas", "spearman",
-           "Solution", "knapsack", "Allocation", "allocate", "quantizable", "tensor_nbytes", "mixture_bytes",
-           "parse_size", "mix_method", "ftype_for", "MAX_STATES"]
+           "predicted_delta", "imatrix_error", "Option", "sensitivities", "fair_options", "measure_deltas",
+           "spearman", "Solution", "knapsack", "Allocation", "allocate", "quantizable", "quantized_weights",
+           "tensor_nbytes", "mixture_bytes", "parse_size", "mix_method", "ftype_for", "MAX_STATES"]
 
 # the llama.cpp types refquant quantizes and llama.cpp loads that a tensor may get (no imatrix required)
 GGUF_CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
@@ -228,12 +228,14 @@ def predicted_delta(name: str, W: Any, W_hat: Any, curv: Curvature) -> float:
 # --------------------------------------------------------------------------- sensitivities
 
 class Option(NamedTuple):
-    """One way to store one tensor: its type, bytes, predicted Δ mean NLL and Σ h ΔW²."""
+    """One way to store one tensor: its type, bytes, predicted Δ mean NLL and Σ h ΔW²;
+    lossless: Ŵ == W bit for bit (the weights already lie on this type's grid)."""
 
     qtype: str
     nbytes: int
     predicted: float
     imatrix_err: float
+    lossless: bool = False
 
 
 def sensitivities(model: Any, curv: Curvature, candidates: Iterable[str | Candidate] = GGUF_CANDIDATES,
@@ -259,8 +261,33 @@ def sensitivities(model: Any, curv: Curvature, candidates: Iterable[str | Candid
         for c in fits:
             W_hat = c.fake_quantize(W, qw)
             opts.append(Option(c.name, int(c.nbytes(shape)), predicted_delta(name, W, W_hat, curv),
-                               imatrix_error(W, W_hat, h)))
+                               imatrix_error(W, W_hat, h), bool(np.array_equal(W_hat, W))))
         out[name] = opts
+    return out
+
+
+def fair_options(options: Mapping[str, Sequence[Option]],
+                 allowed: Mapping[str, str] | None = None) -> dict[str, list[Option]]:
+    """The options without the lossless ones, except the (tensor, type) pairs in ``allowed``.
+
+    Why: a model read from a quantized file (SmolLM2's is Q4_1, its token_embd Q8_0) holds
+    weights already on that type's grid, so re-encoding a tensor in its own type returns it
+    exactly: predicted Δ = 0 at that type's bytes, a free option no float model offers. An
+    allocation that takes it "beats" a mixture only because the mixture's types differ from the
+    source's. Pass the mixture's types as ``allowed`` (``recipes.tensor_types``) so that both
+    sides get the same lossless pairs: the mixture's own (SmolLM2's Q4_K_M and Q3_K_M keep
+    token_embd at its source Q8_0, and give no linear Q4_1). A tensor whose every option is
+    lossless keeps them all.
+
+    >>> opts = {"w": [Option("Q4_1", 20, 0.0, 0.0, True), Option("Q5_0", 22, 1e-3, 2.0)]}
+    >>> [o.qtype for o in fair_options(opts)["w"]], [o.qtype for o in fair_options(opts, {"w": "Q4_1"})["w"]]
+    (['Q5_0'], ['Q4_1', 'Q5_0'])
+    """
+    allowed = {} if allowed is None else allowed
+    out = {}
+    for name, opts in options.items():
+        kept = [o for o in opts if not o.lossless or allowed.get(name) == o.qtype]
+        out[name] = kept or list(opts)
     return out
 
 
@@ -443,6 +470,18 @@ def allocate(options: Mapping[str, Sequence[Option]], budget: int, fixed_bytes: 
                       sol.exact, seconds, int(fixed_bytes))
 
 
+def quantized_weights(model: Any, types: Mapping[str, str],
+                      imatrix: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """{tensor: dequantize(quantize(W, type))} for every tensor in ``types`` (an allocation's or a
+    mixture's ``recipes.tensor_types`` restricted to the tensors it quantizes): ``model.with_weights``'s input."""
+    out = {}
+    for name, qtype in types.items():
+        W = np.asarray(to_numpy(model.weights[name]), dtype=np.float32)  # (out, in)
+        qw = None if imatrix is None or name not in imatrix else np.asarray(imatrix[name], np.float32)
+        out[name] = gguf_candidate(qtype).fake_quantize(W, qw)
+    return out
+
+
 def mixture_bytes(model: Any, ftype: str, names: Iterable[str] | None = None) -> int:
     """Bytes of the tensors ``names`` (default: the quantizable ones) under llama.cpp's ``ftype`` mixture."""
     from .gguf import recipes
@@ -507,16 +546,16 @@ def mix_method(ftype: str) -> Callable[[Any, Any], Any]:
         from . import report
 
         window, n = (128, 2) if ctx.quick else (256, 4)
+        from .gguf import recipes
+
         options = _options_for(model, ctx.calib_tokens, window, n, ctx.progress)
         options = {k: v for k, v in options.items() if k in set(ctx.select(options))}
+        options = fair_options(options, recipes.tensor_types(model, ftype))  # no lossless re-encoding the mixture lacks
         budget = mixture_bytes(model, ftype, options)
         alloc = allocate(options, budget)
-        weights = {}
-        for name, qtype in alloc.types.items():
-            W = np.asarray(to_numpy(model.weights[name]), dtype=np.float32)
-            weights[name] = gguf_candidate(qtype).fake_quantize(W, None)
-        return report.Quantized(weights, alloc.nbytes)
+        return report.Quantized(quantized_weights(model, alloc.types), alloc.nbytes)
 
     method.__doc__ = (f"refquant's allocation at llama.cpp {ftype}'s bytes: one GGUF type per tensor by an exact "
-                      f"knapsack over a Fisher-weighted error proxy (calibration text)")
+                      f"knapsack over a Fisher-weighted error proxy (calibration text); lossless re-encodings "
+                      f"of the source only where {ftype} has them too (fair_options)")
     return method

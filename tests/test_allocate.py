@@ -176,6 +176,50 @@ def test_report_rows(model, tokens):
         assert q.nbytes <= A.mixture_bytes(model, ftype)
 
 
+def _on_q4_1_grid(model):
+    """The tiny model with every linear replaced by its Q4_1 decoding, as a Q4_1 source file is read."""
+    grid = A.quantized_weights(model, {n: "Q4_1" for n in A.quantizable(model.weights)})
+    return model.with_weights(grid)
+
+
+def test_lossless_options_are_exactly_the_source_grid(model, tokens):
+    source = _on_q4_1_grid(model)
+    opts = A.sensitivities(source, A.curvature(source, tokens, window=64, max_windows=2),
+                           candidates=("Q4_0", "Q4_1", "Q5_0", "Q8_0"))
+    for name, o in opts.items():
+        assert [x.qtype for x in o if x.lossless] == ["Q4_1"], name
+        assert [x.predicted for x in o if x.lossless] == [0.0] and all(x.predicted > 0 for x in o if not x.lossless)
+    fair = A.fair_options(opts)
+    assert all("Q4_1" not in {x.qtype for x in o} for o in fair.values())
+    kept = A.fair_options(opts, {"blk.0.attn_q.weight": "Q4_1"})
+    assert {n for n, o in kept.items() if "Q4_1" in {x.qtype for x in o}} == {"blk.0.attn_q.weight"}
+
+
+def test_report_rows_take_no_lossless_type_the_mixture_lacks(model, tokens):
+    """Before fair_options the Q4_K_M row took Q4_1 (free on this grid) for every 32-block tensor."""
+    from refquant import report
+    from refquant.gguf import recipes
+
+    source = _on_q4_1_grid(model)
+    mixture = recipes.tensor_types(source, "Q4_K_M")
+    assert "Q4_1" not in {mixture[n] for n in A.quantizable(source.weights)}
+    q = report.METHODS["mix @ Q4_K_M size"](source, report.Context(calib_tokens=tokens, quick=True))
+    unchanged = [n for n, w in q.weights.items() if np.array_equal(w, source.weights[n])]
+    assert unchanged == [] and q.nbytes <= A.mixture_bytes(source, "Q4_K_M")
+
+
+def test_uniform_candidate_counts_the_exercise_bytes():
+    """The mixed_precision exercise's format as a Candidate: its bytes are what refquant packs."""
+    from refquant import uniform as U
+
+    W = np.random.default_rng(5).standard_normal((12, 192)).astype(np.float32)
+    for bits in range(2, 9):
+        qt = U.quantize(W, bits, symmetric=False, granularity="group", group_size=64, signed=False)
+        packed = (U.pack_codes(qt.q.reshape(-1), bits, signed=False).nbytes + qt.s.astype(np.float16).nbytes
+                  + U.pack_codes(qt.z.reshape(-1).astype(np.int32), bits, signed=False).nbytes)
+        assert A.uniform_candidate(bits, 64).nbytes(W.shape) == packed, bits
+
+
 # --------------------------------------------------------------------------- the command
 
 def test_cli_dry_run_and_targets(tmp_path, capsys):
