@@ -161,10 +161,13 @@ def min_max(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     >>> lo, hi = min_max(np.float32([[1, -2], [3, 0]]), (1,)); lo.tolist(), hi.tolist()
     ([[-2.0], [0.0]], [[1.0], [3.0]])
     """
-    if is_torch_array(x) and len(axes) == 1:
+    if is_torch_array(x) and (len(axes) == 1 or len(axes) == x.ndim):
         import torch
 
-        return tuple(torch.aminmax(x, dim=axes[0], keepdim=True))
+        if len(axes) == 1:
+            return tuple(torch.aminmax(x, dim=axes[0], keepdim=True))
+        lo, hi = torch.aminmax(x)                                  # every axis: 0-d results
+        return lo.reshape((1,) * x.ndim), hi.reshape((1,) * x.ndim)
     xp = namespace(x)
     return xp.min(x, axis=axes, keepdims=True), xp.max(x, axis=axes, keepdims=True)
 

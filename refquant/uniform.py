@@ -242,9 +242,19 @@ def quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int) -> Any:
     the integer cast.
     """
     xp = namespace(x)
-    q = round_half_even(x / s) + z
-    q = xp.clip(q, float(q_min), float(q_max))
+    q = x / s
+    if _fits_exactly(q_min, q_max) and getattr(z, "dtype", None) == q.dtype:
+        q = _round_shift_clamp(q, z, q_min, q_max)          # the same values, in place
+    else:
+        q = xp.clip(round_half_even(q) + z, float(q_min), float(q_max))
     return xp.astype(q, xp.int32)
+
+
+def _round_shift_clamp(t: Any, z: Any, q_min: int, q_max: int) -> Any:
+    """clamp(round(t) + z, q_min, q_max), written over t (exact sums: see ``_fits_exactly``)."""
+    t = rint_(t)                                       # round half to even
+    t += z
+    return clamp_(t, float(q_min), float(q_max))
 
 
 def quantize_codes_torch(x: Any, s: Any, z: Any, q_min: int, q_max: int, *,
@@ -270,6 +280,9 @@ def quantize_codes_torch(x: Any, s: Any, z: Any, q_min: int, q_max: int, *,
     float_z = _check_zero_point(xp, z, q_min, q_max, float_zero_point)
     xc = x if x.dtype == xp.float64 else xp.astype(x, xp.float32)           # the kernels' arithmetic type
     inv_s = xp.astype(1.0 / xp.astype(s, xp.float32), xc.dtype)           # reciprocal rounded to float32, as in C++
+    if not float_z and _fits_exactly(q_min, q_max):
+        q = _round_shift_clamp(xc * inv_s, xp.astype(z, xc.dtype), q_min, q_max)   # in place, same values
+        return xp.astype(q, xp.int32)
     if float_z:
         t = xp.astype(z, xc.dtype) + xc * inv_s                             # zero_point + self * inv_scale
         q = round_half_even(xp.astype(t, xp.float32))                       # lrintf takes a float
@@ -334,9 +347,7 @@ def _fused_fake_quant(x: Any, s: Any, z: Any, q_min: int, q_max: int, *, inv_s: 
     x: (...); s, z, inv_s broadcastable to x -> x̂ of x's shape and dtype.
     """
     t = x / s if inv_s is None else x * inv_s          # the only array of x's size
-    t = rint_(t)                                       # round half to even
-    t += z
-    t = clamp_(t, float(q_min), float(q_max))
+    t = _round_shift_clamp(t, z, q_min, q_max)
     t -= z
     t *= s
     return t
@@ -426,7 +437,7 @@ def range_search(x: Any, reduce_axes: tuple[int, ...], bits: int, symmetric: boo
 def _min_max(xp: Any, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     if not axes:  # every element its own block (per-channel on a 1-D array)
         return x, x
-    return xp.min(x, axis=axes, keepdims=True), xp.max(x, axis=axes, keepdims=True)
+    return min_max(x, axes)
 
 
 def _sum(xp: Any, x: Any, axes: tuple[int, ...]) -> Any:
