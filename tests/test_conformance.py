@@ -93,3 +93,92 @@ def test_pytest_plugin_passes_and_fails():
     conformance_test(M.reference_q4_0, "Q4_0", examples=3)()
     with pytest.raises(pytest.fail.Exception, match="nibble order"):
         assert_conforms(M.MUTANTS[0].fn, "Q4_0", examples=10, shrink=False)
+
+
+# ---------------------------------------------------------------------------------------
+# torchao's NF4, int4 and GGUF paths on the CPU: each verdict pinned, so that a torchao release
+# that changes one is noticed (torchao 0.18.0 when these were found; CI installs it)
+# ---------------------------------------------------------------------------------------
+
+# (adapter label, direction) -> None (conforms) or (first failing property, field, cause guess, refquant, torchao)
+TORCHAO_VERDICTS = {
+    # torchao keeps absmax double-quantized (int8 scalers): 0.49806 where the block's absmax is 0.5, so
+    # x / absmax and the codes move; the table reads it as a scale rounded at another step
+    ("torchao NF4", "quantize"): ("edge parity", "code", "scale rounding step", "0x2a", "0x3b"),
+    # an all-zero group: s = float32's smallest normal (choose_qparams_affine's eps) where refquant
+    # stores 1.0; both decode to 0 exactly. The table has no cause for it: 'unknown'
+    ("torchao int4 affine", "quantize"): ("edge parity", "s", "unknown", "1.0 (0x3f800000)",
+                                          "1.1754943508222875e-38 (0x00800000)"),
+    ("torchao int4 affine", "dequantize"): None,                   # (q − z) · s in float32: bit for bit
+    # the same with Int4OpaqueTensor's eps = 1e-6
+    ("torchao int4 tinygemm", "quantize"): ("edge parity", "s", "unknown", "1.0 (0x3f800000)",
+                                            "9.999999974752427e-07 (0x358637bd)"),
+    # the prototype's super-block scale is max(block scale) / 63 (no make_qkx2_quants search), and
+    # rounded only by the adapter's fp16 store
+    ("torchao GGUF Q4_K", "quantize"): ("edge parity", "d", "unknown", "0.006397247314453125 (0x1e8d)",
+                                        "0.006473541259765625 (0x1ea1)"),
+    ("torchao GGUF Q4_K", "dequantize"): None,                     # d·sc·q + (−dmin)·m == d·sc·q − dmin·m
+}
+
+
+def _torchao_adapter(label, direction):
+    from refquant.testing.conformance import adapters
+
+    return next((fmt, make) for lab, fmt, d, make in adapters.THIRD_PARTY if (lab, d) == (label, direction))
+
+
+@pytest.mark.parametrize("label,direction", list(TORCHAO_VERDICTS), ids=[f"{a}-{d}" for a, d in TORCHAO_VERDICTS])
+def test_torchao_verdicts_are_pinned(label, direction):
+    pytest.importorskip("torchao")
+    fmt, make = _torchao_adapter(label, direction)
+    report = C.check(make(), fmt, direction, examples=5, fail_fast=True, shrink=False)
+    first = report.first_failure
+    verdict = None if first is None else (first.name, first.failure.field, first.failure.cause, first.failure.ours,
+                                          first.failure.theirs)
+    assert verdict == TORCHAO_VERDICTS[(label, direction)], report.table()
+
+
+def test_torchao_int4_affine_multiplies_by_the_reciprocal():
+    """Past the all-zero group, the next difference: quantize_affine's round(x · (1/s)) lands a
+    near-midpoint on the other code than refquant's round(x / s) (the kit's shrunk input)."""
+    pytest.importorskip("torchao")
+    from refquant import uniform
+    from refquant.testing.conformance import adapters
+
+    x = np.full((1, 32), 11.75, np.float32)
+    x[0, 0] = -11.75                               # s = 23.5 / 15, x / s = 7.5 in exact arithmetic
+    q, s, z = adapters.torchao_int4_affine("quantize")(x)
+    ours = uniform.quantize(x, bits=4, symmetric=False, granularity="group", group_size=32)
+    assert (float(s.ravel()[0]), int(z.ravel()[0])) == (float(np.asarray(ours.s).ravel()[0]),
+                                                         int(np.asarray(ours.z).ravel()[0]))
+    assert (int(np.asarray(ours.q).ravel()[1]), int(q.ravel()[1])) == (6, 7)
+    report = C.check(adapters.torchao_int4_affine("quantize"), "INT4-G32", examples=1, inputs=[x],
+                     properties=["shapes"], shrink=False)
+    assert report.first_failure.failure.cause == "float order"
+
+
+def test_torchao_nonfinite_int4_is_hidden_in_finite_codes():
+    pytest.importorskip("torchao")
+    from refquant.testing.conformance import adapters
+
+    report = C.check(adapters.torchao_int4_affine("quantize"), "INT4-G32", examples=5, properties=["non-finite"],
+                     shrink=False)
+    assert report.first_failure.failure.cause == "non-finite accepted"
+
+
+def test_torchao_gguf_prototype_keeps_float_codes_and_decodes_zeros_to_nan():
+    """GGUFQuantizedTensor.from_float stores int_data = (x − block_min) / block_scale unrounded and
+    unclamped (its own round trip is near-exact: nothing is quantized), negative block mins clamp to 0,
+    and an all-zero super-block divides 0 by 0."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchao")
+    from torchao.prototype.quantization.gguf import GGUFQuantizedTensor
+
+    x = torch.from_numpy((np.random.default_rng(0).standard_normal((4, 256)) * 0.02).astype(np.float32))
+    t = GGUFQuantizedTensor.from_float(x, n_blocks_per_superblock=8, target_dtype=torch.uint4)
+    codes = t.int_data
+    assert codes.dtype == torch.float32 and not torch.equal(codes, codes.round())
+    assert bool(((codes < 0) | (codes > 15)).any()) and bool((t.quantized_block_min == 0).all())
+    assert float((t.dequantize(torch.float32) - x).abs().max()) < 2.0**-20
+    zeros = GGUFQuantizedTensor.from_float(torch.zeros(1, 256), n_blocks_per_superblock=8, target_dtype=torch.uint4)
+    assert bool(zeros.dequantize(torch.float32).isnan().all())

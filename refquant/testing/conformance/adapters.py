@@ -1,8 +1,21 @@
 """Other people's codecs with the kit's natural signatures: gguf-py's quants, bitsandbytes'
-CPU backend, torchao's NF4 — to run ``check`` on them (notebooks/11_verify_your_kernel.ipynb).
+CPU backend, torchao's NF4, int4 and GGUF paths — to run ``check`` on them
+(notebooks/11_verify_your_kernel.ipynb).
 
 Each factory returns a callable (``gguf_py("Q4_K", "quantize")`` …); the libraries are imported
 when the callable runs, and a missing one raises ``OracleUnavailable`` naming the package.
+
+torchao's paths that run on a CPU (torchao 0.18), and the refquant format each is checked as:
+
+| adapter                 | torchao code                                                        | format   |
+|-------------------------|---------------------------------------------------------------------|----------|
+| ``torchao_nf4``         | ``to_nf4`` (NF4Tensor, always double-quantized absmax)              | NF4      |
+| ``torchao_int4_affine`` | ``choose_qparams_affine`` / ``quantize_affine`` / ``dequantize_affine``, ASYMMETRIC, block (1, 32), codes −8..7 (IntxWeightOnlyConfig's primitives) | INT4-G32 |
+| ``torchao_int4_tinygemm`` | ``_choose_qparams_affine_tinygemm`` / ``_quantize_affine_tinygemm``, codes 0..15, a float zero (Int4OpaqueTensor's CPU path) | INT4-G32 |
+| ``torchao_gguf_q4_k``   | prototype ``GGUFQuantizedTensor`` (GGUFWeightOnlyConfig), 8 blocks of 32 per 256 | Q4_K |
+
+Where torchao keeps a different representation, the adapter converts it and says how; the
+conversions are exact except where a docstring names a rounding (the verdict then covers it).
 """
 
 from __future__ import annotations
@@ -13,7 +26,8 @@ import numpy as np
 
 from .. import OracleUnavailable
 
-__all__ = ["gguf_py", "bitsandbytes", "torchao_nf4", "THIRD_PARTY"]
+__all__ = ["gguf_py", "bitsandbytes", "torchao_nf4", "torchao_int4_affine", "torchao_int4_tinygemm", "torchao_gguf_q4_k",
+           "THIRD_PARTY"]
 
 
 def gguf_py(qtype: str, direction: str = "quantize") -> Callable:
@@ -89,6 +103,158 @@ def torchao_nf4(x: Any) -> tuple:
 
 torchao_nf4.__qualname__ = "torchao.to_nf4"
 
+
+# ---------------------------------------------------------------------------------------
+# torchao's int4 affine primitives and its GGUF prototype (CPU)
+# ---------------------------------------------------------------------------------------
+
+INT4_GROUP = 32                 # refquant's INT4-G32: one (s, z) per 32 consecutive weights of a row
+INT4_CODES = (-8, 7)            # refquant.uniform.code_range(4, symmetric=False)
+TINYGEMM_CODES = (0, 15)        # Int4OpaqueTensor.from_hp: quant_min, quant_max
+TINYGEMM_EPS = 1e-6             # Int4OpaqueTensor.from_hp: eps
+GGUF_SUB_BLOCKS = 8             # GGUFWeightOnlyConfig.n_blocks_per_superblock: 8 blocks of 32 per 256
+
+
+def _torchao(what: str) -> tuple:
+    """(torch, torchao.quantization.quant_primitives), or OracleUnavailable naming ``what``."""
+    try:
+        import torch
+        from torchao.quantization import quant_primitives
+    except ImportError as e:
+        raise OracleUnavailable(f"torchao {what}: `pip install torchao`") from e
+    return torch, quant_primitives
+
+
+def _torch_f32(a: Any) -> Any:
+    """Any array (NumPy, torch) as a fresh float32 CPU torch tensor of its shape."""
+    import torch
+
+    from ._formats import _np
+
+    return torch.from_numpy(np.ascontiguousarray(_np(a), np.float32).copy())
+
+
+def _named(fn: Callable, qualname: str) -> Callable:
+    fn.__qualname__ = qualname
+    fn.__module__ = "torchao"
+    return fn
+
+
+def torchao_int4_affine(direction: str = "quantize") -> Callable:
+    """torchao's affine int4 primitives as refquant's INT4-G32 (4-bit asymmetric, codes −8..7, groups of 32).
+
+        s, z = choose_qparams_affine(x, MappingType.ASYMMETRIC, (1, 32), torch.int8, −8, 7)
+        q = quantize_affine(x, (1, 32), s, z, torch.int8, −8, 7)        (z: int32, eps: float32's smallest normal)
+        x̂ = dequantize_affine(q, (1, 32), s, z, torch.int8, −8, 7)       = (q − z) · s
+
+    The primitives IntxWeightOnlyConfig(torch.int4, PerGroup(32), ASYMMETRIC) uses on a CPU.
+    quantize: x (rows, n) -> q (rows, n) int8, s (rows, n/32) float32, z (rows, n/32) int32 — no conversion.
+    dequantize: q, s, z as refquant's INT4-G32 holds them (z integral) -> float32 (rows, n).
+    """
+    block = (1, INT4_GROUP)
+
+    def quantize(x):
+        torch, P = _torchao("int4 affine")
+        w = _torch_f32(x)                                                            # (rows, n)
+        s, z = P.choose_qparams_affine(w, P.MappingType.ASYMMETRIC, block, torch.int8, *INT4_CODES)
+        q = P.quantize_affine(w, block, s, z, torch.int8, *INT4_CODES)               # (rows, n) int8
+        return q.numpy(), s.numpy(), z.numpy()                                       # s, z: (rows, n/32)
+
+    def dequantize(q, s, z):
+        torch, P = _torchao("int4 affine")
+        q_t = torch.from_numpy(np.asarray(q).astype(np.int8))                        # (rows, n), exact: −8..7
+        groups = (q_t.shape[0], q_t.shape[1] // INT4_GROUP)
+        s_t = _torch_f32(s).reshape(groups)                                          # (rows, n/32)
+        z_t = torch.from_numpy(np.asarray(z).astype(np.int32)).reshape(groups)       # integral zero-points
+        return P.dequantize_affine(q_t, block, s_t, z_t, torch.int8, *INT4_CODES).numpy()
+
+    fn = quantize if direction == "quantize" else dequantize
+    return _named(fn, f"quant_primitives.{direction}_affine[int4, group 32]")
+
+
+def torchao_int4_tinygemm(x: Any) -> tuple:
+    """torchao's CPU int4 path (Int4OpaqueTensor.from_hp, the TINYGEMM qparams) as INT4-G32 quantize.
+
+        scale = max((max − min) / 15, 1e-6),   zero = min + 8 · scale        (the float "zero": no min(·, 0))
+        q = clamp(round((x − (zero − 8 · scale)) / scale), 0, 15),   x̂ = (q − 8) · scale + zero
+
+    In INT4-G32's terms x̂ = s (q' − z'): the adapter returns q' = q − 8 (exact), s = scale and
+    z' = −zero / scale (a float32 division: the one rounding of the adapter; z' is rarely integral).
+    x (rows, n) -> q' (rows, n), s (rows, n/32), z' (rows, n/32).
+    """
+    torch, P = _torchao("int4 tinygemm")
+    w = _torch_f32(x)                                                                # (rows, n)
+    block = (1, INT4_GROUP)
+    scale, zero = P._choose_qparams_affine_tinygemm(w, P.MappingType.ASYMMETRIC, block, torch.int32, *TINYGEMM_CODES,
+                                                    TINYGEMM_EPS, None, torch.float32)
+    q = P._quantize_affine_tinygemm(w, block, scale, zero, torch.int32, *TINYGEMM_CODES)  # (rows, n) 0..15
+    mid = (TINYGEMM_CODES[0] + TINYGEMM_CODES[1] + 1) // 2                           # 8
+    return (q - mid).numpy(), scale.numpy(), (-zero / scale).numpy()
+
+
+_named(torchao_int4_tinygemm, "Int4OpaqueTensor.from_hp[tinygemm qparams, group 32]")
+
+
+def torchao_gguf_q4_k(direction: str = "quantize") -> Callable:
+    """torchao's GGUF prototype (``GGUFQuantizedTensor``, 8 blocks of 32 per super-block) as Q4_K bytes.
+
+    torchao:  x̂ = s_sb · sc_j · q + m_sb · m_j          ggml Q4_K:  x̂ = d · sc_j · q − dmin · m_j
+    so d = s_sb (``super_block_scale_scale``), dmin = 0 − m_sb (``super_block_min_scale``; +0 for 0), sc_j, m_j its
+    ``quantized_block_scale`` / ``_min`` and q its ``int_data``.
+
+    dequantize: Q4_K bytes are split with refquant's own field readers (get_scale_min_k4, the nibble
+    pairs, fp16 d/dmin), handed to ``GGUFQuantizedTensor(...).dequantize(torch.float32)`` — exact.
+    quantize: ``GGUFQuantizedTensor.from_float(x, 8, torch.uint4)`` keeps float fields (sc_j, m_j are
+    clamped but not rounded, q is neither rounded nor clamped); to write bytes the adapter rounds them
+    half to even (``torch.round``, as torchao's quantize_affine does), clamps sc_j, m_j to 0..63 and q to
+    0..15, and stores d, dmin as fp16 (round to nearest even). These roundings are the adapter's.
+    """
+    from ...gguf._bytes import QK_K, fp16_bytes, fp16_field
+    from ...gguf.kquants import (Q4_K_BLOCK, _pack_nibble_pairs, _pack_scales_k4, _unpack_nibble_pairs,
+                                 _unpack_scales_k4)
+
+    def tensor_class():
+        torch, _ = _torchao("GGUF prototype")
+        from torchao.prototype.quantization.gguf import GGUFQuantizedTensor
+        return torch, GGUFQuantizedTensor
+
+    def rounded(t, hi: int) -> np.ndarray:
+        with np.errstate(invalid="ignore"):         # NaN (an all-zero super-block's 0/0) casts as NumPy casts it
+            return np.clip(np.round(t.float().numpy()), 0, hi).astype(np.uint8)  # np.round: half to even
+
+    def quantize(x):
+        torch, GQT = tensor_class()
+        w = _torch_f32(x)                                                              # (rows, n)
+        t = GQT.from_float(w, n_blocks_per_superblock=GGUF_SUB_BLOCKS, target_dtype=torch.uint4)
+        d = t.super_block_scale_scale.reshape(-1, 1).numpy()                           # (B, 1), B = rows·n/256
+        dmin = np.float32(0) - t.super_block_min_scale.reshape(-1, 1).numpy()          # (B, 1); 0 − 0 = +0
+        sc = rounded(t.quantized_block_scale, 63).reshape(-1, GGUF_SUB_BLOCKS)         # (B, 8)
+        m = rounded(t.quantized_block_min, 63).reshape(-1, GGUF_SUB_BLOCKS)            # (B, 8)
+        L = rounded(t.int_data, 15).reshape(-1, QK_K)                                  # (B, 256)
+        raw = Q4_K_BLOCK.join(d=fp16_bytes(d), dmin=fp16_bytes(dmin), scales=_pack_scales_k4(sc, m),
+                              qs=_pack_nibble_pairs(L))                                # (B, 144)
+        return raw.reshape(w.shape[0], -1)                                             # (rows, n/256·144)
+
+    def dequantize(raw):
+        torch, GQT = tensor_class()
+        from ._formats import _np
+
+        raw = np.ascontiguousarray(_np(raw), np.uint8)
+        rows, n = raw.shape[0], raw.shape[1] // Q4_K_BLOCK.type_size * QK_K
+        b = Q4_K_BLOCK.split(raw.reshape(-1, Q4_K_BLOCK.type_size))
+        sc, m = _unpack_scales_k4(b.scales)                                            # (B, 8) int32
+        q = _unpack_nibble_pairs(b.qs)                                                 # (B, 256) uint8
+
+        def f32(a, shape):
+            return torch.from_numpy(np.ascontiguousarray(a, np.float32).reshape(shape))
+
+        t = GQT(GGUF_SUB_BLOCKS, f32(fp16_field(b.d), (rows, -1)), f32(-fp16_field(b.dmin), (rows, -1)),
+                f32(sc, (rows, -1)), f32(m, (rows, -1)), f32(q, (rows, n)), (rows, n))
+        return t.dequantize(torch.float32).numpy()                                     # (rows, n)
+
+    fn = quantize if direction == "quantize" else dequantize
+    return _named(fn, f"GGUFQuantizedTensor.{'from_float' if direction == 'quantize' else 'dequantize'}[Q4_K]")
+
 # (label, format, direction, factory of the callable)
 THIRD_PARTY = (
     # gguf-py 0.19 quantizes only these (the others raise NotImplementedError); it decodes all of them
@@ -101,4 +267,7 @@ THIRD_PARTY = (
     + [(f"bitsandbytes {f}", f, d, (lambda f=f, d=d: bitsandbytes(f, d)))
        for f in ("NF4", "FP4", "INT8-BLOCKWISE", "LLM.INT8") for d in ("quantize", "dequantize")]
     + [("torchao NF4", "NF4", "quantize", lambda: torchao_nf4)]
+    + [("torchao int4 affine", "INT4-G32", d, (lambda d=d: torchao_int4_affine(d))) for d in ("quantize", "dequantize")]
+    + [("torchao int4 tinygemm", "INT4-G32", "quantize", lambda: torchao_int4_tinygemm)]
+    + [("torchao GGUF Q4_K", "Q4_K", d, (lambda d=d: torchao_gguf_q4_k(d))) for d in ("quantize", "dequantize")]
 )
