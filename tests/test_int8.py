@@ -10,7 +10,7 @@ from refquant import int8
 from refquant.testing import strategies as st_rq
 from refquant.testing.bnb import (bnb_code, bnb_int8_linear_matmul, bnb_int8_mixed_scaled_mm,
                                   bnb_int8_mm_dequant, bnb_int8_vectorwise_dequant, bnb_int8_vectorwise_quant,
-                                  bnb_quantize_blockwise)
+                                  bnb_dequantize_blockwise, bnb_quantize_blockwise)
 
 DTYPES = ("float32", "float16", "bfloat16")
 CODE = int8.create_dynamic_map()
@@ -332,3 +332,18 @@ def test_cupy_matches_numpy():
     Y_np, _ = int8.int8_matmul(X, W)
     Y, _ = int8.int8_matmul(cupy.asarray(X), cupy.asarray(W))
     assert np.array_equal(_bits(cupy.asnumpy(Y)), _bits(Y_np))
+
+
+@pytest.mark.parametrize("n, blocksize, dtype", [(3 * 16384 + 4096 + 100, 4096, "float16"), (50000, 64, "float32"),
+                                                (33000, 100, "float32")])
+def test_numpy_blockwise_decode_through_chunks_matches_bitsandbytes(n, blocksize, dtype):
+    """NumPy codes decoded chunk by chunk equal bitsandbytes' dequantize_blockwise: several chunks,
+    a short tail block, a zero block (code 0 = -0.0 · m) and a subnormal block."""
+    x = np.random.default_rng(n).standard_t(4, n).astype(np.float32) * np.float32(0.02)
+    x[blocksize: 2 * blocksize] = 0.0
+    x[2 * blocksize: 3 * blocksize] *= np.float32(1e-39) / np.float32(0.02)
+    q, state = int8.quantize_blockwise(x.astype(dtype), blocksize=blocksize)
+    expected = bnb_dequantize_blockwise(q, state.absmax, blocksize, dtype)
+    ours = int8.dequantize_blockwise(q, state)
+    assert isinstance(ours, np.ndarray) and ours.dtype == np.dtype(dtype)
+    assert np.array_equal(_bits(ours), _bits(expected))

@@ -339,3 +339,27 @@ def test_cupy_matches_numpy():
             assert np.array_equal(cupy.asnumpy(p), p_np)
             y = cupy.asnumpy(nf4.dequantize_4bit(p, s))
             assert np.array_equal(_bits(y), _bits(nf4.dequantize_4bit(p_np, s_np)))
+
+
+@pytest.mark.parametrize("n, blocksize, quant_type, dtype, double_quant", [
+    (5 * 16384 + 3 * 64 + 37, 64, "nf4", "float16", False),    # chunks, whole blocks after them, odd tail
+    (2 * 16384 + 32 * 7, 32, "fp4", "float32", False),
+    (3 * 16384 + 1, 4096, "nf4", "float16", True),             # one value in the tail block
+    (40000, 256, "nf4", "float32", True),
+])
+def test_numpy_decode_through_chunks_matches_bitsandbytes(n, blocksize, quant_type, dtype, double_quant):
+    """NumPy bytes decoded chunk by chunk (nf4._DECODE_CHUNK values) equal bitsandbytes' decoding,
+    with a zero block, a subnormal block and a float16-overflow-sized block among them."""
+    x = np.random.default_rng(n).standard_t(4, n).astype(np.float32) * np.float32(0.02)
+    x[blocksize: 2 * blocksize] = 0.0                                   # an all-zero block
+    x[3 * blocksize: 4 * blocksize] *= np.float32(1e-39) / np.float32(0.02)  # subnormal values
+    if dtype == "float32":
+        x[5 * blocksize] = np.float32(3e38)                            # c·m beyond float16
+    x_np = x.astype(dtype)
+    ref = bnb_quantize_4bit(_as_dtype(x_np, dtype), blocksize=blocksize, quant_type=quant_type,
+                            double_quant=double_quant)
+    packed, state = nf4.quantize_4bit(x_np, blocksize=blocksize, quant_type=quant_type, double_quant=double_quant)
+    assert packed.tobytes() == ref["packed"].tobytes()
+    ours = nf4.dequantize_4bit(packed, state)
+    assert isinstance(ours, np.ndarray) and ours.dtype == x_np.dtype
+    _compare_dequantized(ours, ref, blocksize, quant_type, x.shape)
