@@ -298,6 +298,79 @@ def _cast_out(y32: Any, dtype: Any, xp: Any) -> Any:
     return y32 if dtype == xp.float32 else xp.astype(y32, dtype)
 
 
+#: values decoded per step on the NumPy path: the float32 buffer (64 KiB) stays in the core's cache
+DECODE_CHUNK = 16384
+
+
+def decode_blocks(index: Any, table: np.ndarray, absmax: Any, blocksize: int, n: int, dtype: Any) -> Any:
+    """x̂ = T[index] · m_b in float32, rounded once to ``dtype``: the n values of blocks of B.
+
+        values = T[index_0] ‖ T[index_1] ‖ ...     (each row of T holds k values)
+        x̂_bi = values_bi · m_b                      (float32 product; then one rounding to dtype)
+
+    index: (n_idx,) uint8; table: (256, k) float32 (8-bit: k = 1, the code book; NF4/FP4:
+    k = 2, a byte's two nibbles, high first); absmax: (ceil(n/B),) float32; n <= k · n_idx
+    -> (n,) ``dtype``, in index's namespace. B must be a multiple of k.
+    NumPy: whole blocks are decoded ``DECODE_CHUNK`` values at a time, one gather of the k
+    values of each index (the k float32s read as one 4k-byte word) into a buffer, then one
+    multiply that writes the rounded product into the preallocated output; the tail block
+    goes through the array-API lines below, which every other namespace runs for all blocks.
+    Ref: csrc/cpu_ops.cpp ``dequantizeBlockwise4bitCpu`` / ``dequantizeBlockwise8bitCpu`` (same
+    products, rounded once).
+    """
+    k = table.shape[1]
+    out_dtype = _numpy_float(dtype)
+    if isinstance(index, np.ndarray) and out_dtype is not None and table.shape[0] == 256 and blocksize % k == 0:
+        absmax = np.asarray(absmax, dtype=np.float32)
+        out = np.empty(n, out_dtype)
+        n_done = _decode_whole_blocks_numpy(index, table, absmax, blocksize, n // blocksize, out)
+        if n_done < n:                                                    # the tail block
+            out[n_done:] = _decode_array_api(index[n_done // k:], table, absmax[n_done // blocksize:],
+                                             blocksize, n - n_done, out_dtype, np)
+        return out
+    return _decode_array_api(index, table, absmax, blocksize, n, dtype, namespace(index))
+
+
+def _decode_whole_blocks_numpy(index: np.ndarray, table: np.ndarray, absmax: np.ndarray, blocksize: int,
+                               n_blocks: int, out: np.ndarray) -> int:
+    """``decode_blocks`` of the first n_blocks whole blocks into ``out``; returns the values written."""
+    k = table.shape[1]
+    words = np.ascontiguousarray(table).view({1: np.uint32, 2: np.uint64}[k]).reshape(256)  # (256,) k floats each
+    per_step = max(1, DECODE_CHUNK // blocksize)                               # blocks per step
+    buf = np.empty(per_step * blocksize, np.float32)                           # (per_step·B,)
+    buf_words = buf.view(words.dtype)                                          # (per_step·B/k,)
+    for b0 in range(0, n_blocks, per_step):
+        nb = min(per_step, n_blocks - b0)
+        v0, v = b0 * blocksize, nb * blocksize                                 # first value, values
+        # mode="clip": a uint8 index is always in range, and "raise" would gather via a copy
+        np.take(words, index[v0 // k:(v0 + v) // k], out=buf_words[: v // k], mode="clip")
+        np.multiply(buf[:v].reshape(nb, blocksize), absmax[b0:b0 + nb, None],    # (nb, B) float32 product,
+                    out=out[v0:v0 + v].reshape(nb, blocksize), dtype=np.float32, casting="unsafe")  # rounded once
+    return n_blocks * blocksize
+
+
+def _decode_array_api(index: Any, table: np.ndarray, absmax: Any, blocksize: int, n: int, dtype: Any,
+                      xp: Any) -> Any:
+    """``decode_blocks`` with array-API operations (any namespace): gather, pad, scale, cast."""
+    table_x = from_numpy(np.ascontiguousarray(table), like=index)            # (256, k) float32
+    values = xp.take(table_x, xp.astype(xp.reshape(index, (-1,)), xp.int32), axis=0)  # (n_idx, k)
+    values = xp.reshape(values, (-1,))[:n]                                     # (n,)
+    blocks, _ = _blocks(values, blocksize, xp)                                 # (n_blocks, B)
+    y = xp.reshape(blocks * xp.reshape(xp.astype(absmax, xp.float32), (-1, 1)), (-1,))[:n]  # (n,) float32
+    return _cast_out(y, dtype, xp)
+
+
+def _numpy_float(dtype: Any) -> np.dtype | None:
+    """NumPy's float16 / float32 for ``dtype`` if it is one of them, else None (torch's bfloat16...)."""
+    if isinstance(dtype, (np.dtype, type)):
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            return None
+        return dt if dt in (np.float16, np.float32) else None
+    return None
+
+
 def dequantize_blockwise(q: Any, state: BlockwiseState) -> Any:
     """x̂_bi = c[q_bi] · m_b in float32, cast to ``state.dtype``.
 
@@ -321,11 +394,9 @@ def dequantize_blockwise(q: Any, state: BlockwiseState) -> Any:
     if int(absmax.shape[0]) != n_blocks:
         raise ValueError(f"state: absmax has {absmax.shape[0]} blocks, but {n} codes in blocks of "
                          f"{state.blocksize} need {n_blocks}")
-    code = xp.astype(from_numpy(to_numpy(state.code), like=q), xp.float32)
-    values = xp.take(code, xp.astype(xp.reshape(q, (-1,)), xp.int32))          # (n,)
-    blocks, _ = _blocks(values, state.blocksize, xp)                            # (n_blocks, B)
-    y = xp.reshape(blocks * xp.reshape(absmax, (-1, 1)), (-1,))[:n]             # (n,) float32
-    return xp.reshape(_cast_out(y, state.dtype, xp), tuple(q.shape))
+    code = np.asarray(to_numpy(state.code), dtype=np.float32).reshape(-1, 1)   # (256, 1)
+    y = decode_blocks(xp.reshape(q, (-1,)), code, absmax, blocksize, n, state.dtype)  # (n,) state.dtype
+    return xp.reshape(y, tuple(q.shape))
 
 
 # --------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ import numpy as np
 from ._backend import from_numpy, namespace, to_numpy
 from ._packing import pack_nibbles, unpack_nibbles
 from .int8 import BlockwiseState, _check_bnb_float, _check_blocksize, _linspace_f32
-from .int8 import dequantize_blockwise, quantize_blockwise
+from .int8 import decode_blocks, dequantize_blockwise, quantize_blockwise
 
 __all__ = [
     "nf4_code",
@@ -434,16 +434,8 @@ def dequantize_4bit(packed: Any, state: QuantState) -> Any:
     # 256-row table, and the rows laid end to end are the values in order (high nibble first)
     lo, hi = unpack_nibbles(np.arange(256, dtype=np.uint8))                    # (256,) each
     code = CODES[state.quant_type]
-    pairs = from_numpy(np.stack([code[hi], code[lo]], axis=1), like=packed)    # (256, 2) float32
-    byte = xp.astype(xp.reshape(packed, (-1,)), xp.int32)                      # (n_bytes,)
-    values = xp.reshape(xp.take(pairs, byte, axis=0), (-1,))[:n]               # (n,)
-    pad = n_blocks * state.blocksize - n
-    if pad:
-        values = xp.concat([values, xp.zeros((pad,), dtype=values.dtype, device=values.device)])
-    blocks = xp.reshape(values, (n_blocks, state.blocksize))                   # (n_blocks, B)
-    y = xp.reshape(blocks * xp.reshape(absmax, (-1, 1)), (-1,))[:n]            # (n,) float32
-    if state.dtype != xp.float32:
-        y = xp.astype(y, state.dtype)                                          # one rounding
+    pairs = np.stack([code[hi], code[lo]], axis=1)                             # (256, 2) float32
+    y = decode_blocks(xp.reshape(packed, (-1,)), pairs, absmax, state.blocksize, n, state.dtype)  # (n,)
     return xp.reshape(y, tuple(state.shape))
 
 
