@@ -103,8 +103,12 @@ def test_pytest_plugin_passes_and_fails():
 # (adapter label, direction) -> None (conforms) or (first failing property, field, cause guess, refquant, torchao)
 TORCHAO_VERDICTS = {
     # torchao keeps absmax double-quantized (int8 scalers): 0.49806 where the block's absmax is 0.5, so
-    # x / absmax and the codes move; the table reads it as a scale rounded at another step
+    # x / absmax and the codes move; the table reads it as a scale rounded at another step. Its code
+    # book is also rounded to 4 decimals (next test)
     ("torchao NF4", "quantize"): ("edge parity", "code", "scale rounding step", "0x2a", "0x3b"),
+    # code 2 decodes as 0.5 · −0.5251 (torchao's book) where QLoRA's level is −0.5250730514526367
+    ("torchao NF4", "dequantize"): ("edge parity", "decoded", "unknown", "-0.26253652572631836 (0xbe866b30)",
+                                    "-0.2625499963760376 (0xbe866cf4)"),
     # an all-zero group: s = float32's smallest normal (choose_qparams_affine's eps) where refquant
     # stores 1.0; both decode to 0 exactly. The table has no cause for it: 'unknown'
     ("torchao int4 affine", "quantize"): ("edge parity", "s", "unknown", "1.0 (0x3f800000)",
@@ -182,3 +186,16 @@ def test_torchao_gguf_prototype_keeps_float_codes_and_decodes_zeros_to_nan():
     assert float((t.dequantize(torch.float32) - x).abs().max()) < 2.0**-20
     zeros = GGUFQuantizedTensor.from_float(torch.zeros(1, 256), n_blocks_per_superblock=8, target_dtype=torch.uint4)
     assert bool(zeros.dequantize(torch.float32).isnan().all())
+
+
+def test_torchao_nf4_code_book_is_rounded_to_four_decimals():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchao")
+    from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import to_nf4
+
+    from refquant import nf4
+
+    book = to_nf4(torch.zeros(64), block_size=64, scaler_block_size=1).nf4.numpy()
+    ours = np.asarray(nf4.CODES["nf4"], np.float32)
+    assert np.array_equal(book, np.round(ours.astype(np.float64), 4).astype(np.float32))
+    assert int(np.sum(book != ours)) == 13                     # every level but −1, 0 and 1

@@ -9,7 +9,7 @@ torchao's paths that run on a CPU (torchao 0.18), and the refquant format each i
 
 | adapter                 | torchao code                                                        | format   |
 |-------------------------|---------------------------------------------------------------------|----------|
-| ``torchao_nf4``         | ``to_nf4`` (NF4Tensor, always double-quantized absmax)              | NF4      |
+| ``torchao_nf4``, ``torchao_nf4_dequantize`` | ``to_nf4``; ``NF4Tensor.get_original_weight`` (absmax always double-quantized) | NF4 |
 | ``torchao_int4_affine`` | ``choose_qparams_affine`` / ``quantize_affine`` / ``dequantize_affine``, ASYMMETRIC, block (1, 32), codes −8..7 (IntxWeightOnlyConfig's primitives) | INT4-G32 |
 | ``torchao_int4_tinygemm`` | ``_choose_qparams_affine_tinygemm`` / ``_quantize_affine_tinygemm``, codes 0..15, a float zero (Int4OpaqueTensor's CPU path) | INT4-G32 |
 | ``torchao_gguf_q4_k``   | prototype ``GGUFQuantizedTensor`` (GGUFWeightOnlyConfig), 8 blocks of 32 per 256 | Q4_K |
@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import OracleUnavailable
 
-__all__ = ["gguf_py", "bitsandbytes", "torchao_nf4", "torchao_int4_affine", "torchao_int4_tinygemm", "torchao_gguf_q4_k",
+__all__ = ["gguf_py", "bitsandbytes", "torchao_nf4", "torchao_nf4_dequantize", "torchao_int4_affine", "torchao_int4_tinygemm", "torchao_gguf_q4_k",
            "THIRD_PARTY"]
 
 
@@ -102,6 +102,36 @@ def torchao_nf4(x: Any) -> tuple:
 
 
 torchao_nf4.__qualname__ = "torchao.to_nf4"
+
+
+def torchao_nf4_dequantize(packed: Any, absmax: Any, shape: Any) -> np.ndarray:
+    """torchao's NF4 decoder, ``NF4Tensor.get_original_weight``, on refquant's packed codes and absmax.
+
+    An NF4Tensor holds absmax only double-quantized; to decode the kit's (packed, absmax) the adapter
+    runs get_original_weight on a stand-in whose ``dequantize_scalers`` returns the float32 absmax
+    as given. The unpacking (first code in the high nibble), the code book lookup and the product
+    code · absmax are torchao's. The code book is the one to_nf4 builds for a float32 tensor.
+    """
+    try:
+        import torch
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import NF4Tensor, to_nf4
+    except ImportError as e:
+        raise OracleUnavailable("torchao NF4: `pip install torchao`") from e
+    from types import SimpleNamespace
+
+    from ._formats import _np
+
+    book = to_nf4(torch.zeros(NF4_BLOCK), block_size=NF4_BLOCK, scaler_block_size=1).nf4    # (16,) float32
+    scalers = torch.from_numpy(np.ascontiguousarray(_np(absmax), np.float32).reshape(-1).copy())
+    codes = torch.from_numpy(np.ascontiguousarray(_np(packed), np.uint8).reshape(-1).copy())    # (n/2,)
+    state = SimpleNamespace(quantized_data=codes, nf4=book, block_size=NF4_BLOCK, shape=torch.Size(tuple(int(n) for n in shape)),
+                            quantized_scalers=None, quantization_factor=None, scaler_block_size=None,
+                            dequantize=NF4Tensor.dequantize, dequantize_scalers=lambda *_: scalers)
+    return NF4Tensor.get_original_weight(state).numpy()
+
+
+torchao_nf4_dequantize.__qualname__ = "torchao.NF4Tensor.get_original_weight"
+NF4_BLOCK = 64                  # bitsandbytes' and torchao's NF4 block
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,6 +297,7 @@ THIRD_PARTY = (
     + [(f"bitsandbytes {f}", f, d, (lambda f=f, d=d: bitsandbytes(f, d)))
        for f in ("NF4", "FP4", "INT8-BLOCKWISE", "LLM.INT8") for d in ("quantize", "dequantize")]
     + [("torchao NF4", "NF4", "quantize", lambda: torchao_nf4)]
+    + [("torchao NF4", "NF4", "dequantize", lambda: torchao_nf4_dequantize)]
     + [("torchao int4 affine", "INT4-G32", d, (lambda d=d: torchao_int4_affine(d))) for d in ("quantize", "dequantize")]
     + [("torchao int4 tinygemm", "INT4-G32", "quantize", lambda: torchao_int4_tinygemm)]
     + [("torchao GGUF Q4_K", "Q4_K", d, (lambda d=d: torchao_gguf_q4_k(d))) for d in ("quantize", "dequantize")]
