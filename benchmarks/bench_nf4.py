@@ -1,7 +1,7 @@
 """NF4 4-bit (with and without double quantization) and blockwise 8-bit: refquant vs bitsandbytes on the CPU.
 
 One 4096x4096 float16 weight (the size of a 7B model's attention projection), the same
-bytes handed to both. bitsandbytes runs its CPU path (pure-torch quantize_4bit, C++
+bytes handed to both; the 8-bit cases take it widened to float32, and decode to float32 or float16. bitsandbytes runs its CPU path (pure-torch quantize_4bit, C++
 dequantize and blockwise 8-bit kernels); refquant runs NumPy.
 """
 
@@ -42,3 +42,10 @@ def cases():
                lambda: int8.quantize_blockwise(x32, blocksize=4096),
                "bitsandbytes CPU",
                lambda: F.quantize_blockwise(x32t, blocksize=4096))
+    for label, arr, arr_t in (("fp32", x32, x32t), ("fp16", x, xt)):
+        q, state = int8.quantize_blockwise(arr, blocksize=4096)
+        q_t, state_t = F.quantize_blockwise(arr_t, blocksize=4096)
+        yield Case("nf4", f"dequantize_blockwise 8-bit 4096x4096 {label} (B=4096)",
+                   lambda q=q, s=state: int8.dequantize_blockwise(q, s),
+                   "bitsandbytes CPU",
+                   lambda q=q_t, s=state_t: F.dequantize_blockwise(q, s))
