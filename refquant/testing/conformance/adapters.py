@@ -25,9 +25,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import OracleUnavailable
+from ._formats import NF4_BLOCK
 
-__all__ = ["gguf_py", "bitsandbytes", "torchao_nf4", "torchao_nf4_dequantize", "torchao_int4_affine", "torchao_int4_tinygemm", "torchao_gguf_q4_k",
-           "THIRD_PARTY"]
+__all__ = ["gguf_py", "bitsandbytes", "torchao_nf4", "torchao_nf4_dequantize", "torchao_int4_affine",
+           "torchao_int4_tinygemm", "torchao_gguf_q4_k", "THIRD_PARTY"]
 
 
 def gguf_py(qtype: str, direction: str = "quantize") -> Callable:
@@ -131,7 +132,6 @@ def torchao_nf4_dequantize(packed: Any, absmax: Any, shape: Any) -> np.ndarray:
 
 
 torchao_nf4_dequantize.__qualname__ = "torchao.NF4Tensor.get_original_weight"
-NF4_BLOCK = 64                  # bitsandbytes' and torchao's NF4 block
 
 
 # ---------------------------------------------------------------------------------------
