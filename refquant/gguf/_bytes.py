@@ -318,11 +318,19 @@ def column_sum(t: Any, from_zero: bool = True) -> Any:
     Left to right in float32 — never a pairwise or tree sum. Starting at +0 (``from_zero``)
     makes a sum of −0.0 terms +0.0, as in C; ``from_zero=False`` is C's ``s = t[0]; for
     i >= 1: s += t[i]`` (make_qkx2_quants' sum_w), which keeps an all −0.0 sum at −0.0.
-    Each step adds one contiguous row; NumPy adds in place.
+    Each step adds one contiguous row. On a C-ordered NumPy array with B >= 2 columns one
+    ``np.add.reduce(t, axis=0)`` does the same: reducing over an axis that is not the
+    fast one, NumPy adds whole rows into an accumulator in order (its pairwise summation
+    runs only along the contiguous axis, as the ``numpy.sum`` notes say). The accumulator
+    starts at ``initial``: +0.0 is C's ``s = 0``; −0.0 is ``s = t[0]`` (−0.0 + v == v for
+    every v, −0.0 included). B == 1 is a contiguous column, which NumPy would sum
+    pairwise: that takes the loop.
 
     >>> column_sum(np.float32([[-0.0], [-0.0]])).tolist(), column_sum(np.float32([[-0.0], [-0.0]]), False).tolist()
     ([0.0], [-0.0])
     """
+    if is_numpy(t) and t.ndim == 2 and t.shape[1] >= 2 and t.flags.c_contiguous:
+        return np.add.reduce(t, axis=0, initial=0.0 if from_zero else -0.0)
     if is_numpy(t):
         s = t[0, :] + np.float32(0.0) if from_zero else t[0, :].copy()
         for i in range(1, t.shape[0]):

@@ -49,7 +49,7 @@ import numpy as np
 
 from typing import NamedTuple
 
-from .._backend import is_numpy, namespace
+from .._backend import device, is_numpy, namespace
 from ._bytes import GROUP_MAX_EPS, column_sum, columns, first_zero_sign, signed_absmax, uncolumns
 
 __all__ = [
@@ -73,6 +73,8 @@ QKX2_GRID_Q4_K = QkxGrid(-1.0, 0.1, 20)  # quantize_row_q4_K_ref: make_qkx2_quan
 QKX2_GRID_Q5_K = QkxGrid(-0.5, 0.1, 15)  # quantize_row_q5_K_ref: make_qkx2_quants(32, 31, …, -0.5f, 0.1f, 15, false)
 QKX3_GRID = QkxGrid(-0.9, 0.05, 36)      # every imatrix path (q2_K, q4_K, q5_K, q4_1, q5_1 _impl): make_qkx3_quants(…, -0.9f, 0.05f, 36, false)
 QX_TRIES = 9        # make_qx_quants: for (int is = -9; is <= 9; ++is), iscale = -(nmax + 0.1f*is)/max
+QX_CANDIDATES = tuple(k for k in range(-QX_TRIES, QX_TRIES + 1) if k != 0)  # C's order; is = 0 is the first try
+SEARCH_ELEMENTS = 1 << 18  # elements of one batched pass over (n, candidates, blocks): 1 MiB of float32
 QP_TRIES = 4        # make_qp_quants: for (int is = -4; is <= 4; ++is), iscale = (0.1f*is + nmax)/max
 CANDIDATE_STEP = 0.1  # the 0.1f of both loops
 _MAGIC = 12582912.0                        # 1.5 * 2**23: adding it leaves round(f) in the low mantissa bits
@@ -183,6 +185,29 @@ def _qx_weights(x: Any, rmse_type: int, qw: Any) -> Any:
     return xp.sqrt(xp.abs(x))
 
 
+def _qx_candidate_sums(xp: Any, xc: Any, w: Any, wx: Any, iscales: Any, nmax: int, rounding) -> tuple[Any, Any]:
+    """Σ w·x·l and Σ w·l² of every candidate of make_qx_quants at once: (n, B), (K, B) -> (K, B), (K, B).
+
+    l = clamp(round(iscale_k·x), -nmax, nmax-1) for each candidate k; each sum runs left to
+    right over the n elements (column_sum over the (n, K·b) layout), as C's loop does for
+    one candidate. Blocks go in slices of b so that the (n, K, b) temporaries stay cache-sized.
+    """
+    n, B = xc.shape
+    K = iscales.shape[0]
+    step = max(1, SEARCH_ELEMENTS // (n * K))
+    sums_x, sums_2 = [], []
+    for lo in range(0, B, step):
+        hi = min(B, lo + step)
+        b = hi - lo
+        l = clamp(rounding(iscales[None, :, lo:hi] * xc[:, None, lo:hi]), -nmax, nmax - 1)  # (n, K, b)
+        wl = w[:, None, lo:hi] * l                                        # C: w*l*l is (w*l)*l
+        sums_x.append(column_sum(xp.reshape(wx[:, None, lo:hi] * l, (n, K * b))))  # (K·b,) C: sumlx += w*x[i]*l
+        sums_2.append(column_sum(xp.reshape(wl * l, (n, K * b))))        # (K·b,) C: suml2 += w*l*l
+    def gather(parts):                                                   # [(K·b,)] slices -> (K, B)
+        return xp.concat([xp.reshape(p, (K, -1)) for p in parts], axis=1)
+    return gather(sums_x), gather(sums_2)
+
+
 def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[Any, Any]:
     """Symmetric codes with a searched scale (ggml ``make_qx_quants``).
 
@@ -228,22 +253,23 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
         if rmse_type < 0:
             scale = xp.where(suml2 > 0, 0.5 * (scale + rdiv(1, iscale)), rdiv(1, iscale))
         else:
-            best = scale * sumlx                                  # (B,)
-            for step in range(-QX_TRIES, QX_TRIES + 1):
-                if step == 0:
-                    continue
-                num = _f32(nmax + _f32(_f32(CANDIDATE_STEP) * step))         # C: nmax + 0.1f*is, rounded to float32
-                iscale_is = rdiv(-num, mx_safe)                  # C: -(nmax + 0.1f*is) / max
-                l_is = codes(iscale_is)                           # (n, B)
-                sumlx_is = column_sum(wx * l_is)
-                suml2_is = column_sum(w * l_is * l_is)
-                better = (suml2_is > 0) & (sumlx_is * sumlx_is > best * suml2_is)  # (B,)
+            # C tries is = -9..9 (is != 0) in turn; the candidates do not depend on each other,
+            # only the choice does: all sums at once, then C's sequential choice on (K, B) sums
+            neg_num = xp.asarray([-_f32(nmax + _f32(_f32(CANDIDATE_STEP) * k)) for k in QX_CANDIDATES],
+                                 dtype=xp.float32, device=device(xc))   # (K,) C: -(nmax + 0.1f*is)
+            iscales = neg_num[:, None] / mx_safe[None, :]                 # (K, B) C: -(nmax + 0.1f*is)/max
+            sumlx_k, suml2_k = _qx_candidate_sums(xp, xc, w, wx, iscales, nmax, rounding)  # (K, B), (K, B)
+            best = scale * sumlx                                          # (B,)
+            best_iscale = iscale
+            for k in range(len(QX_CANDIDATES)):
+                sx, s2 = sumlx_k[k, :], suml2_k[k, :]
+                better = (s2 > 0) & (sx * sx > best * s2)                 # (B,) C: sumlx*sumlx > best*suml2
                 if not bool(xp.any(better)):
                     continue
-                safe2 = xp.where(better, suml2_is, xp.ones_like(suml2_is))
-                l = xp.where(better[None, :], l_is, l)
-                scale = xp.where(better, sumlx_is / safe2, scale)
-                best = xp.where(better, scale * sumlx_is, best)
+                scale = xp.where(better, sx / xp.where(better, s2, xp.ones_like(s2)), scale)
+                best = xp.where(better, scale * sx, best)
+                best_iscale = xp.where(better, iscales[k, :], best_iscale)
+            l = codes(best_iscale)                                        # the winner's codes, rounded again
     scale = xp.where(zero, xp.zeros_like(scale), scale)
     L = xp.where(zero[None, :], xp.zeros_like(l), l + nmax)
     return scale, xp.astype(uncolumns(L), xp.int8)
