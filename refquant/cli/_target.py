@@ -11,6 +11,10 @@ will be), and the exact knapsack picks one type per tensor (``allocate``). The b
 
 The file is written by ``refquant.gguf.convert.quantize_file(types_override=...)``; --dry-run
 prints the allocation table (tensor, type, bytes, predicted Δ) and writes nothing.
+
+Lossless re-encodings (``Option.lossless``: a tensor of an already quantized input kept in its
+own type) stay candidates here: for someone shrinking that file they are the best buy. Only a
+comparison against a mixture removes them (``allocate.fair_options``, the report rows).
 """
 
 from __future__ import annotations
