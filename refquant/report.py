@@ -5,6 +5,7 @@
     refquant report --methods baseline,INT8,Q4_K_M,NF4 --out results/
     refquant report --model other-llama.gguf --backend torch
     refquant report --quick --speed                   # + tokens/s of llama.cpp and bitsandbytes here
+    refquant report --iquants                         # + IQ3_M, IQ2_M, IQ1_M (with an imatrix), TQ2_0
 
 Every method starts from the same baseline — the model file's weights decoded to
 float32 — and hands back the dequantized weights Ŵ it would store, which the same
@@ -57,6 +58,8 @@ import os
 import re
 import sys
 import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
@@ -70,7 +73,7 @@ __all__ = [
     "METHODS", "QUICK_METHODS", "DEFAULT_METHODS", "Quantized", "Context", "Row",
     "measure", "run_methods", "pareto_front", "to_markdown", "to_csv", "plot", "print_table",
     "write_outputs", "parse_methods", "block_linear_names", "tensor_set", "relative_error", "model_bytes",
-    "COLUMNS", "INSTALL_MODEL_EXTRA", "SpeedReport", "measure_speed", "speed_kernel", "SPEED_COLUMNS",
+    "COLUMNS", "INSTALL_MODEL_EXTRA", "IQUANT_METHODS", "calibration_imatrix", "SpeedReport", "measure_speed", "speed_kernel", "SPEED_COLUMNS",
 ]
 
 # The linear layers of a Llama block, by GGUF name: the tensors GPTQ, AWQ, bitsandbytes
@@ -161,15 +164,22 @@ def _by_block(names: list[str]) -> list[list[str]]:
 
 
 def _per_tensor(model: Any, ctx: Context, names: list[str], desc: str,
-                quantize_one: Callable[[str, Any], tuple[Any, int]]) -> Quantized:
-    """Apply ``quantize_one(name, W) -> (Ŵ, nbytes)`` to each tensor, block by block."""
+                quantize_one: Callable[[str, Any], tuple[Any, int]], threads: int = 1) -> Quantized:
+    """Apply ``quantize_one(name, W) -> (Ŵ, nbytes)`` to each tensor, block by block; with
+    ``threads`` > 1 a block's tensors are quantized by that many threads (NumPy releases the
+    GIL in its kernels; each tensor's result does not depend on the others')."""
     out: dict[str, Any] = {}
     nbytes = 0
-    for group in ctx.progress(_by_block(ctx.select(names)), desc=desc):
-        for name in group:
-            w_hat, nb = quantize_one(name, model.weights[name])
-            out[name] = w_hat
-            nbytes += int(nb)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="refquant-report") if threads > 1 else None
+    try:
+        for group in ctx.progress(_by_block(ctx.select(names)), desc=desc):
+            run = pool.map if pool is not None else map
+            for name, (w_hat, nb) in zip(group, run(lambda n: quantize_one(n, model.weights[n]), group)):
+                out[name] = w_hat
+                nbytes += int(nb)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return Quantized(out, nbytes)
 
 
@@ -346,24 +356,53 @@ def _awq(model: Any, ctx: Context) -> Quantized:
     return Quantized(weights, sum(_group_bytes(W, bits=4, G=128) for W in weights.values()))
 
 
-def _gguf(ftype: str) -> Callable[[Any, Context], Quantized]:
+def _gguf(ftype: str, imatrix: bool = False) -> Callable[[Any, Context], Quantized]:
     def method(model: Any, ctx: Context) -> Quantized:
         from . import gguf
         from .gguf import recipes
 
-        types = recipes.tensor_types(model, ftype)  # name -> ggml type name, as llama-quantize assigns
+        qw = calibration_imatrix(model, ctx) if imatrix else {}  # name -> (in,) mean x², as llama-quantize reads it
+        types = recipes.tensor_types(model, ftype, has_imatrix=imatrix)  # name -> ggml type, as llama-quantize assigns
         changed = [n for n, t in types.items() if t != "F32"]
 
         def one(name, W):
             w_np = np.ascontiguousarray(to_numpy(W), dtype=np.float32)
-            raw = gguf.quantize(w_np, types[name])
+            raw = gguf.quantize(w_np, types[name], imatrix=qw.get(name))
             return from_numpy(np.asarray(gguf.dequantize(raw, types[name]), dtype=np.float32).reshape(w_np.shape), like=W), raw.nbytes
 
-        return _per_tensor(model, ctx, changed, ftype, one)
+        return _per_tensor(model, ctx, changed, ftype, one, threads=os.cpu_count() if imatrix else 1)
 
-    method.__doc__ = f"llama.cpp {ftype}: every tensor's type as llama-quantize assigns it for {ftype}"
-    method.gguf_ftype = ftype  # its kernel for --speed: llama.cpp on the file quantize_file writes
+    method.__doc__ = f"llama.cpp {ftype}: every tensor's type as llama-quantize assigns it for {ftype}" + (
+        ", with an importance matrix of the calibration text" if imatrix else "")
+    if not (imatrix and ftype in IMATRIX_REQUIRED):  # --speed's files are written without an imatrix
+        method.gguf_ftype = ftype  # its kernel for --speed: llama.cpp on the file quantize_file writes
     return method
+
+
+# the i-quant and ternary rows (``--iquants``): not in the default run, whose time goal they would break
+# (IQ1_M's search alone is ~1 min of the 2 on 2 cores; benchmarks/RESULTS.md, "gguf i-quants in the report")
+IQUANT_METHODS = ("IQ3_M", "IQ2_M", "IQ1_M", "TQ2_0")
+# mixtures with a tensor type that llama-quantize refuses to write without an imatrix (recipes.NEEDS_IMATRIX:
+# IQ2_M's IQ2_S, IQ1_M's IQ1_M); IQ3_M's types are the same with and without one, so --speed times its file
+IMATRIX_REQUIRED = ("IQ2_M", "IQ1_M")
+_IMATRIX_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()  # per model, for its lifetime
+
+
+def calibration_imatrix(model: Any, ctx: Context) -> dict[str, np.ndarray]:
+    """{name: (in,) float32} the importance matrix of ``ctx.calib_tokens``: ``refquant.imatrix.compute_imatrix``
+    (llama-imatrix's statistics) in chunks of 512 tokens, or one chunk of the whole text when it is
+    shorter; computed once per model and token content."""
+    from .imatrix import DEFAULT_CHUNK, compute_imatrix
+
+    tokens = np.asarray(ctx.calib_tokens if ctx.calib_tokens is not None else [], dtype=np.int64)
+    if tokens.size < 2:
+        raise ValueError(f"calib_tokens: an importance matrix needs calibration tokens, got {tokens.size}")
+    key = (tokens.tobytes(), DEFAULT_CHUNK)
+    per_model = _IMATRIX_CACHE.setdefault(model, {})
+    if key not in per_model:
+        chunk = min(DEFAULT_CHUNK, int(tokens.size))
+        per_model[key] = compute_imatrix(model, tokens, chunk_size=chunk, progress=ctx.progress).values()
+    return per_model[key]
 
 
 METHODS: dict[str, Callable[[Any, Context], Quantized]] = {
@@ -387,22 +426,28 @@ METHODS: dict[str, Callable[[Any, Context], Quantized]] = {
     "Q2_K": _gguf("Q2_K"),
     "mix @ Q4_K_M size": _allocate.mix_method("Q4_K_M"),  # refquant.allocate: an exact knapsack at that size
     "mix @ Q3_K_M size": _allocate.mix_method("Q3_K_M"),
+    "IQ3_M": _gguf("IQ3_M", imatrix=True),
+    "IQ2_M": _gguf("IQ2_M", imatrix=True),
+    "IQ1_M": _gguf("IQ1_M", imatrix=True),
+    "TQ2_0": _gguf("TQ2_0"),  # ternary: TQ2_0 has no weighted search, and no tensor of the mixture needs one
 }
-DEFAULT_METHODS = tuple(METHODS)
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in IQUANT_METHODS)
 QUICK_METHODS = ("baseline", "INT8", "INT4-G128", "NF4", "Q8_0", "Q4_K_M", "Q2_K")
 
 
-def parse_methods(spec: str | None, quick: bool) -> list[str]:
+def parse_methods(spec: str | None, quick: bool, iquants: bool = False) -> list[str]:
     """The method names of a comma-separated ``spec`` (case-insensitive), or the default set
-    (``QUICK_METHODS`` when ``quick``); ValueError naming an unknown method and the known ones."""
+    (``QUICK_METHODS`` when ``quick``), then ``IQUANT_METHODS`` when ``iquants``; ValueError
+    naming an unknown method and the known ones."""
+    extra = list(IQUANT_METHODS) if iquants else []
     if not spec:
-        return list(QUICK_METHODS if quick else DEFAULT_METHODS)
+        return list(dict.fromkeys([*(QUICK_METHODS if quick else DEFAULT_METHODS), *extra]))
     lookup = {m.lower(): m for m in METHODS}
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [s for s in names if s.lower() not in lookup]
     if unknown or not names:
         raise ValueError(f"unknown method {', '.join(unknown) or repr(spec)}; known: {', '.join(METHODS)}")
-    return [lookup[s.lower()] for s in names]
+    return list(dict.fromkeys([*(lookup[s.lower()] for s in names), *extra]))
 
 
 def describe(method: Callable) -> str:
@@ -519,6 +564,8 @@ SPEED_MISSING = {
                  "CUDA kernels: ExLlama, Marlin)",
     "GPTQ-4-G128": "GPTQ's kernels (ExLlama, Marlin) are CUDA kernels; none runs on this CPU",
     "AWQ-4-G128": "AWQ's kernels (AutoAWQ GEMM/GEMV, Marlin) are CUDA kernels; none runs on this CPU",
+    **dict.fromkeys(IMATRIX_REQUIRED, "not timed: --speed writes its GGUF files without an importance matrix, "
+                                      "which this mixture needs (llama.cpp runs it: refquant quantize --imatrix)"),
 }
 SPEED_MISSING_DEFAULT = "no CPU kernel for this format is installed here (measured: llama.cpp's GGUF types, " \
                         "bitsandbytes' NF4 and LLM.int8())"

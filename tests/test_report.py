@@ -242,7 +242,10 @@ def test_print_table_plain_when_not_a_terminal(rng):
 
 
 def test_parse_methods():
-    assert report.parse_methods(None, quick=False) == list(report.METHODS)
+    assert report.parse_methods(None, quick=False) == list(report.DEFAULT_METHODS)
+    assert set(report.DEFAULT_METHODS) == set(report.METHODS) - set(report.IQUANT_METHODS)  # --iquants adds them
+    assert report.parse_methods(None, quick=True, iquants=True) == [*report.QUICK_METHODS, *report.IQUANT_METHODS]
+    assert report.parse_methods("iq1_m,int8", quick=False, iquants=True) == ["IQ1_M", "INT8", "IQ3_M", "IQ2_M", "TQ2_0"]
     assert report.parse_methods(None, quick=True) == list(report.QUICK_METHODS)
     assert report.parse_methods("q4_k_m, int8", quick=False) == ["Q4_K_M", "INT8"]  # case-insensitive
     with pytest.raises(ValueError, match="^unknown method Q9_9; known: baseline"):
@@ -563,3 +566,69 @@ def test_report_speed_quick_end_to_end(smollm2_path, tmp_path):
         assert float(rows[m]["prompt_tokens_per_s"]) > 0 and float(rows[m]["generation_tokens_per_s"]) > 0
     assert rows["INT4-G128"]["speed_kernel"].startswith("n/a:")
     assert not list(tmp_path.glob("**/refquant-speed-*"))  # the timed files are gone
+
+
+# ---------------------------------------------------------------------------------------
+# the i-quant rows (--iquants): IQ3_M, IQ2_M, IQ1_M with the calibration text's imatrix, TQ2_0
+# ---------------------------------------------------------------------------------------
+
+# blk.5.ffn_down: past the first n/8 layers and 1536 (= 6·256) wide, so the mixtures give it their
+# own i-quant (IQ3_M -> IQ3_S, IQ2_M -> IQ2_S, IQ1_M -> IQ1_M, TQ2_0 -> TQ2_0; llama_tensor_get_type,
+# checked against llama.cpp in tests/test_gguf_recipes_iq.py); SmolLM2's 576-wide rows fall back to IQ4_NL
+IQ_TENSOR = "blk.5.ffn_down.weight"
+IQ_OWN_TYPE = {"IQ3_M": "IQ3_S", "IQ2_M": "IQ2_S", "IQ1_M": "IQ1_M", "TQ2_0": "TQ2_0"}
+
+
+def test_iquant_rows_are_what_libggml_writes_with_the_calibration_imatrix(smollm2_path):
+    """Each row's Ŵ and bytes for an i-quant tensor of SmolLM2 equal libggml's ggml_quantize_chunk
+    (then to_float) of the same weights with the imatrix compute_imatrix gives on the same text."""
+    import re
+
+    from refquant.gguf import recipes
+    from refquant.imatrix import compute_imatrix
+    from refquant.model import data, load_model
+    from refquant.testing.ggml import ggml_dequantize, ggml_quantize
+
+    model = load_model(smollm2_path)
+    calib = list(model.tokenize(data.calibration_text()))[:512]
+    ctx = Context(calib_tokens=calib, tensors=re.compile(re.escape(IQ_TENSOR)))
+    qw = compute_imatrix(model, calib, chunk_size=512).values()[IQ_TENSOR]
+    W = np.asarray(model.weights[IQ_TENSOR], dtype=np.float32)
+    for name, own in IQ_OWN_TYPE.items():
+        with_imatrix = name != "TQ2_0"
+        assert recipes.tensor_types(model, name, has_imatrix=with_imatrix)[IQ_TENSOR] == own
+        q = report.METHODS[name](model, ctx)
+        raw = ggml_quantize(W, own, imatrix=qw if with_imatrix else None)
+        assert list(q.weights) == [IQ_TENSOR] and q.nbytes == raw.nbytes, name
+        np.testing.assert_array_equal(q.weights[IQ_TENSOR], ggml_dequantize(raw, own).reshape(W.shape), err_msg=name)
+
+
+def test_iquant_rows_need_calibration_tokens(rng):
+    with pytest.raises(ValueError, match="calib_tokens"):
+        report.METHODS["IQ1_M"](fake_model(rng), Context(calib_tokens=[]))
+
+
+@pytest.mark.slow
+def test_report_quick_iquants_end_to_end(smollm2_path, tmp_path):
+    """`refquant report --quick --iquants` as a user runs it, on two i-quant tensors of SmolLM2
+    (--tensors): every row ok, its bits the stored type's (libggml's row size), fewer bits more error."""
+    import subprocess
+    import sys
+
+    from refquant.testing.ggml import ggml_row_size
+
+    tensors = r"^blk\.(5|20)\.ffn_down\."
+    proc = subprocess.run([sys.executable, "-m", "refquant.cli", "report", "--quick", "--iquants", "--methods", "Q4_K_M",
+                           "--tensors", tensors, "--tokens", "256", "--window", "256", "--no-progress",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "report.csv", newline="") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["baseline", "Q4_K_M", *report.IQUANT_METHODS]
+    assert all(r["status"] == "ok" and r["tensors"] == "2 of 210 block linears" for m, r in rows.items() if m != "baseline")
+    for name, own in IQ_OWN_TYPE.items():
+        assert float(rows[name]["bits_per_weight"]) == pytest.approx(8 * ggml_row_size(own, 1536) / 1536), name
+    err = {m: float(r["rel_error"]) for m, r in rows.items()}
+    assert 0 < err["Q4_K_M"] < err["IQ3_M"] < err["IQ2_M"] < err["IQ1_M"] < 1
+    ppl = {m: float(r["perplexity"]) for m, r in rows.items()}
+    assert all(math.isfinite(v) for v in ppl.values()) and ppl["IQ3_M"] < ppl["IQ1_M"]

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      f"methods: {', '.join(report.METHODS)}")
     parser.add_argument("--quick", action="store_true",
                         help=f"about a minute on 2 cores: fewer tokens and the methods {','.join(report.QUICK_METHODS)}")
+    parser.add_argument("--iquants", action="store_true",
+                        help=f"also the rows {','.join(report.IQUANT_METHODS)} (the IQ rows with an importance matrix "
+                             "of the calibration text; several minutes more on 2 cores)")
     parser.add_argument("--methods", metavar="LIST",
                         help="comma-separated methods to run (default: all; 'baseline' always runs)")
     parser.add_argument("--model", metavar="PATH.gguf",
@@ -98,7 +101,7 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], int, int, int
     """(methods, evaluation tokens, window, calibration tokens, --tensors): every argument and
     path checked, and the optional packages the run needs, before any work."""
     try:
-        methods = report.parse_methods(args.methods, args.quick)
+        methods = report.parse_methods(args.methods, args.quick, getattr(args, "iquants", False))
     except ValueError as e:
         raise UserError(f"--methods: {e}") from None
     n_eval, window, n_calib = PROTOCOLS["quick" if args.quick else "default"]
