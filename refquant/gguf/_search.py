@@ -276,7 +276,7 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
 
 
 def _descend(xp: Any, xc: Any, w: Any, L: Any, sumlx: Any, suml2: Any, lo: int | None, hi: int,
-             need_sl2: bool, store=None) -> tuple[Any, Any, Any]:
+             need_sl2: bool, store=None, active: Any = None) -> tuple[Any, Any, Any]:
     """Up to 5 coordinate-descent passes over the codes (make_q3_quants, make_qp_quants).
 
     Element i in turn: take it out of the sums, give it the code round(x_i·Σwl²/Σwxl)
@@ -287,10 +287,12 @@ def _descend(xp: Any, xc: Any, w: Any, L: Any, sumlx: Any, suml2: Any, lo: int |
     runs on the blocks still moving only (gathered, then put back).
     xc, w, L: (n, B); sumlx, suml2: (B,). ``need_sl2``: make_qp_quants also requires
     Σwl² > 0 before trying (make_q3_quants requires it of the new sum); ``store``: the C
-    type conversion of writing a code back (make_qp_quants' uint8_t).
+    type conversion of writing a code back (make_qp_quants' uint8_t); ``active``: (B,) the
+    blocks that can move at all (default: every block), e.g. from _may_descend.
     """
     n, B = L.shape
-    active = xp.ones((B,), dtype=xp.bool)
+    if active is None:
+        active = xp.ones((B,), dtype=xp.bool)
     for _ in range(5):
         idx = xp.nonzero(active)[0]                                       # (A,) blocks still moving
         if idx.shape[0] == 0:
@@ -298,10 +300,10 @@ def _descend(xp: Any, xc: Any, w: Any, L: Any, sumlx: Any, suml2: Any, lo: int |
         xa, wa, La = xp.take(xc, idx, axis=1), xp.take(w, idx, axis=1), xp.take(L, idx, axis=1)  # (n, A)
         sx, s2 = xp.take(sumlx, idx), xp.take(suml2, idx)                 # (A,)
         rows = [La[i, :] for i in range(n)]
+        wxa = wa * xa                                                     # (n, A) C: w*x[i], once per pass
         moved = xp.zeros(sx.shape, dtype=xp.bool)                         # (A,) did this pass change the block
         for i in range(n):
-            wi, xi, li = wa[i, :], xa[i, :], rows[i]                      # (A,)
-            wxi = wi * xi
+            wi, xi, li, wxi = wa[i, :], xa[i, :], rows[i], wxa[i, :]      # (A,)
             slx = sx - wxi * li                                           # C: sumlx - w*x[i]*L[i]
             sl2 = s2 - wi * li * li                                       # C: suml2 - w*L[i]*L[i]
             ok = (slx > 0) & (sl2 > 0) if need_sl2 else slx > 0
@@ -332,6 +334,18 @@ def _descend(xp: Any, xc: Any, w: Any, L: Any, sumlx: Any, suml2: Any, lo: int |
     return L, sumlx, suml2
 
 
+def _may_descend(terms: Any) -> Any:
+    """(n, B) the terms w·x·l of Σwxl -> (B,) False for blocks whose descent cannot change a code.
+
+    A change at element i needs slx = Σwxl − w·x_i·l_i > 0. When no term is positive, the
+    float32 running sum of the non-positive terms is, by monotone rounding, at most each of
+    them: |Σwxl| ≥ |w·x_i·l_i|, so slx ≤ 0 at every i and the first pass changes nothing,
+    which is where the C loop stops. (NaN terms keep their block in the descent.)
+    """
+    xp = namespace(terms)
+    return xp.any(~(terms <= 0), axis=0)
+
+
 def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
     """Symmetric codes refined by coordinate descent (ggml ``make_q3_quants``; Q3_K without imatrix).
 
@@ -358,9 +372,11 @@ def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
         scale = rdiv(1, iscale)
     else:
         w = xc * xc                                                       # (n, B)
-        sumlx = column_sum(w * xc * l)                                       # (B,)
+        terms = w * xc * l                                                # (n, B) C: w*x[i]*l
+        sumlx = column_sum(terms)                                         # (B,)
         suml2 = column_sum(w * l * l)                                        # (B,)
-        l, sumlx, suml2 = _descend(xp, xc, w, l, sumlx, suml2, -nmax, nmax - 1, need_sl2=False)
+        l, sumlx, suml2 = _descend(xp, xc, w, l, sumlx, suml2, -nmax, nmax - 1, need_sl2=False,
+                                   active=_may_descend(terms))
         scale = xp.where(suml2 > 0, sumlx / xp.where(suml2 > 0, suml2, xp.ones_like(suml2)),
                          xp.zeros_like(suml2))
     scale = xp.where(zero, xp.zeros_like(scale), scale)
@@ -407,6 +423,9 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
     scale = rdiv(1, iscale)
     L = clamp(nearest_int(iscale[None, :] * (xc - mn[None, :])), 0, nmax)  # (n, B)
     best = error(scale, mn, L)                                    # (B,)
+    # the winner's codes are rounded again at the end from its iscale and the min they were
+    # rounded against (the same float32 operations), instead of being copied at every win
+    best_iscale, best_shift = iscale, mn                          # (B,), (B,)
     if nstep >= 1:
         xm = xc - mn[None, :]                                     # (n, B) x - min, redone when a min changes
         for step in range(nstep + 1):
@@ -439,11 +458,14 @@ def _make_qkx(x: Any, nmax: int, weights: Any, rmin: float, rdelta: float, nstep
             better = ok & (cur < best)
             if not bool(xp.any(better)):
                 continue
-            L = xp.where(better[None, :], Laux, L)
+            best_iscale = xp.where(better, iscale_is, best_iscale)
+            best_shift = xp.where(better, mn, best_shift)
             best = xp.where(better, cur, best)
             scale = xp.where(better, this_scale, scale)
             mn = xp.where(better, this_min, mn)
             xm = xc - mn[None, :]
+        # nearest_int is what every candidate rounded with (round_bounded only where it is equal)
+        L = clamp(nearest_int(best_iscale[None, :] * (xc - best_shift[None, :])), 0, nmax)  # (n, B)
     scale = xp.where(empty, xp.zeros_like(scale), scale)
     L = xp.where(empty[None, :], xp.zeros_like(L), L)
     # C returns *the_min = -min: a non-negative offset, ŵ = scale·L - the_min
