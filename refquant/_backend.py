@@ -135,10 +135,11 @@ def rint_(x: Any) -> Any:
     return namespace(x).round(x)
 
 
-def clamp_(x: Any, lo: float, hi: float) -> Any:
-    """min(max(x, lo), hi) for Python floats lo <= hi, over ``x`` where the library can.
+def clamp_(x: Any, lo: Any, hi: Any) -> Any:
+    """min(max(x, lo), hi), over ``x`` where the library can; use the returned array.
 
-    Same values as the array-API ``xp.clip(x, lo, hi)``, NaN included (it stays NaN).
+    lo <= hi: Python floats, or arrays of x's namespace and dtype that broadcast into x's shape
+    (per-block bounds). Same values as the array-API ``xp.clip(x, lo, hi)``; NaN stays NaN.
 
     >>> a = np.float32([-3.0, 0.25, 9.0]); clamp_(a, -1.0, 1.0) is a, a.tolist()
     (True, [-1.0, 0.25, 1.0])

@@ -251,10 +251,27 @@ def quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int) -> Any:
 
 
 def _round_shift_clamp(t: Any, z: Any, q_min: int, q_max: int) -> Any:
-    """clamp(round(t) + z, q_min, q_max), written over t (exact sums: see ``_fits_exactly``)."""
+    """clamp(round(t) + z, q_min, q_max), written over t where z broadcasts into t's shape."""
     t = rint_(t)                                       # round half to even
-    t += z
+    t = _shift(t, z, 1)
     return clamp_(t, float(q_min), float(q_max))
+
+
+def _shift(t: Any, z: Any, sign: int) -> Any:
+    """t + sign·z, in place unless z's shape would grow t's (then a new array, same values)."""
+    if not _broadcasts_into(z, t):
+        return t + z if sign > 0 else t - z
+    if sign > 0:
+        t += z
+    else:
+        t -= z
+    return t
+
+
+def _broadcasts_into(z: Any, t: Any) -> bool:
+    """z broadcasts to t's shape without growing it (so t can take the result in place)."""
+    z_shape, t_shape = tuple(z.shape), tuple(t.shape)
+    return len(z_shape) <= len(t_shape) and all(n in (1, m) for n, m in zip(z_shape[::-1], t_shape[::-1]))
 
 
 def quantize_codes_torch(x: Any, s: Any, z: Any, q_min: int, q_max: int, *,
@@ -339,17 +356,23 @@ def _fused_fake_quant(x: Any, s: Any, z: Any, q_min: int, q_max: int, *, inv_s: 
     """x̂ = s (clamp(round(x / s) + z, q_min, q_max) - z)  (x · inv_s instead of x / s if given).
 
     The values of ``dequantize_codes(quantize_codes(x, s, z, ...), s, z)`` (``quantize_codes_torch``
-    with ``inv_s``) for float z, s of x's dtype and an integer z, in one temporary written over
-    five times instead of an int32 code array and three float ones: with |codes|, |z| and
+    with ``inv_s``) for s and an integral z in x's dtype, in one temporary written over five
+    times instead of an int32 code array and three float ones: with |codes|, |z| and
     |q - z| <= 2^24 (``_fits_exactly``) the sum, the clamp and the difference are exact in
     x's dtype, so only the division (or product) and s·(q - z) round, as in the two-step form.
     NaN stays NaN (the two-step form casts it to an int32 code first).
     x: (...); s, z, inv_s broadcastable to x -> x̂ of x's shape and dtype.
     """
     t = x / s if inv_s is None else x * inv_s          # the only array of x's size
-    t = _round_shift_clamp(t, z, q_min, q_max)
-    t -= z
-    t *= s
+    if _broadcasts_into(z, t):
+        # clamp(r + z, q_min, q_max) - z = clamp(r, q_min - z, q_max - z): both sides exact for an
+        # integer r = round(t), so one clamp against per-block bounds replaces add, clamp, subtract;
+        # adding +0.0 then turns the -0.0 that rounds t in (-0.5, 0] into the +0.0 of r + z - z
+        t = clamp_(rint_(t), float(q_min) - z, float(q_max) - z)
+        t += 0.0
+    else:
+        t = _round_shift_clamp(t, z, q_min, q_max) - z
+    t *= s                                             # s broadcasts into t: t = x / s has its shape
     return t
 
 
@@ -370,7 +393,8 @@ def fake_quantize_codes(x: Any, s: Any, z: Any, q_min: int, q_max: int, conventi
     if convention == "refquant":
         z_x = xp.astype(z, x.dtype)
         if x.dtype in (xp.float32, xp.float64) and s.dtype == x.dtype and _fits_exactly(q_min, q_max) \
-                and bool(xp.all(z_x == xp.round(z_x))):            # a fractional z truncates with the codes
+                and bool(xp.all((z_x == xp.round(z_x)) & (z_x >= q_min) & (z_x <= q_max))):
+            # (a fractional z truncates with the codes; one outside the range breaks exactness)
             return _fused_fake_quant(x, s, z_x, q_min, q_max)
         return dequantize_codes(quantize_codes(x, s, z, q_min, q_max), xp.astype(s, x.dtype), z)
     s32 = xp.astype(s, xp.float32)

@@ -324,3 +324,20 @@ def test_bits_per_weight_table_is_consistent():
     for b in range(2, 9):
         for G in (32, 64, 128):
             assert math.isclose(U.bits_per_weight(b, G, 16, b) * G, b * G + 16 + b)
+
+
+@given(x=st_rq.rows(block=16, max_rows=3), bits=bits_st, signed=st.booleans(), convention=convention_st,
+       scale_exp=st.integers(-20, 4), z_end=st.sampled_from(["low", "mid", "high"]))
+def test_fused_fake_quant_equals_codes_then_dequantize(x, bits, signed, convention, scale_exp, z_end):
+    """fake_quantize_codes' single-buffer form against the two steps it replaces, codes then
+    s (q - z): ties, huge |x / s| (scales down to 2^-20 · 1.5), ±inf, z at either end of the range."""
+    q_min, q_max = U.torch_code_range(bits, signed) if convention == "torch" else U.code_range(bits, False, signed)
+    x = x.copy()
+    x[0, :2] = [np.inf, -np.inf]
+    s = (np.float32(1.5) * np.float32(2.0) ** (scale_exp + np.arange(x.shape[0]))).astype(np.float32)[:, None]
+    z = np.full_like(s, {"low": q_min, "mid": (q_min + q_max) // 2, "high": q_max}[z_end])
+    codes = (U.quantize_codes_torch if convention == "torch" else U.quantize_codes)(x, s, z, q_min, q_max)
+    two_step = U.dequantize_codes(codes, s, z)
+    got = U.fake_quantize_codes(x, s, z, q_min, q_max, convention=convention)
+    assert got.dtype == np.float32 and got.tobytes() == two_step.tobytes()
+    assert np.all(np.isfinite(got))
