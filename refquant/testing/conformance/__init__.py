@@ -278,6 +278,12 @@ def _ref_encode(fmt: Format, x: np.ndarray, imat: np.ndarray | None) -> dict:
         reject()
 
 
+def _decode_side_imatrix(fmt: Format, n: int) -> np.ndarray | None:
+    """The importance matrix refquant encodes with on the dequantize side: ones (n,) for the types that
+    require one (IQ2_XXS, IQ2_XS, IQ1_S refuse to encode without), else None."""
+    return np.ones(n, np.float32) if fmt.imatrix == "required" else None
+
+
 def _block_of(a: np.ndarray, block: int, fmt: Format) -> np.ndarray:
     flat = np.asarray(a, np.float32).reshape(-1)
     return flat[block * fmt.block:(block + 1) * fmt.block]
@@ -408,7 +414,8 @@ def _check_dequantize(case: _Case, prop: str, enc: dict, shape: tuple, x: np.nda
 
         reject()
     if prop == "idempotence":
-        a, b = _ref_encode(fmt, np.nan_to_num(ours), None), _ref_encode(fmt, np.nan_to_num(theirs), None)
+        imat = _decode_side_imatrix(fmt, shape[1])
+        a, b = _ref_encode(fmt, np.nan_to_num(ours), imat), _ref_encode(fmt, np.nan_to_num(theirs), imat)
         diff = _first_difference(a, b)
         if diff is None:
             return None
@@ -543,7 +550,7 @@ def _run(case: _Case, prop: str, examples: int, shrink: bool, imatrix: Any, pinn
                 x = draw(_x_strategy(fmt, "shapes", None))
                 return draw(st.just(None)), fmt.random(draw, x.shape), x.shape
             x = draw(xs)
-            return x, _ref_encode(fmt, x, None), x.shape
+            return x, _ref_encode(fmt, x, _decode_side_imatrix(fmt, x.shape[1])), x.shape
 
         def body(case_input):
             x, enc, shape = case_input
@@ -562,7 +569,7 @@ def _run(case: _Case, prop: str, examples: int, shrink: bool, imatrix: Any, pinn
             imat = (fixed if fixed is not None else np.ones(x.shape[1], np.float32)) if wants_imatrix else None
             test = example((x, imat))(test)
         elif prop != "bulk parity":
-            imat = np.ones(x.shape[1], np.float32) if fmt.imatrix == "required" else None
+            imat = _decode_side_imatrix(fmt, x.shape[1])
             try:
                 with np.errstate(all="ignore"):
                     enc = fmt.encode(x, imat)
