@@ -313,8 +313,9 @@ def decode_blocks(index: Any, table: np.ndarray, absmax: Any, blocksize: int, n:
     -> (n,) ``dtype``, in index's namespace. B must be a multiple of k.
     NumPy: whole blocks are decoded ``DECODE_CHUNK`` values at a time, one gather of the k
     values of each index (the k float32s read as one 4k-byte word) into a buffer, then one
-    multiply that writes the rounded product into the preallocated output; the tail block
-    goes through the array-API lines below, which every other namespace runs for all blocks.
+    multiply that writes the rounded product into the preallocated output (8-bit blocks of
+    ``BLOCK_TABLE_MIN`` or more: a table of each block's 256 values, then one gather); the tail
+    block goes through the array-API lines below, which every other namespace runs for all blocks.
     Ref: csrc/cpu_ops.cpp ``dequantizeBlockwise4bitCpu`` / ``dequantizeBlockwise8bitCpu`` (same
     products, rounded once).
     """
@@ -323,7 +324,8 @@ def decode_blocks(index: Any, table: np.ndarray, absmax: Any, blocksize: int, n:
     if isinstance(index, np.ndarray) and out_dtype is not None and table.shape[0] == 256 and blocksize % k == 0:
         absmax = np.asarray(absmax, dtype=np.float32)
         out = np.empty(n, out_dtype)
-        n_done = _decode_whole_blocks_numpy(index, table, absmax, blocksize, n // blocksize, out)
+        whole = _decode_by_block_tables if k == 1 and blocksize >= BLOCK_TABLE_MIN else _decode_whole_blocks_numpy
+        n_done = whole(index, table, absmax, blocksize, n // blocksize, out)
         if n_done < n:                                                    # the tail block
             out[n_done:] = _decode_array_api(index[n_done // k:], table, absmax[n_done // blocksize:],
                                              blocksize, n - n_done, out_dtype, np)
@@ -346,6 +348,36 @@ def _decode_whole_blocks_numpy(index: np.ndarray, table: np.ndarray, absmax: np.
         np.take(words, index[v0 // k:(v0 + v) // k], out=buf_words[: v // k], mode="clip")
         np.multiply(buf[:v].reshape(nb, blocksize), absmax[b0:b0 + nb, None],    # (nb, B) float32 product,
                     out=out[v0:v0 + v].reshape(nb, blocksize), dtype=np.float32, casting="unsafe")  # rounded once
+    return n_blocks * blocksize
+
+
+#: from this block size on, 8-bit blocks decode through a table of their own 256 values
+#: (at most a quarter as many products and roundings as values)
+BLOCK_TABLE_MIN = 1024
+
+
+def _decode_by_block_tables(index: np.ndarray, table: np.ndarray, absmax: np.ndarray, blocksize: int,
+                            n_blocks: int, out: np.ndarray) -> int:
+    """``decode_blocks`` for one value per index (8-bit) and large blocks: each block's own table first.
+
+        T_b[c] = fl(c_c · m_b)   (256 values per block: the same float32 product, rounded once)
+        x̂_bi = T_b[q_bi]         (a gather at 256·b + q_bi, one step of blocks at a time)
+
+    With B >= 1024 the products and the rounding to ``out.dtype`` (NumPy's float32 -> float16
+    cast is the slowest step of a decode) run on 256/B of the values. Returns the values written.
+    """
+    T = (table[:, 0][None, :] * absmax[:n_blocks, None]).astype(out.dtype)    # (n_blocks, 256)
+    words = T.view({2: np.uint16, 4: np.uint32}[out.dtype.itemsize])         # bit patterns: a plain gather
+    out_words = out.view(words.dtype)
+    per_step = max(1, DECODE_CHUNK // blocksize)                               # blocks per step
+    row_start = (np.arange(per_step, dtype=np.int32) * 256)[:, None]            # (per_step, 1)
+    flat = np.empty((per_step, blocksize), np.int32)                           # (per_step, B)
+    for b0 in range(0, n_blocks, per_step):
+        nb = min(per_step, n_blocks - b0)
+        v0, v = b0 * blocksize, nb * blocksize                                 # first value, values
+        np.add(index[v0:v0 + v].reshape(nb, blocksize), row_start[:nb], out=flat[:nb])   # 256·b + q
+        np.take(words[b0:b0 + nb].reshape(-1), flat[:nb], out=out_words[v0:v0 + v].reshape(nb, blocksize),
+                mode="clip")
     return n_blocks * blocksize
 
 

@@ -335,7 +335,8 @@ def test_cupy_matches_numpy():
 
 
 @pytest.mark.parametrize("n, blocksize, dtype", [(3 * 16384 + 4096 + 100, 4096, "float16"), (50000, 64, "float32"),
-                                                (33000, 100, "float32")])
+                                                (33000, 100, "float32"), (20 * 1024 + 7, 1024, "float32"),
+                                                (6 * 2048, 2048, "float16")])
 def test_numpy_blockwise_decode_through_chunks_matches_bitsandbytes(n, blocksize, dtype):
     """NumPy codes decoded chunk by chunk equal bitsandbytes' dequantize_blockwise: several chunks,
     a short tail block, a zero block (code 0 = -0.0 · m) and a subnormal block."""
