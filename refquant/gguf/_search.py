@@ -50,10 +50,10 @@ import numpy as np
 from typing import NamedTuple
 
 from .._backend import device, is_numpy, namespace
-from ._bytes import GROUP_MAX_EPS, column_sum, columns, first_zero_sign, signed_absmax, uncolumns
+from ._bytes import GROUP_MAX_EPS, Absmax, column_sum, columns, first_zero_sign, signed_absmax, uncolumns
 
 __all__ = [
-    "nearest_int", "round_bounded", "clamp", "running_max", "rdiv",
+    "nearest_int", "round_bounded", "clamp", "running_max", "rdiv", "signed_absmax_of",
     "make_qx_quants", "make_q3_quants", "make_qkx2_quants", "make_qkx3_quants", "make_qp_quants",
     "QkxGrid", "QKX2_GRID_Q2_K", "QKX2_GRID_Q4_K", "QKX2_GRID_Q5_K", "QKX3_GRID",
 ]
@@ -138,14 +138,38 @@ def nearest_int(f: Any) -> Any:
     return xp.where(regular, fast, xp.astype(wild, f.dtype))
 
 
+def signed_absmax_of(v: Any, hi: Any, lo: Any, axis: int) -> Any:
+    """signed_absmax(v, axis) from the exact max ``hi`` and min ``lo`` along ``axis`` (keepdims shapes).
+
+    The element of largest magnitude is ``hi`` when hi > −lo and ``lo`` when hi < −lo: only
+    one sign reaches it, so whichever of its copies C meets first has that value. A tie
+    (+a and −a both present) is decided by position, and a NaN would ride along in a max:
+    those arrays take signed_absmax's argmax instead. Max and min reduce without the |v|
+    temporary or the argmax, several times faster. Zero results are +0.0, as there.
+
+    >>> v = np.float32([[2, -3, 1], [-0.0, 0, 0], [1, -2, 2]])
+    >>> signed_absmax_of(v, v.max(1, keepdims=True), v.min(1, keepdims=True), 1).signed.tolist()
+    [[-3.0], [0.0], [-2.0]]
+    """
+    xp = namespace(v)
+    neg_lo = -lo
+    decided = ((hi != neg_lo) | (hi == 0)) & (hi == hi) & (lo == lo)    # False on a tie or a NaN
+    if not bool(xp.all(decided)):
+        return signed_absmax(v, axis=axis)
+    first_hi = hi > neg_lo
+    return Absmax(xp.where(first_hi, hi, neg_lo) + 0.0, xp.where(first_hi, hi, lo) + 0.0)
+
+
 def clamp(x: Any, lo: float | None, hi: float | None) -> Any:
     """C's ``MAX(lo, MIN(hi, x))`` (either bound may be None).
 
     NumPy arrays go straight to the ``np.clip`` ufunc (array-api-compat's ``clip`` wrapper
     adds broadcasting passes that cost more than the clamp itself in the search loops).
+    An upper bound alone clips from −inf: the same values bit for bit (NaN and −0.0
+    included), where ``np.clip(x, None, hi)`` runs np.minimum's slower loop (~3x).
     """
     if is_numpy(x):
-        return np.clip(x, lo, hi)
+        return np.clip(x, -np.inf if lo is None and hi is not None else lo, hi)
     return namespace(x).clip(x, lo, hi)
 
 
@@ -228,7 +252,8 @@ def make_qx_quants(x: Any, nmax: int, rmse_type: int, qw: Any = None) -> tuple[A
     """
     xp = namespace(x, qw)
     xc = columns(x)                                                 # (n, B)
-    amax, mx = (v[0, :] for v in signed_absmax(xc, axis=0))       # (B,), (B,) the first largest |x|, signed
+    extremes = signed_absmax_of(xc, xp.max(xc, axis=0, keepdims=True), xp.min(xc, axis=0, keepdims=True), 0)
+    amax, mx = (v[0, :] for v in extremes)                        # (B,), (B,) the first largest |x|, signed
     zero = amax < GROUP_MAX_EPS                                   # (B,) "all zero" blocks
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)                # avoid 0/0 in blocks we discard
     # |iscale·x| <= nmax + 0.9 for finite x. Q3_K's second search runs over block scales that
@@ -363,7 +388,8 @@ def make_q3_quants(x: Any, nmax: int, do_rmse: bool) -> tuple[Any, Any]:
     """
     xp = namespace(x)
     xc = columns(x)                                                         # (n, B)
-    amax, mx = (v[0, :] for v in signed_absmax(xc, axis=0))               # (B,), (B,)
+    extremes = signed_absmax_of(xc, xp.max(xc, axis=0, keepdims=True), xp.min(xc, axis=0, keepdims=True), 0)
+    amax, mx = (v[0, :] for v in extremes)                                # (B,), (B,)
     zero = amax < GROUP_MAX_EPS
     mx_safe = xp.where(zero, xp.ones_like(mx), mx)
     iscale = rdiv(-nmax, mx_safe)                                        # (B,)

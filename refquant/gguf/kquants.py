@@ -56,7 +56,7 @@ from . import _search
 from ._bytes import (GROUP_MAX_EPS, QK_K, Layout, f32_field, fp16_bytes, fp16_field, pack_planes, sequential_sum,
                      signed_absmax, unpack_planes)
 from ._search import QKX2_GRID_Q2_K, QKX2_GRID_Q4_K, QKX2_GRID_Q5_K, QKX3_GRID, QkxGrid, clamp, nearest_int, rdiv, \
-    running_max
+    running_max, signed_absmax_of
 
 __all__ = [
     "QK_K", "BLOCK_BYTES",
@@ -117,6 +117,8 @@ def _requantize(x: Any, d: Any, dm: Any | None, L_search: Any, lo: int, hi: int,
     live = d != 0
     num = x if dm is None else x + dm
     l = clamp(nearest_int(num / _where0(live, d)), lo, hi) + offset
+    if bool(xp.all(live)):                                                # the usual case: no broadcast where
+        return l
     return xp.where(live, l, xp.astype(L_search, xp.float32))
 
 
@@ -688,11 +690,13 @@ def quantize_q8_k(x: Any, qw: Any | None = None) -> Any:
 
 def _encode_q8_k(x: Any, qw: Any | None) -> np.ndarray:
     xp = namespace(x)
-    mx = signed_absmax(x).signed[:, 0]                                    # (B,)
+    hi, lo = xp.max(x, axis=1, keepdims=True), xp.min(x, axis=1, keepdims=True)  # (B, 1)
+    mx = signed_absmax_of(x, hi, lo, 1).signed[:, 0]                      # (B,)
     has = mx != 0
     iscale = rdiv(-127.0, _where0(has, mx))                              # (B,)
     q = clamp(nearest_int(iscale[:, None] * x), None, 127)              # (B, 256) (iscale may overflow to inf)
-    q = xp.remainder(q + 128.0, 256.0) - 128.0                            # the int8_t store wraps
+    if not float(xp.min(q)) >= -128.0:                                    # only an overflowed iscale leaves int8
+        q = xp.remainder(q + 128.0, 256.0) - 128.0                        # the int8_t store wraps
     q = xp.where(has[:, None], q, xp.zeros_like(q))
     d = xp.where(has, rdiv(1.0, iscale), xp.zeros_like(iscale))
     qn = to_numpy(q).astype(np.int8)

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import from_numpy, namespace, to_numpy
+from .._backend import from_numpy, is_numpy, namespace, to_numpy
 from .._rounding import bf16_bits_to_f32, round_half_away, to_bf16_bits
 from . import _search
 from ._search import QKX3_GRID
@@ -76,7 +76,7 @@ __all__ = [
     "quantize_q5_0", "dequantize_q5_0", "quantize_q5_1", "dequantize_q5_1",
     "quantize_q8_0", "dequantize_q8_0", "quantize_q8_1", "dequantize_q8_1",
     "quantize_f32", "dequantize_f32", "quantize_f16", "dequantize_f16", "quantize_bf16", "dequantize_bf16",
-    "row_mean_square", "block_max", "block_min", "c_block_min", "c_block_max", "c_int8",
+    "row_mean_square", "block_max", "block_min", "block_signed_absmax", "c_block_min", "c_block_max", "c_int8",
 ]
 
 
@@ -125,6 +125,28 @@ def c_block_max(v: Any) -> Any:
     return first_zero_sign(v, block_max(v))
 
 
+def _extremes(v: Any) -> tuple[Any, Any]:
+    """block_max and block_min together: (n, m) -> (n, 1), (n, 1). Exact (no rounding in a max).
+
+    NumPy: one transposed copy, then two reductions over its slow axis, each adding up whole
+    rows of n lanes — about 4x faster than halving rows of 32, or reducing them one by one.
+    """
+    if is_numpy(v) and v.ndim == 2:
+        vt = np.ascontiguousarray(v.T)                              # (m, n)
+        return vt.max(axis=0)[:, None], vt.min(axis=0)[:, None]
+    return block_max(v), block_min(v)
+
+
+def block_signed_absmax(v: Any) -> Any:
+    """signed_absmax(v).signed over the last axis, from the row extremes: (n, m) -> (n, 1).
+
+    >>> block_signed_absmax(np.float32([[2, -3, 1, 0], [-0.0, 0, 0, 0], [1, -2, 2, 0]])).tolist()
+    [[-3.0], [0.0], [-2.0]]
+    """
+    hi, lo = _extremes(v)                                           # (n, 1), (n, 1)
+    return _search.signed_absmax_of(v, hi, lo, axis=-1).signed
+
+
 INT_INDEFINITE_LOW_BYTE = 0  # x86-64: cvttss2si returns 0x80000000 for NaN/±inf/out of range; its low byte is 0
 _TWO_31 = 2147483648.0       # 2^31: |trunc(v)| must be below this for cvttss2si to return trunc(v)
 
@@ -150,8 +172,10 @@ def c_int8(v: Any) -> Any:
     """
     xp = namespace(v)
     t = xp.trunc(v)
-    if bool(xp.all(xp.abs(t) < 128.0)):  # every code in range (no NaN, no inf): wrap8(t) = t; the
-        return t + 0.0                   # usual case, and it skips the float remainder (~90% of the time)
+    # every code in range (False for NaN, ±inf): wrap8(t) = t, the usual case; it skips the
+    # float remainder (~90% of the time). Two reductions, no |t| temporary.
+    if t.size and float(xp.max(t)) < 128.0 and float(xp.min(t)) > -128.0:
+        return t + 0.0
     ok = xp.abs(t) < _TWO_31                                        # False for NaN and ±inf
     t = xp.where(ok, t, xp.full_like(t, float(INT_INDEFINITE_LOW_BYTE)))
     low = xp.remainder(t, 256.0)                                    # 0 … 255, exact (fmod of a float32 integer)
@@ -185,6 +209,19 @@ def _codes(b: Any) -> Any:
     return q | (u32_bits(b.qh) << 4) if hasattr(b, "qh") else q
 
 
+def _store_u8(q: Any) -> np.ndarray:
+    """C's ``uint8_t`` store of an int code in −128 … 255: its low byte, as a NumPy uint8 array.
+
+    q: integer-valued float32 in any namespace. Integer casts wrap modulo 256, so going
+    through int16 is exact and costs a fraction of a float remainder (np.remainder on
+    float32 was ~60% of the plain Q4_0 … Q5_1 encoders' time).
+
+    >>> _store_u8(np.float32([-128.0, -1.0, 0.0, 15.0])).tolist()
+    [128, 255, 0, 15]
+    """
+    return to_numpy(q).astype(np.int16).astype(np.uint8)
+
+
 def _code_fields(q: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
     """(n, 32) codes -> the qs (and qh) fields. Q4_0/Q4_1 keep the C store's unmasked low nibble."""
     if "qh" in layout.widths:
@@ -207,15 +244,18 @@ Q5_0_BLOCK = Layout("Q5_0", d=2, qh=4, qs=16)
 
 
 def _codes_q4_0(x: Any, bits: int) -> tuple[Any, Any]:
-    """quantize_row_q4_0_ref / q5_0_ref in xp: (d (n, 1) float32, q (n, QK) codes 0 … 2^bits − 1)."""
+    """quantize_row_q4_0_ref / q5_0_ref in xp: (d (n, 1) float32, q (n, QK) int codes −128 … 2^bits − 1).
+
+    q is C's int before the ``uint8_t`` store (a negative one only where id overflowed); see _store_u8.
+    """
     xp = namespace(x)
     half = float(1 << (bits - 1))                     # 8 for Q4_0, 16 for Q5_0
-    max_ = signed_absmax(x).signed
+    max_ = block_signed_absmax(x)                     # (n, 1) the first element of largest |x|
     d = max_ / -half                                  # the extreme element maps to code 0
     inv = inverse_or_zero(d)                          # inf when d is a float32 subnormal below 2^-128
     q = c_int8(x * inv + (half + 0.5))                # (int8_t)(x*id + 8.5f): truncation; NaN/inf -> 0
-    q = xp.clip(q, max=float((1 << bits) - 1))        # MIN(15, ...) on the int (a negative int8 stays negative)
-    return d, xp.remainder(q, 256.0)                  # the uint8_t store
+    q = _search.clamp(q, None, float((1 << bits) - 1))  # MIN(15, ...) on the int (a negative int8 stays negative)
+    return d, q                                       # −128 … 15: the uint8_t store is _store_u8's
 
 
 def _encode_0(x: Any, qw: Any | None, sigma2: Any | None, layout: Layout, bits: int) -> Any:
@@ -226,7 +266,7 @@ def _encode_0(x: Any, qw: Any | None, sigma2: Any | None, layout: Layout, bits: 
     else:
         d, q = _search.make_qx_quants(x, 1 << (bits - 1), 1, _importance(x, qw, sigma2))
         d = namespace(x).reshape(d, (-1, 1))
-    q = to_numpy(q).astype(np.uint8)
+    q = _store_u8(q)
     return from_numpy(layout.join(d=fp16_bytes(d), **_code_fields(q, layout)), like=x)
 
 
@@ -288,17 +328,18 @@ Q5_1_BLOCK = Layout("Q5_1", d=2, m=2, qh=4, qs=16)
 
 
 def _codes_q4_1(x: Any, bits: int) -> tuple[Any, Any, Any]:
-    """quantize_row_q4_1_ref / q5_1_ref in xp: (d, m, q)."""
+    """quantize_row_q4_1_ref / q5_1_ref in xp: (d, m, q int codes −128 … 127 before the uint8_t store)."""
     xp = namespace(x)
     n_levels = float((1 << bits) - 1)                 # 15 for Q4_1, 31 for Q5_1
-    min_ = c_block_min(x)                             # (n, 1) the first of ±0 wins, as in C
-    max_ = c_block_max(x)                             # (n, 1)
+    hi, lo = _extremes(x)                             # (n, 1), (n, 1)
+    min_ = first_zero_sign(x, lo)                     # c_block_min: the first of ±0 wins, as in C
+    max_ = first_zero_sign(x, hi)                     # c_block_max
     d = (max_ - min_) / n_levels                      # −0.0 for a block [−0, +0, ...]: (−0) − (+0)
     inv = inverse_or_zero(d)                          # inf when d is a subnormal below 2^-128
     q = c_int8((x - min_) * inv + 0.5)                # Q4_1: (int8_t)(x0 + 0.5f); Q5_1: (uint8_t)(...), same low byte
     if bits == 4:
-        q = xp.clip(q, max=n_levels)                  # Q4_1: MIN(15, ...); Q5_1 has no clamp
-    return d, min_, xp.remainder(q, 256.0)            # the uint8_t store
+        q = _search.clamp(q, None, n_levels)          # Q4_1: MIN(15, ...); Q5_1 has no clamp
+    return d, min_, q                                 # −128 … 127: the uint8_t store is _store_u8's
 
 
 def _encode_1(x: Any, qw: Any | None, sigma2: Any | None, layout: Layout, bits: int) -> Any:
@@ -310,7 +351,7 @@ def _encode_1(x: Any, qw: Any | None, sigma2: Any | None, layout: Layout, bits: 
     else:
         d, neg_min, q = _search.make_qkx3_quants(x, (1 << bits) - 1, _importance(x, qw, sigma2), *QKX3_GRID, False)
         d, m = xp.reshape(d, (-1, 1)), -xp.reshape(neg_min, (-1, 1))
-    q = to_numpy(q).astype(np.uint8)
+    q = _store_u8(q)
     return from_numpy(layout.join(d=fp16_bytes(d), m=fp16_bytes(m), **_code_fields(q, layout)), like=x)
 
 
@@ -374,7 +415,8 @@ Q8_1_BLOCK = Layout("Q8_1", d=2, s=2, qs=32)
 def _codes_q8(x: Any) -> tuple[Any, Any]:
     """quantize_row_q8_0_ref in xp: d = max|x|/127, q = roundf(x/d) (half away from zero)."""
     xp = namespace(x)
-    amax = block_max(xp.abs(x))                        # (n, 1) |x|: no sign-of-zero question
+    hi, lo = _extremes(x)                              # (n, 1), (n, 1)
+    amax = xp.maximum(hi, -lo) + 0.0                   # max |x| = max(max x, −min x); + 0.0: C's amax = 0 start
     d = amax / 127.0
     q = c_int8(round_half_away(x * inverse_or_zero(d)))  # qs[j] = roundf(x0): NaN/inf (1/d = inf) -> 0
     return d, q
