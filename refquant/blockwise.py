@@ -92,6 +92,7 @@ class _GPTQ:
     float_model: Any = None    # GPTAQ: the unquantized model ...
     float_hs: list | None = None  # ... and its hidden states at the block being quantized
     layers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    solve: Callable[..., gptq.GPTQResult] = gptq.gptq_quantize  # one layer's solve (refquant.distributed: by rows)
 
     def accumulator(self, x: Any) -> Any:
         if self.gptaq:  # the windows' rows, to pair with the float model's
@@ -121,11 +122,11 @@ class _GPTQ:
             U = gptq.prepare_hessian(H, self.act_order, self.percdamp, dtype=model.weights[names[0]].dtype,
                                      act_group_aware=self.act_group_aware, group_size=self.group_size).U
             for name in names:
-                r = gptq.gptq_quantize(model.weights[name], H, self.bits, self.group_size, self.symmetric,
-                                       act_order=self.act_order, static_groups=self.static_groups,
-                                       blocksize=self.blocksize, percdamp=self.percdamp, partial_group=True, U=U,
-                                       act_group_aware=self.act_group_aware, mse=self.mse, dXXt=dXXt,
-                                       alpha=self.alpha)
+                r = self.solve(model.weights[name], H, self.bits, self.group_size, self.symmetric,
+                               act_order=self.act_order, static_groups=self.static_groups,
+                               blocksize=self.blocksize, percdamp=self.percdamp, partial_group=True, U=U,
+                               act_group_aware=self.act_group_aware, mse=self.mse, dXXt=dXXt,
+                               alpha=self.alpha)
                 new[name], self.layers[name] = r.W_hat, r
         if self.gptaq and stage == self.stages[-1]:  # the float model's inputs of the next block
             self.float_hs = [self.float_model.block(i, h) for h in self.float_hs]

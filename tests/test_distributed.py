@@ -11,7 +11,9 @@ checks that nothing is left behind.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import subprocess
 import sys
 
 import distributed  # noqa: F401  the extra must be installed where these tests run
@@ -181,3 +183,38 @@ def test_connect_refuses_bad_arguments():
     with pytest.raises(ValueError, match="workers: expected a positive integer"):
         with rd.connect(workers=0):
             pass
+
+
+# --------------------------------------------------------------------------- model-level GPTQ
+
+# One BLAS thread in the client as in Dask's workers (its nanny sets OMP/OPENBLAS/MKL_NUM_THREADS=1):
+# a multi-threaded OpenBLAS groups the forward pass's float32 sums (and the Cholesky of H)
+# differently, and then the attention output already differs in its last bits, so the Hessians
+# of every stage after (q, k, v) and their codes would differ. Measured: with the client on
+# 2 BLAS threads, attn_output's H differed in 269,803 of its 331,776 entries.
+ONE_BLAS_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+GPTQ_RUN = r"""
+import json, sys
+import numpy as np
+from refquant import distributed as rd
+from refquant._data import smollm2_path
+
+tokens = (np.arange(1, 129) * 37) % 5000                    # 4 windows of 32 tokens, 2 shards
+kw = dict(n_shards=2, window=32, blocks=[0, 1])
+serial = rd.gptq_quantize_model(smollm2_path(), tokens, None, **kw).details
+with rd.connect(workers=2) as client:
+    dask = rd.gptq_quantize_model(smollm2_path(), tokens, client, **kw).details
+fields = ("q", "s", "z", "g_idx", "W_hat")
+print(json.dumps({n: [int(np.sum(np.asarray(getattr(r, f)) != np.asarray(getattr(dask[n], f)))) for f in fields]
+                  for n, r in serial.items()}))
+"""
+
+
+def test_gptq_on_the_cluster_gives_the_serial_codes():
+    """Two blocks of SmolLM2: Hessians summed over 2 shards on 2 workers, solves split by rows."""
+    env = {**os.environ, **ONE_BLAS_THREAD}
+    done = subprocess.run([sys.executable, "-c", GPTQ_RUN], capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    mismatches = json.loads(done.stdout.strip().splitlines()[-1])  # {linear: [differing q, s, z, g_idx, W_hat]}
+    assert len(mismatches) == 14                                    # 7 linears × 2 blocks
+    assert {n: m for n, m in mismatches.items() if any(m)} == {}
