@@ -298,46 +298,57 @@ def _cast_out(y32: Any, dtype: Any, xp: Any) -> Any:
     return y32 if dtype == xp.float32 else xp.astype(y32, dtype)
 
 
+#: 8-bit: each byte is one code index
+_BYTE_IS_CODE = np.arange(256, dtype=np.uint8).reshape(256, 1)
+
 #: values decoded per step on the NumPy path: the float32 buffer (64 KiB) stays in the core's cache
 DECODE_CHUNK = 16384
 
 
-def decode_blocks(index: Any, table: np.ndarray, absmax: Any, blocksize: int, n: int, dtype: Any) -> Any:
-    """x̂ = T[index] · m_b in float32, rounded once to ``dtype``: the n values of blocks of B.
+def decode_blocks(index: Any, code: np.ndarray, codes_of_byte: np.ndarray, absmax: Any, blocksize: int, n: int,
+                  dtype: Any) -> Any:
+    """x̂ = c[codes of each byte] · m_b in float32, rounded once to ``dtype``: n values in blocks of B.
 
-        values = T[index_0] ‖ T[index_1] ‖ ...     (each row of T holds k values)
-        x̂_bi = values_bi · m_b                      (float32 product; then one rounding to dtype)
+        values = c[K_0] ‖ c[K_1] ‖ ...     K_j = codes_of_byte[index_j]: the k codes byte j holds
+        x̂_bi = values_bi · m_b              (float32 product; then one rounding to dtype)
 
-    index: (n_idx,) uint8; table: (256, k) float32 (8-bit: k = 1, the code book; NF4/FP4:
-    k = 2, a byte's two nibbles, high first); absmax: (ceil(n/B),) float32; n <= k · n_idx
-    -> (n,) ``dtype``, in index's namespace. B must be a multiple of k.
-    NumPy: whole blocks are decoded ``DECODE_CHUNK`` values at a time, one gather of the k
-    values of each index (the k float32s read as one 4k-byte word) into a buffer, then one
-    multiply that writes the rounded product into the preallocated output (8-bit blocks of
-    ``BLOCK_TABLE_MIN`` or more: a table of each block's 256 values, then one gather); the tail
-    block goes through the array-API lines below, which every other namespace runs for all blocks.
-    Ref: csrc/cpu_ops.cpp ``dequantizeBlockwise4bitCpu`` / ``dequantizeBlockwise8bitCpu`` (same
-    products, rounded once).
+    index: (n_idx,) uint8 bytes; code: (K,) float32 code book; codes_of_byte: (256, k) code
+    indices (8-bit: k = 1, the byte itself; NF4/FP4: k = 2, the high nibble then the low);
+    absmax: (ceil(n/B),) float32; n <= k · n_idx -> (n,) ``dtype`` in index's namespace.
+    NumPy, whole blocks, ``DECODE_CHUNK`` values per step into the preallocated output, either
+    * per value: one gather of each byte's k values from a (256, k) table (read as one 4k-byte
+      word) into a buffer, then one multiply by the block's m that writes the rounded product; or
+    * per block, for float16 output (NumPy's float32 -> float16 cast is the slowest step) and for
+      one code per byte with B >= 4K: each block's own table fl(c · m_b) of K values first (K/B
+      of the products and roundings), then a gather of the bit patterns at K·b + code.
+    The tail block goes through the array-API lines (``_decode_array_api``), which every other
+    namespace runs for all blocks. Ref: csrc/cpu_ops.cpp ``dequantizeBlockwise4bitCpu`` /
+    ``dequantizeBlockwise8bitCpu`` (the same products, each rounded once).
     """
-    k = table.shape[1]
+    k = codes_of_byte.shape[1]
+    table = np.ascontiguousarray(np.asarray(code, dtype=np.float32)[codes_of_byte])   # (256, k)
     out_dtype = _numpy_float(dtype)
-    if isinstance(index, np.ndarray) and out_dtype is not None and table.shape[0] == 256 and blocksize % k == 0:
+    if isinstance(index, np.ndarray) and out_dtype is not None and blocksize % k == 0:
         absmax = np.asarray(absmax, dtype=np.float32)
         out = np.empty(n, out_dtype)
-        whole = _decode_by_block_tables if k == 1 and blocksize >= BLOCK_TABLE_MIN else _decode_whole_blocks_numpy
-        n_done = whole(index, table, absmax, blocksize, n // blocksize, out)
+        n_blocks = n // blocksize
+        if out_dtype == np.float16 or (k == 1 and 4 * code.shape[0] <= blocksize):
+            _decode_by_block_tables(index, code, codes_of_byte, absmax, blocksize, n_blocks, out)
+        else:
+            _decode_by_value_pairs(index, table, absmax, blocksize, n_blocks, out)
+        n_done = n_blocks * blocksize
         if n_done < n:                                                    # the tail block
-            out[n_done:] = _decode_array_api(index[n_done // k:], table, absmax[n_done // blocksize:],
+            out[n_done:] = _decode_array_api(index[n_done // k:], table, absmax[n_blocks:],
                                              blocksize, n - n_done, out_dtype, np)
         return out
     return _decode_array_api(index, table, absmax, blocksize, n, dtype, namespace(index))
 
 
-def _decode_whole_blocks_numpy(index: np.ndarray, table: np.ndarray, absmax: np.ndarray, blocksize: int,
-                               n_blocks: int, out: np.ndarray) -> int:
-    """``decode_blocks`` of the first n_blocks whole blocks into ``out``; returns the values written."""
+def _decode_by_value_pairs(index: np.ndarray, table: np.ndarray, absmax: np.ndarray, blocksize: int,
+                           n_blocks: int, out: np.ndarray) -> None:
+    """``decode_blocks``, per value, of the first n_blocks whole blocks into ``out``."""
     k = table.shape[1]
-    words = np.ascontiguousarray(table).view({1: np.uint32, 2: np.uint64}[k]).reshape(256)  # (256,) k floats each
+    words = table.view({1: np.uint32, 2: np.uint64}[k]).reshape(256)             # (256,) k floats each
     per_step = max(1, DECODE_CHUNK // blocksize)                               # blocks per step
     buf = np.empty(per_step * blocksize, np.float32)                           # (per_step·B,)
     buf_words = buf.view(words.dtype)                                          # (per_step·B/k,)
@@ -348,43 +359,42 @@ def _decode_whole_blocks_numpy(index: np.ndarray, table: np.ndarray, absmax: np.
         np.take(words, index[v0 // k:(v0 + v) // k], out=buf_words[: v // k], mode="clip")
         np.multiply(buf[:v].reshape(nb, blocksize), absmax[b0:b0 + nb, None],    # (nb, B) float32 product,
                     out=out[v0:v0 + v].reshape(nb, blocksize), dtype=np.float32, casting="unsafe")  # rounded once
-    return n_blocks * blocksize
 
 
-#: from this block size on, 8-bit blocks decode through a table of their own 256 values
-#: (at most a quarter as many products and roundings as values)
-BLOCK_TABLE_MIN = 1024
+def _decode_by_block_tables(index: np.ndarray, code: np.ndarray, codes_of_byte: np.ndarray, absmax: np.ndarray,
+                            blocksize: int, n_blocks: int, out: np.ndarray) -> None:
+    """``decode_blocks``, per block, of the first n_blocks whole blocks into ``out``:
 
-
-def _decode_by_block_tables(index: np.ndarray, table: np.ndarray, absmax: np.ndarray, blocksize: int,
-                            n_blocks: int, out: np.ndarray) -> int:
-    """``decode_blocks`` for one value per index (8-bit) and large blocks: each block's own table first.
-
-        T_b[c] = fl(c_c · m_b)   (256 values per block: the same float32 product, rounded once)
-        x̂_bi = T_b[q_bi]         (a gather at 256·b + q_bi, one step of blocks at a time)
-
-    With B >= 1024 the products and the rounding to ``out.dtype`` (NumPy's float32 -> float16
-    cast is the slowest step of a decode) run on 256/B of the values. Returns the values written.
+        T_b[c] = fl(c_c · m_b)     (K values per block: the same float32 product, rounded once)
+        x̂_bi  = T_b[q_bi]          (a gather of bit patterns at K·b + q_bi, one step of blocks at a time)
     """
-    T = (table[:, 0][None, :] * absmax[:n_blocks, None]).astype(out.dtype)    # (n_blocks, 256)
+    K, k = code.shape[0], codes_of_byte.shape[1]
+    T = (np.asarray(code, np.float32)[None, :] * absmax[:n_blocks, None]).astype(out.dtype)  # (n_blocks, K)
     words = T.view({2: np.uint16, 4: np.uint32}[out.dtype.itemsize])         # bit patterns: a plain gather
     out_words = out.view(words.dtype)
     per_step = max(1, DECODE_CHUNK // blocksize)                               # blocks per step
-    row_start = (np.arange(per_step, dtype=np.int32) * 256)[:, None]            # (per_step, 1)
-    flat = np.empty((per_step, blocksize), np.int32)                           # (per_step, B)
+    row_start = (np.arange(per_step, dtype=np.intp) * K)[:, None]               # (per_step, 1)
+    flat = np.empty((per_step, blocksize), np.intp)                            # (per_step, B)
+    # a byte's k codes as one k-byte word, gathered into a buffer of codes in value order
+    byte_codes = np.ascontiguousarray(codes_of_byte, dtype=np.uint8).view({1: np.uint8, 2: np.uint16}[k])
+    codes_buf = np.empty(per_step * blocksize, np.uint8)                       # (per_step·B,)
     for b0 in range(0, n_blocks, per_step):
         nb = min(per_step, n_blocks - b0)
         v0, v = b0 * blocksize, nb * blocksize                                 # first value, values
-        np.add(index[v0:v0 + v].reshape(nb, blocksize), row_start[:nb], out=flat[:nb])   # 256·b + q
+        codes = index[v0:v0 + v]
+        if k > 1:
+            np.take(byte_codes.reshape(256), index[v0 // k:(v0 + v) // k], out=codes_buf.view(byte_codes.dtype)[: v // k],
+                    mode="clip")
+            codes = codes_buf[:v]
+        np.add(codes.reshape(nb, blocksize), row_start[:nb], out=flat[:nb])   # K·b + q
         np.take(words[b0:b0 + nb].reshape(-1), flat[:nb], out=out_words[v0:v0 + v].reshape(nb, blocksize),
                 mode="clip")
-    return n_blocks * blocksize
 
 
 def _decode_array_api(index: Any, table: np.ndarray, absmax: Any, blocksize: int, n: int, dtype: Any,
                       xp: Any) -> Any:
     """``decode_blocks`` with array-API operations (any namespace): gather, pad, scale, cast."""
-    table_x = from_numpy(np.ascontiguousarray(table), like=index)            # (256, k) float32
+    table_x = from_numpy(table, like=index)                                   # (256, k) float32
     values = xp.take(table_x, xp.astype(xp.reshape(index, (-1,)), xp.int32), axis=0)  # (n_idx, k)
     values = xp.reshape(values, (-1,))[:n]                                     # (n,)
     blocks, _ = _blocks(values, blocksize, xp)                                 # (n_blocks, B)
@@ -426,8 +436,10 @@ def dequantize_blockwise(q: Any, state: BlockwiseState) -> Any:
     if int(absmax.shape[0]) != n_blocks:
         raise ValueError(f"state: absmax has {absmax.shape[0]} blocks, but {n} codes in blocks of "
                          f"{state.blocksize} need {n_blocks}")
-    code = np.asarray(to_numpy(state.code), dtype=np.float32).reshape(-1, 1)   # (256, 1)
-    y = decode_blocks(xp.reshape(q, (-1,)), code, absmax, blocksize, n, state.dtype)  # (n,) state.dtype
+    code = np.asarray(to_numpy(state.code), dtype=np.float32).reshape(-1)      # (256,)
+    if code.shape[0] != 256:
+        raise ValueError(f"state.code: expected the 256 values of an 8-bit code book, got {code.shape[0]}")
+    y = decode_blocks(xp.reshape(q, (-1,)), code, _BYTE_IS_CODE, absmax, blocksize, n, state.dtype)  # (n,)
     return xp.reshape(y, tuple(q.shape))
 
 

@@ -430,12 +430,12 @@ def dequantize_4bit(packed: Any, state: QuantState) -> Any:
         raise ValueError(f"state: absmax has {absmax.shape[0]} blocks, expected {n_blocks} for "
                          f"{n} values in blocks of {state.blocksize}")
 
-    # each byte decodes to the pair (c[byte >> 4], c[byte & 15]): one lookup per byte in a
-    # 256-row table, and the rows laid end to end are the values in order (high nibble first)
+    # each byte holds the codes (byte >> 4, byte & 15), the high nibble first; decode_blocks
+    # looks both up in one gather per byte (the rows laid end to end are the values in order)
     lo, hi = unpack_nibbles(np.arange(256, dtype=np.uint8))                    # (256,) each
-    code = CODES[state.quant_type]
-    pairs = np.stack([code[hi], code[lo]], axis=1)                             # (256, 2) float32
-    y = decode_blocks(xp.reshape(packed, (-1,)), pairs, absmax, state.blocksize, n, state.dtype)  # (n,)
+    codes_of_byte = np.stack([hi, lo], axis=1)                                 # (256, 2)
+    y = decode_blocks(xp.reshape(packed, (-1,)), CODES[state.quant_type], codes_of_byte, absmax,
+                      state.blocksize, n, state.dtype)                         # (n,) state.dtype
     return xp.reshape(y, tuple(state.shape))
 
 
