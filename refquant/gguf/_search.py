@@ -325,12 +325,15 @@ def _descend(xp: Any, xc: Any, w: Any, L: Any, sumlx: Any, suml2: Any, lo: int |
         xa, wa, La = xp.take(xc, idx, axis=1), xp.take(w, idx, axis=1), xp.take(L, idx, axis=1)  # (n, A)
         sx, s2 = xp.take(sumlx, idx), xp.take(suml2, idx)                 # (A,)
         rows = [La[i, :] for i in range(n)]
-        wxa = wa * xa                                                     # (n, A) C: w*x[i], once per pass
+        # element i's code is only rewritten at step i, after its terms are read: the terms
+        # w*x[i]*L[i] and w*L[i]*L[i] of the whole pass can be formed up front, (n, A) each
+        wxa = wa * xa                                                     # (n, A) C: w*x[i]
+        wxl, wll = wxa * La, wa * La * La                                 # (n, A) C: w*x[i]*L[i], w*L[i]*L[i]
         moved = xp.zeros(sx.shape, dtype=xp.bool)                         # (A,) did this pass change the block
         for i in range(n):
             wi, xi, li, wxi = wa[i, :], xa[i, :], rows[i], wxa[i, :]      # (A,)
-            slx = sx - wxi * li                                           # C: sumlx - w*x[i]*L[i]
-            sl2 = s2 - wi * li * li                                       # C: suml2 - w*L[i]*L[i]
+            slx = sx - wxl[i, :]                                          # C: sumlx - w*x[i]*L[i]
+            sl2 = s2 - wll[i, :]                                          # C: suml2 - w*L[i]*L[i]
             ok = (slx > 0) & (sl2 > 0) if need_sl2 else slx > 0
             if not bool(xp.any(ok)):
                 continue

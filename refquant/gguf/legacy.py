@@ -174,7 +174,7 @@ def c_int8(v: Any) -> Any:
     t = xp.trunc(v)
     # every code in range (False for NaN, ±inf): wrap8(t) = t, the usual case; it skips the
     # float remainder (~90% of the time). Two reductions, no |t| temporary.
-    if t.size and float(xp.max(t)) < 128.0 and float(xp.min(t)) > -128.0:
+    if 0 not in tuple(t.shape) and float(xp.max(t)) < 128.0 and float(xp.min(t)) > -128.0:
         return t + 0.0
     ok = xp.abs(t) < _TWO_31                                        # False for NaN and ±inf
     t = xp.where(ok, t, xp.full_like(t, float(INT_INDEFINITE_LOW_BYTE)))
