@@ -68,7 +68,7 @@ from .._rounding import bf16_bits_to_f32, round_half_away, to_bf16_bits
 from . import _search
 from ._search import QKX3_GRID
 from ._bytes import (QK, Layout, as_f32, check_blocks, first_zero_sign, fp16_bytes, fp16_field, inverse_or_zero,
-                     low_high_nibbles, pack_low_high, pack_u32_bits, sequential_sum, signed_absmax, u32_bits)
+                     low_high_nibbles, pack_low_high, pack_u32_bits, sequential_sum, u32_bits)
 
 __all__ = [
     "QK", "Q4_0_BLOCK", "Q4_1_BLOCK", "Q5_0_BLOCK", "Q5_1_BLOCK", "Q8_0_BLOCK", "Q8_1_BLOCK",
