@@ -41,7 +41,7 @@ from ._errors import require
 from .gguf import convert, file
 from .gguf.types import row_bytes
 
-__all__ = ["connect", "executor", "encode_piece", "DaskWorkers", "gptq_quantize_model", "GramSum", "INSTALL", "WINDOW_BYTES", "CONNECT_TIMEOUT"]
+__all__ = ["connect", "executor", "encode_piece", "DaskWorkers", "gptq_quantize_model", "GramSum", "compute_imatrix", "INSTALL", "WINDOW_BYTES", "CONNECT_TIMEOUT"]
 
 INSTALL = "pip install refquant[dask]"
 WINDOW_BYTES = 64 << 20  # output bytes in flight (submitted, not yet written): the client's memory bound
@@ -369,3 +369,42 @@ def gptq_quantize_model(path: str, calib_tokens: Any, client: Any = None, n_shar
             shards = [runner.submit(_shard_forward, path, i, sent, h) for h in shards]
     return BlockwiseResult(weights=replaced, details=method.layers)
 
+
+
+# --------------------------------------------------------------------------- importance matrix
+
+def _chunk_statistics(path: str, chunk: np.ndarray, process_output: bool) -> dict:
+    from .imatrix import chunk_statistics
+
+    return chunk_statistics(_model(path), chunk, process_output)
+
+
+def compute_imatrix(path: str, tokens: Any, client: Any, chunk_size: int = 512, max_chunks: int | None = None,
+                    process_output: bool = False, datasets: Iterable[str] = ()) -> Any:
+    """``refquant.imatrix.compute_imatrix`` of the model at ``path`` with one task per chunk.
+
+    Workers return each chunk's Σx² per column (``imatrix.chunk_statistics``); the client adds
+    them in chunk order (``imatrix.add_chunk``), as the serial loop does, so the float64 sums are
+    the serial ones (with one BLAS thread in both, as for GPTQ above). At most 2 chunks per worker
+    are in flight. -> ``imatrix.Imatrix``.
+    """
+    from .imatrix import Imatrix, add_chunk
+    from .model.ppl import windows
+
+    path = os.path.abspath(os.fspath(path))
+    chunks = windows(np.asarray(tokens, dtype=np.int64), chunk_size, max_chunks)  # (n_chunks, chunk_size)
+    ahead = 2 * max(1, len(client.scheduler_info()["workers"]))
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    futures: deque = deque()
+    todo = iter(chunks)
+    while True:
+        while len(futures) < ahead:
+            chunk = next(todo, None)
+            if chunk is None:
+                break
+            futures.append(client.submit(_chunk_statistics, path, np.array(chunk), process_output, pure=False))
+        if not futures:
+            break
+        add_chunk(sums, counts, futures.popleft().result())  # chunk order
+    return Imatrix(sums, counts, len(chunks), chunk_size, list(datasets))

@@ -73,26 +73,42 @@ def compute_imatrix(model: Any, tokens: Any, chunk_size: int = DEFAULT_CHUNK, ma
     docstring. -> ``Imatrix``. ValueError if fewer tokens than one chunk.
     """
     chunks = windows(np.asarray(tokens, dtype=np.int64), chunk_size, max_chunks)  # (n_chunks, chunk_size)
-    tok = getattr(model, "tokenizer", None)
-    bos = int(tok.bos_id) if tok is not None and getattr(tok, "add_bos", False) and tok.bos_id is not None else None
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
+    loop = progress(chunks, desc="imatrix", total=len(chunks)) if progress else chunks
+    for chunk in loop:
+        add_chunk(sums, counts, chunk_statistics(model, chunk, process_output))
+    return Imatrix(sums, counts, len(chunks), chunk_size, list(datasets))
+
+
+def chunk_statistics(model: Any, chunk: Any, process_output: bool = False) -> dict[str, tuple[np.ndarray, int]]:
+    """One chunk's forward pass: {linear's GGUF name: (Σ_t x_tj² (in,) float64, rows T)}.
+
+    ``compute_imatrix`` adds these chunk by chunk (``add_chunk``); refquant.distributed computes
+    them on workers and adds them on the client in the same chunk order, so the float64 sums agree.
+    """
+    tok = getattr(model, "tokenizer", None)
+    bos = int(tok.bos_id) if tok is not None and getattr(tok, "add_bos", False) and tok.bos_id is not None else None
+    out: dict[str, tuple[np.ndarray, int]] = {}
 
     def see(name: str, x: Any) -> None:               # the runtime's capture hook: x (T, in) of linear `name`
         x64 = to_numpy(x).astype(np.float64)
-        sq = np.sum(x64 * x64, axis=0)                    # (in,)
-        sums[name] = sq if name not in sums else sums[name] + sq
-        counts[name] = counts.get(name, 0) + int(x64.shape[0])
+        out[name] = (np.sum(x64 * x64, axis=0), int(x64.shape[0]))  # (in,); each linear is seen once a chunk
 
-    head = "output.weight" if "output.weight" in model.weights else "token_embd.weight"
-    loop = progress(chunks, desc="imatrix", total=len(chunks)) if progress else chunks
-    for chunk in loop:
-        chunk = chunk.copy()
-        if bos is not None:
-            chunk[0] = bos
-        h = model.embed(chunk)                                                      # (T, d)
-        for i in range(model.config.n_layer):
-            h = model.block(i, h, capture=see)                                      # (T, d)
-        if process_output:
-            see(head, rms_norm(h, model.weights["output_norm.weight"], model.config.rms_eps))  # the head's input
-    return Imatrix(sums, counts, len(chunks), chunk_size, list(datasets))
+    chunk = np.array(chunk, dtype=np.int64)
+    if bos is not None:
+        chunk[0] = bos
+    h = model.embed(chunk)                                                      # (T, d)
+    for i in range(model.config.n_layer):
+        h = model.block(i, h, capture=see)                                      # (T, d)
+    if process_output:
+        head = "output.weight" if "output.weight" in model.weights else "token_embd.weight"
+        see(head, rms_norm(h, model.weights["output_norm.weight"], model.config.rms_eps))  # the head's input
+    return out
+
+
+def add_chunk(sums: dict[str, np.ndarray], counts: dict[str, int], stats: dict[str, tuple[np.ndarray, int]]) -> None:
+    """sums[name] += Σx² of one chunk, counts[name] += its rows (the running totals, chunk order)."""
+    for name, (sq, n) in stats.items():
+        sums[name] = sq if name not in sums else sums[name] + sq
+        counts[name] = counts.get(name, 0) + n

@@ -198,23 +198,43 @@ import json, sys
 import numpy as np
 from refquant import distributed as rd
 from refquant._data import smollm2_path
+from refquant.imatrix import compute_imatrix
+from refquant.model import load_model
 
 tokens = (np.arange(1, 129) * 37) % 5000                    # 4 windows of 32 tokens, 2 shards
 kw = dict(n_shards=2, window=32, blocks=[0, 1])
 serial = rd.gptq_quantize_model(smollm2_path(), tokens, None, **kw).details
 with rd.connect(workers=2) as client:
     dask = rd.gptq_quantize_model(smollm2_path(), tokens, client, **kw).details
+    im_dask = rd.compute_imatrix(smollm2_path(), tokens, client, chunk_size=32, process_output=True)
+im_serial = compute_imatrix(load_model(smollm2_path()), tokens, chunk_size=32, process_output=True)
 fields = ("q", "s", "z", "g_idx", "W_hat")
-print(json.dumps({n: [int(np.sum(np.asarray(getattr(r, f)) != np.asarray(getattr(dask[n], f)))) for f in fields]
-                  for n, r in serial.items()}))
+print(json.dumps({"gptq": {n: [int(np.sum(np.asarray(getattr(r, f)) != np.asarray(getattr(dask[n], f))))
+                               for f in fields] for n, r in serial.items()},
+                  "imatrix": {n: int(np.sum(s != im_dask.sums[n])) for n, s in im_serial.sums.items()},
+                  "names": [sorted(im_serial.sums) == sorted(im_dask.sums), im_serial.counts == im_dask.counts]}))
 """
 
 
-def test_gptq_on_the_cluster_gives_the_serial_codes():
-    """Two blocks of SmolLM2: Hessians summed over 2 shards on 2 workers, solves split by rows."""
+@pytest.fixture(scope="module")
+def model_level():
+    """One child process (one BLAS thread): GPTQ and the imatrix, serial and on 2 workers, compared there."""
     env = {**os.environ, **ONE_BLAS_THREAD}
     done = subprocess.run([sys.executable, "-c", GPTQ_RUN], capture_output=True, text=True, timeout=400, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    mismatches = json.loads(done.stdout.strip().splitlines()[-1])  # {linear: [differing q, s, z, g_idx, W_hat]}
-    assert len(mismatches) == 14                                    # 7 linears × 2 blocks
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_gptq_on_the_cluster_gives_the_serial_codes(model_level):
+    """Two blocks of SmolLM2: Hessians summed over 2 shards on 2 workers, solves split by rows."""
+    mismatches = model_level["gptq"]         # {linear: [differing q, s, z, g_idx, W_hat]}
+    assert len(mismatches) == 14             # 7 linears × 2 blocks
     assert {n: m for n, m in mismatches.items() if any(m)} == {}
+
+
+def test_imatrix_on_the_cluster_gives_the_serial_sums(model_level):
+    """compute_imatrix of 4 chunks of 32 tokens (every block and the head): chunk sums from the
+    workers, added in chunk order, equal the serial float64 sums exactly."""
+    differing = model_level["imatrix"]       # {linear: entries of Σx² that differ}
+    assert len(differing) == 30 * 7 + 1 and model_level["names"] == [True, True]
+    assert {n: d for n, d in differing.items() if d} == {}
