@@ -17,7 +17,10 @@ candidate by a (weighted) error is kept. To agree with libggml bit for bit we
 What we vectorize is the *independent* axis: the leading axis holds many blocks, each
 searched on its own, so one Python step of a C loop advances every block at once.
 Element-wise work inside a block (rounding all n codes for one candidate) is vectorized
-too; only the running sums and the coordinate-descent passes stay loops.
+too; only the running sums and the coordinate-descent passes stay loops. Where C's
+candidate scales do not depend on each other (make_qx_quants) they are evaluated all at
+once over (n, candidates, blocks) slices and only C's choice among them runs in order;
+make_qkx2/3's candidates stay one after the other, since a winner's min shifts the next ones.
 
 Inside, the searches work on the transposed layout (n, n_blocks) — "element i of every
 block" is one contiguous row — so a running sum is n additions of whole rows, and a
