@@ -99,7 +99,10 @@ def level_key(levels: Any, key_bits: int) -> np.ndarray:
     33
     """
     levels = np.asarray(levels, dtype=np.int64)
-    return (levels << (key_bits * np.arange(levels.shape[-1]))).sum(axis=-1)
+    u = levels[..., 0].copy()
+    for i in range(1, levels.shape[-1]):  # exact integer adds, the same as .sum(axis=-1) without NumPy's
+        u += levels[..., i] << (key_bits * i)  # slow reduction over a short last axis
+    return u
 
 
 def _digits(keys: np.ndarray, key_bits: int, dim: int) -> np.ndarray:

@@ -227,7 +227,10 @@ def _levels(xval: np.ndarray, inv_scale: np.ndarray) -> np.ndarray:
 def _keys(L: np.ndarray) -> np.ndarray:
     """(B, 32) levels -> (B, 8) keys u = Σ_i L[4k+i] << 3i."""
     g = L.reshape(L.shape[0], N_GROUP, GROUP)
-    return (g << (3 * np.arange(GROUP))).sum(axis=-1)
+    u = g[..., 0].copy()
+    for i in range(1, GROUP):  # exact integer adds, the same as .sum(axis=-1) without NumPy's slow
+        u += g[..., i] << (3 * i)  # reduction over a last axis of 4 (a third of IQ3_S's time)
+    return u
 
 
 def _snap(v: Variant, L: np.ndarray, xval: np.ndarray, waux: np.ndarray, scale: np.ndarray,
