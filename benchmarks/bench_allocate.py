@@ -178,19 +178,20 @@ def _proxy_quality(run: _Run, options: dict, measure_windows: int) -> None:
     run.save()
 
 
-def _head_to_head(run: _Run, src: str, options: dict, opts_im: dict, im_path: str) -> None:
-    """llama.cpp's mixture and refquant's allocations at its bytes, as files, by both runtimes."""
+def _head_to_head(run: _Run, src: str, options: dict, im_path: str | None = None) -> None:
+    """llama.cpp's mixture and refquant's allocations at its bytes, as files, by both runtimes;
+    with ``im_path``: both sides quantized with that importance matrix, at Q4_K_M's bytes."""
     from refquant import allocate as A
     from refquant.gguf import convert, recipes
 
-    for ftype, with_im in [(f, False) for f in MIXTURES] + [("Q4_K_M", True)]:
+    for ftype, with_im in [("Q4_K_M", True)] if im_path else [(f, False) for f in MIXTURES]:
         tag = "+imatrix" if with_im else ""
         theirs = run.file(f"llama-{ftype}{tag}.gguf")
         if not os.path.exists(theirs):
             convert.quantize_file(src, theirs, ftype, im_path if with_im else None)
         run.evaluate(f"llama.cpp {ftype}{tag}", theirs, _file_weights(theirs))
         mixture = recipes.tensor_types(run.model, ftype, has_imatrix=with_im)
-        settings = {"": A.fair_options(opts_im if with_im else options, mixture)}  # the report rows' setting
+        settings = {"": A.fair_options(options, mixture)}  # the report rows' setting
         if not with_im:
             settings[", no lossless type"] = A.fair_options(options)  # token_embd may not keep its Q8_0 either
         for setting, opts in settings.items():
@@ -249,14 +250,14 @@ def results(out_dir: str, n_eval_windows: int, calib_windows: int, measure_windo
     curv, options = _sensitivity(run, calib_windows)
     _source_grid(run, options)
     run.evaluate("float32", None, None)
-    im_path = run.file("imatrix.gguf")
-    if not os.path.exists(im_path):
-        I.compute_imatrix(run.model, run.calib, chunk_size=512, max_chunks=8, datasets=[data.source()]).save(im_path)
-    opts_im = A.sensitivities(run.model, curv, imatrix=load_imatrix(im_path))
-    _head_to_head(run, src, options, opts_im, im_path)
+    _head_to_head(run, src, options)
     _sweep(run, options)
     plot(run.out, run.file("pareto.png"))
     _proxy_quality(run, options, measure_windows)
+    im_path = run.file("imatrix.gguf")
+    if not os.path.exists(im_path):
+        I.compute_imatrix(run.model, run.calib, chunk_size=512, max_chunks=8, datasets=[data.source()]).save(im_path)
+    _head_to_head(run, src, A.sensitivities(run.model, curv, imatrix=load_imatrix(im_path)), im_path)
 
 
 def plot(out: dict, png: str) -> None:
