@@ -377,14 +377,15 @@ def _decode_by_block_tables(index: np.ndarray, code: np.ndarray, codes_of_byte: 
     flat = np.empty((per_step, blocksize), np.intp)                            # (per_step, B)
     # a byte's k codes as one k-byte word, gathered into a buffer of codes in value order
     byte_codes = np.ascontiguousarray(codes_of_byte, dtype=np.uint8).view({1: np.uint8, 2: np.uint16}[k])
+    byte_codes = byte_codes.reshape(256)                                       # (256,) k codes each
     codes_buf = np.empty(per_step * blocksize, np.uint8)                       # (per_step·B,)
+    codes_words = codes_buf.view(byte_codes.dtype)                             # (per_step·B/k,)
     for b0 in range(0, n_blocks, per_step):
         nb = min(per_step, n_blocks - b0)
         v0, v = b0 * blocksize, nb * blocksize                                 # first value, values
         codes = index[v0:v0 + v]
         if k > 1:
-            np.take(byte_codes.reshape(256), index[v0 // k:(v0 + v) // k], out=codes_buf.view(byte_codes.dtype)[: v // k],
-                    mode="clip")
+            np.take(byte_codes, index[v0 // k:(v0 + v) // k], out=codes_words[: v // k], mode="clip")
             codes = codes_buf[:v]
         np.add(codes.reshape(nb, blocksize), row_start[:nb], out=flat[:nb])   # K·b + q
         np.take(words[b0:b0 + nb].reshape(-1), flat[:nb], out=out_words[v0:v0 + v].reshape(nb, blocksize),
