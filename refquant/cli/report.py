@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"also the rows {','.join(report.IQUANT_METHODS)} (the IQ rows with an importance matrix "
                              "of the calibration text; several minutes more on 2 cores)")
     parser.add_argument("--methods", metavar="LIST",
-                        help="comma-separated methods to run (default: all; 'baseline' always runs)")
+                        help="comma-separated methods to run (default: all but the --iquants rows; 'baseline' always runs)")
     parser.add_argument("--model", metavar="PATH.gguf",
                         help="a Llama-architecture GGUF file (default: SmolLM2-135M-Instruct, installed with refquant)")
     parser.add_argument("--backend", choices=BACKENDS, default="numpy",
