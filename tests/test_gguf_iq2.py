@@ -191,7 +191,7 @@ def test_nan_scale_is_refused_where_libggml_aborts():
     x[0, 0] = 1
     imatrix = np.ones(256, np.float32)
     imatrix[::3] = 1e38
-    with pytest.raises(ValueError, match="x: a IQ2_XXS sub-block's scale is NaN"):
+    with pytest.raises(ValueError, match="x: values too large for IQ2_XXS's search: a sub-block's scale is NaN"):
         rg.quantize(x, "IQ2_XXS", imatrix)
     assert np.array_equal(rg.quantize(x, "IQ2_XS", imatrix), ggml_quantize(x, "IQ2_XS", imatrix))
     code = ("import numpy as np; from refquant.testing.ggml import ggml_quantize\n"

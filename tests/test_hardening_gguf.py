@@ -146,6 +146,10 @@ SIGNED_ZERO_BLOCKS = [
 def test_signed_zero_blocks_match_libggml(qtype, data):
     for block in SIGNED_ZERO_BLOCKS:
         assert_libggml_bytes(tiled(block, qtype), qtype)
+    # found by this battery: IQ3_S on a constant block with a ~FLT_MAX imatrix did not refuse, where
+    # libggml's Σ w·x·q and Σ w·q² both overflow, scale = inf/inf = NaN and GGML_ASSERT(scale >= 0) aborts
+    ones = tiled([1.0], qtype)
+    assert_libggml_bytes(ones, qtype, np.full(ones.shape[-1], 1e38, np.float32))
     _check(qtype, data, CLASSES["signed_zeros"])
 
 
@@ -172,6 +176,13 @@ def test_fp16_overflowing_scales_match_libggml(qtype, data):
     x = tiled([1e5, -3e6, 0.5, -0.0, 7e19, 1.0, -2e12, 65504.0] * 4, qtype)
     assert_libggml_bytes(x, qtype)
     assert_libggml_bytes(x, qtype, np.full(x.shape[-1], 1e38, np.float32))  # reported: IQ4_NL / IQ4_XS
+    # found by this battery: IQ2_XS gave d = fp16 inf on one huge value among −0s. There w·x² is
+    # inf·0 = NaN in every other lane, and C's "if (ax < min)" scan keeps lane 0 (NaN never wins)
+    # where np.argmin picked the first NaN: the flip made lane 0's magnitude negative, the max −0,
+    # so libggml writes an empty block.
+    lone = np.full((1, max(block_of(qtype), 32)), -0.0, np.float32)
+    lone[0, 0] = -8.085891e19
+    assert_libggml_bytes(lone, qtype, np.ones(lone.shape[-1], np.float32))
     _check(qtype, data, CLASSES["fp16_overflow"])
 
 

@@ -239,3 +239,35 @@ def best_neighbour(nmap: NeighbourMap, u: np.ndarray, xval: np.ndarray, weight: 
     out = np.empty_like(best)
     out[perm] = best
     return out
+
+
+def first_least(a: np.ndarray) -> np.ndarray:
+    """(..., n) -> (...,) the index C's scan picks: ``imin = 0; for i ≥ 1: if (a[i] < a[imin]) imin = i``.
+
+    The rule the encoders use to pick a group's least important weight (w·x²) for the sign
+    flip. It is np.argmin's first-of-equal-minima except at NaN (inf·0 when the weights
+    overflow): argmin returns the first NaN, while the C comparison is false for every NaN,
+    so a NaN never wins, and a NaN in lane 0 keeps lane 0.
+
+    >>> nan = float("nan")
+    >>> first_least(np.array([[3.0, nan, 1.0, 1.0], [nan, 0.0, -1.0, 2.0]], np.float32)).tolist()
+    [2, 0]
+    """
+    nan = np.isnan(a)
+    j = np.argmin(np.where(nan, np.float32(np.inf), a), axis=-1)
+    return np.where(nan[..., 0], 0, j)
+
+
+def check_scale(scale: np.ndarray, qtype: str, used: np.ndarray | None = None) -> None:
+    """C: ``GGML_ASSERT(scale >= 0)`` after a sub-block's search. Raise where libggml aborts.
+
+    A scale is NaN when the weighted sums overflow float32 (Σ w·x·q and Σ w·q² both inf:
+    |x| around 1e19, or an imatrix near FLT_MAX); libggml aborts on such a block. ``used``
+    (broadcastable to scale): the sub-blocks that reach the assertion (C skips empty ones).
+    """
+    bad = ~(scale >= 0)
+    if used is not None:
+        bad &= used
+    if np.any(bad):
+        raise ValueError(f"x: values too large for {qtype}'s search: a sub-block's scale is NaN (the weighted sums overflow float32: |x| or the "
+                         "imatrix too large); libggml aborts there (GGML_ASSERT(scale >= 0))")

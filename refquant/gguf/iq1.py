@@ -82,7 +82,7 @@ import numpy as np
 from .._backend import from_numpy, namespace, to_numpy
 from ._bytes import QK_K, Layout, check_blocks, fp16_bytes, fp16_field, sequential_sum
 from ._grids import IQ1S
-from ._lattice import neighbour_map
+from ._lattice import check_scale, neighbour_map
 from ._search import clamp, nearest_int
 
 __all__ = ["CODECS", "IQ1_S_BLOCK", "IQ1_M_BLOCK", "quantize_iq1_s", "dequantize_iq1_s", "quantize_iq1_m", "dequantize_iq1_m"]
@@ -215,12 +215,6 @@ def _refit(x: np.ndarray, w: np.ndarray, index: np.ndarray, minus: np.ndarray, s
         return np.where(ok, sumqx / np.where(ok, sumq2, 1), scale)
 
 
-def _check_scale(scale: np.ndarray, qtype: str) -> None:
-    if not (scale >= 0).all():
-        raise ValueError(f"x: values too large for {qtype}'s search (a block scale overflows to NaN; libggml "
-                         f"aborts there: GGML_ASSERT(scale >= 0)), keep |x| below ~1e19")
-
-
 class _Blocks(NamedTuple):
     """One block search's result, per block of 16 or 32: index (B, n/8), scale (B,), shift, used (B,)."""
 
@@ -273,7 +267,7 @@ def _search_iq1_s(x: np.ndarray, w: np.ndarray) -> _Blocks:
         u = np.flatnonzero(used)
         index[u], moved = _grid_indices(x[u], w[u], L[u], scale[u], minus[u])
         scale[u] = _refit(x[u], w[u], index[u], minus[u], scale[u], moved)
-        _check_scale(scale[u], "IQ1_S")
+        check_scale(scale[u], "IQ1_S")
     return _Blocks(index, np.where(used, scale, 0).astype(np.float32), np.where(used, shift, 1), used)
 
 
@@ -394,7 +388,7 @@ def _search_iq1_m(x: np.ndarray, w: np.ndarray) -> _Blocks:
         u = np.flatnonzero(used)
         index[u], moved = _grid_indices(x[u], w[u], L[u], scale[u], minus[u])
         scale[u] = _refit(x[u], w[u], index[u], minus[u], scale[u], moved)
-        _check_scale(scale[u], "IQ1_M")
+        check_scale(scale[u], "IQ1_M")
     return _Blocks(index, np.where(used, scale, 0).astype(np.float32), np.where(used, k, 0), used)
 
 

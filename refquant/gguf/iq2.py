@@ -147,7 +147,7 @@ def _magnitudes(x: np.ndarray, w: np.ndarray, even: bool) -> tuple[np.ndarray, n
     if even:
         odd = negg.sum(axis=2) % 2 == 1                                       # (S, G)
         imp = ((w * x) * x).reshape(S, n // GROUP, GROUP)                     # C: weight*xb*xb
-        imin = np.argmin(imp, axis=2)                                         # first of equal minima: C's '<'
+        imin = _lattice.first_least(imp)                                      # C's '<' scan: NaN never wins
         flip = odd[:, :, None] & (np.arange(GROUP) == imin[:, :, None])       # (S, G, 8)
         v = np.where(flip.reshape(S, n), -v, v)
         signs = np.where(odd, signs ^ (1 << imin), signs) & 127
@@ -235,17 +235,6 @@ def _flip_negative(scale: np.ndarray, signs: np.ndarray, mask: int) -> tuple[np.
     return np.where(neg, -scale, scale), np.where(neg[:, None], ~signs & mask, signs).astype(np.uint8)
 
 
-def _check_scale(scale: np.ndarray, empty: np.ndarray, qtype: str) -> None:
-    """C: GGML_ASSERT(scale >= 0) after the search: a NaN scale (inf weights, a huge imatrix) aborts libggml.
-
-    (For IQ2_XXS the abort can come a step earlier, "Oops: found point not on grid", when the
-    NaN skipped the re-rounding and left make_qp_quants' codes in place: the same outcome.)
-    """
-    if np.any(~empty & ~(scale >= 0)):
-        raise ValueError(f"x: a {qtype} sub-block's scale is NaN (weights overflow float32: |x| or the imatrix "
-                         "too large); libggml aborts there (GGML_ASSERT(scale >= 0))")
-
-
 def _scale_nibbles(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Step 5: (B, m) sub-block scales -> d (B,) float32 = max/31, nibbles (B, m) in 0 … 15."""
     max_scale = np.zeros(scales.shape[0], np.float32)                         # C: max_scale = MAX(max_scale, scale)
@@ -311,7 +300,7 @@ def quantize_iq2_xxs(x: Any, qw: Any | None) -> Any:
     refit = pos & (sumq2 > 0)
     scale = np.where(refit, sumqx / np.where(refit, sumq2, np.float32(1)), scale).astype(np.float32)
     scale, signs = _flip_negative(scale, signs, 127)
-    _check_scale(scale, empty, "IQ2_XXS")
+    _lattice.check_scale(scale, "IQ2_XXS", ~empty)
     scale = np.where(empty, np.float32(0), scale)
     index = np.where(empty[:, None], 0, index)
     signs = np.where(empty[:, None], 0, signs)
@@ -386,7 +375,7 @@ def quantize_iq2_xs(x: Any, qw: Any | None) -> Any:
     v, signs = _magnitudes(xs, ws, even=True)                                 # (S, 16), (S, 2)
     index, scale, empty = _search_16(nmap, v, ws, GROUP_MAX_EPS)
     scale, signs = _flip_negative(scale, signs, 127)
-    _check_scale(scale, empty, "IQ2_XS")
+    _lattice.check_scale(scale, "IQ2_XS", ~empty)
     scale = np.where(empty, np.float32(0), scale)
     q = np.where(empty[:, None], 0, index | (signs.astype(np.int64) << 9))   # (S, 2) u16
     d, s = _scale_nibbles(scale.reshape(B, 16))
@@ -433,7 +422,7 @@ def quantize_iq2_s(x: Any, qw: Any | None = None) -> Any:
     v, signs = _magnitudes(xs, ws, even=False)                                # (S, 16), (S, 2) 8 bits
     index, scale, empty = _search_16(nmap, v, ws, GROUP_MAX_EPS_IQ2_S)
     scale, signs = _flip_negative(scale, signs, 255)
-    _check_scale(scale, empty, "IQ2_S")
+    _lattice.check_scale(scale, "IQ2_S", ~empty)
     scale = np.where(empty, np.float32(0), scale)
     index = np.where(empty[:, None], 0, index).reshape(B, 32)                 # (B, 32 groups)
     signs = np.where(empty[:, None], 0, signs).reshape(B, 32)

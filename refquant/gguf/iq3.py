@@ -83,6 +83,7 @@ import numpy as np
 from .._backend import from_numpy, namespace, to_numpy
 from ._bytes import QK_K, Layout, check_blocks, fp16_bytes, fp16_field, sequential_sum, uint_le
 from ._grids import IQ3S, IQ3XXS, KSIGNS_IQ2XS, Grid
+from ._lattice import check_scale, first_least
 from ._search import clamp, nearest_int
 
 __all__ = ["CODECS", "Neighbours", "neighbours", "IQ3_XXS_BLOCK", "IQ3_S_BLOCK",
@@ -270,7 +271,7 @@ def _search(v: Variant, x: np.ndarray, weight: np.ndarray) -> SubBlocks:
     if v.even_signs:
         odd = signs.sum(axis=-1) % 2 == 1                                  # (B, 4)
         ax = (weight * x * x).reshape(B, 4, 8)
-        imin = np.argmin(ax, axis=-1)                                      # the first least important weight
+        imin = first_least(ax)                                             # C's '<' scan: NaN never wins
         flip = np.zeros_like(signs)
         np.put_along_axis(flip, imin[..., None], odd[..., None], axis=-1)
         signs = signs ^ flip
@@ -285,11 +286,12 @@ def _search(v: Variant, x: np.ndarray, weight: np.ndarray) -> SubBlocks:
     scale = safe_max / np.float32(2 * K_MAX_Q - 1)
     best = np.zeros((B, 1), np.float32)
     on_grid = np.full((B, N_GROUP), not v.refit_all)
-    for t in range(-v.n_try, v.n_try + 1):
+    used = np.broadcast_to(~empty[:, None], (B, N_GROUP))                 # C `continue`s past empty sub-blocks:
+    for t in range(-v.n_try, v.n_try + 1):                                 # no neighbour search (nor abort) there
         inv = np.float32(2 * K_MAX_Q - 1) + np.float32(t) * np.float32(STEP)   # (2*kMaxQ-1+is*0.2f) in float32
         inv_scale = inv / safe_max                                         # (B, 1)
         trial_scale = np.float32(1) / inv_scale                            # this_scale = 1/id
-        Laux, on_aux = _snap(v, _levels(xval, inv_scale), xval, waux, trial_scale)
+        Laux, on_aux = _snap(v, _levels(xval, inv_scale), xval, waux, trial_scale, used)
         sumqx, sumq2 = _fit(weight, xval, Laux)
         better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)              # (B, 1)
         scale = np.where(better, sumqx / np.where(sumq2 > 0, sumq2, np.float32(1)), scale)
@@ -311,6 +313,7 @@ def _search(v: Variant, x: np.ndarray, weight: np.ndarray) -> SubBlocks:
     negative = scale < 0                                                   # (B, 1)
     scale = np.where(negative, -scale, scale)
     sign_bytes = np.where(negative, ~sign_bytes, sign_bytes)
+    check_scale(scale, "IQ3_XXS" if v.even_signs else "IQ3_S", ~empty[:, None])
     index = neighbours(v.grid, v.nwant).index[_keys(L)]                   # (B, 8), all on the grid now
     scale = np.where(empty[:, None], np.float32(0), scale)
     index = np.where(empty[:, None], 0, index)
