@@ -29,7 +29,7 @@ forward pass then evaluates. The columns:
     rel.err  ‖W − Ŵ‖_F / ‖W‖_F summed over every tensor the method changed
     ppl      perplexity exp(−mean log p(token | context)) on the evaluation text
     Δppl     ppl − baseline ppl
-    time     seconds to quantize (calibration included for GPTQ and AWQ)
+    time     seconds to quantize (calibration included: GPTQ, AWQ, the mixes, the imatrix rows)
     pp, tg   with --speed: tokens/s of the kernel a user would run for the row on this machine
              (``refquant.speed``): llama.cpp on the GGUF file ``gguf.convert.quantize_file``
              writes, prompt processing of 512 tokens and generation of 64 (128 and 16 with --quick),
@@ -73,7 +73,7 @@ __all__ = [
     "METHODS", "QUICK_METHODS", "DEFAULT_METHODS", "Quantized", "Context", "Row",
     "measure", "run_methods", "pareto_front", "to_markdown", "to_csv", "plot", "print_table",
     "write_outputs", "parse_methods", "block_linear_names", "tensor_set", "relative_error", "model_bytes",
-    "COLUMNS", "INSTALL_MODEL_EXTRA", "IQUANT_METHODS", "calibration_imatrix", "SpeedReport", "measure_speed", "speed_kernel", "SPEED_COLUMNS",
+    "CALIBRATED", "COLUMNS", "INSTALL_MODEL_EXTRA", "IQUANT_METHODS", "calibration_imatrix", "SpeedReport", "measure_speed", "speed_kernel", "SPEED_COLUMNS",
 ]
 
 # The linear layers of a Llama block, by GGUF name: the tensors GPTQ, AWQ, bitsandbytes
@@ -102,7 +102,7 @@ class Quantized(NamedTuple):
 class Context:
     """Everything a method may need besides the model.
 
-    calib_tokens: token ids for methods that calibrate on activations (GPTQ, AWQ)
+    calib_tokens: token ids for methods that calibrate on activations (``CALIBRATED``)
     progress:     progress(iterable, desc, total=None) -> iterable, a progress bar or a no-op
     tensors:      a regular expression: only tensors whose GGUF name it matches (re.search)
                   are quantized, the others keep their baseline weights (None: no filter)
@@ -374,17 +374,14 @@ def _gguf(ftype: str, imatrix: bool = False) -> Callable[[Any, Context], Quantiz
 
     method.__doc__ = f"llama.cpp {ftype}: every tensor's type as llama-quantize assigns it for {ftype}" + (
         ", with an importance matrix of the calibration text" if imatrix else "")
-    if not (imatrix and ftype in IMATRIX_REQUIRED):  # --speed's files are written without an imatrix
-        method.gguf_ftype = ftype  # its kernel for --speed: llama.cpp on the file quantize_file writes
+    method.gguf_ftype = ftype  # its kernel for --speed: llama.cpp on the file quantize_file writes,
+    method.gguf_imatrix = imatrix  # with the same calibration imatrix as the row (IQ2_M, IQ1_M need one)
     return method
 
 
 # the i-quant and ternary rows (``--iquants``): not in the default run, whose time goal they would break
 # (IQ1_M's search alone is ~1 min of the 2 on 2 cores; benchmarks/RESULTS.md, "gguf i-quants in the report")
 IQUANT_METHODS = ("IQ3_M", "IQ2_M", "IQ1_M", "TQ2_0")
-# mixtures with a tensor type that llama-quantize refuses to write without an imatrix (recipes.NEEDS_IMATRIX:
-# IQ2_M's IQ2_S, IQ1_M's IQ1_M); IQ3_M's types are the same with and without one, so --speed times its file
-IMATRIX_REQUIRED = ("IQ2_M", "IQ1_M")
 _IMATRIX_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()  # per model, for its lifetime
 
 
@@ -431,6 +428,8 @@ METHODS: dict[str, Callable[[Any, Context], Quantized]] = {
     "IQ1_M": _gguf("IQ1_M", imatrix=True),
     "TQ2_0": _gguf("TQ2_0"),  # ternary: TQ2_0 has no weighted search, and no tensor of the mixture needs one
 }
+# the rows that read ctx.calib_tokens: GPTQ's Hessians, AWQ's activations, the allocator's Fisher proxy, the imatrix
+CALIBRATED = "GPTQ, AWQ, the mix rows, the imatrix of IQ3_M, IQ2_M, IQ1_M"
 DEFAULT_METHODS = tuple(m for m in METHODS if m not in IQUANT_METHODS)
 QUICK_METHODS = ("baseline", "INT8", "INT4-G128", "NF4", "Q8_0", "Q4_K_M", "Q2_K")
 
@@ -564,8 +563,6 @@ SPEED_MISSING = {
                  "CUDA kernels: ExLlama, Marlin)",
     "GPTQ-4-G128": "GPTQ's kernels (ExLlama, Marlin) are CUDA kernels; none runs on this CPU",
     "AWQ-4-G128": "AWQ's kernels (AutoAWQ GEMM/GEMV, Marlin) are CUDA kernels; none runs on this CPU",
-    **dict.fromkeys(IMATRIX_REQUIRED, "not timed: --speed writes its GGUF files without an importance matrix, "
-                                      "which this mixture needs (llama.cpp runs it: refquant quantize --imatrix)"),
 }
 SPEED_MISSING_DEFAULT = "no CPU kernel for this format is installed here (measured: llama.cpp's GGUF types, " \
                         "bitsandbytes' NF4 and LLM.int8())"
@@ -605,9 +602,10 @@ def speed_kernel(method: Callable) -> tuple[str, str] | None:
     return None
 
 
-def _speed_file(src: str, dst: str, ftype: str, ctx: Context) -> None:
-    """The GGUF file llama.cpp times for ``ftype``: ``gguf.convert.quantize_file`` of the model file;
-    under --tensors the tensors left out stay F32, as the row evaluated them (the baseline's float32)."""
+def _speed_file(src: str, dst: str, ftype: str, ctx: Context, imatrix: dict[str, np.ndarray] | None = None) -> None:
+    """The GGUF file llama.cpp times for ``ftype``: ``gguf.convert.quantize_file`` of the model file, with
+    the row's ``imatrix`` if it has one; under --tensors the tensors left out stay F32, as the row
+    evaluated them (the baseline's float32)."""
     from .gguf import recipes
     from .gguf.convert import quantize_file
     from .gguf.file import read
@@ -615,7 +613,7 @@ def _speed_file(src: str, dst: str, ftype: str, ctx: Context) -> None:
     with read(src) as f:
         types = recipes.tensor_types(f, ftype)
     keep = {n: "F32" for n in types if ctx.tensors is not None and not ctx.tensors.search(n)}
-    quantize_file(src, dst, ftype, types_override=keep or None)
+    quantize_file(src, dst, ftype, imatrix=imatrix, types_override=keep or None)
 
 
 def _stack_weights(model: Any, n_blocks: int) -> list[np.ndarray]:
@@ -656,7 +654,8 @@ def measure_speed(names: Iterable[str], model: Any, ctx: Context, src: str, prot
     with tempfile.TemporaryDirectory(dir=workdir, prefix="refquant-speed-") as tmp:
         for key, ftype in ctx.progress(gguf_jobs, desc="speed: llama.cpp"):
             path = os.path.join(tmp, f"{ftype}.gguf")
-            _speed_file(src, path, ftype, ctx)
+            uses_imatrix = key in methods and getattr(methods[key], "gguf_imatrix", False)
+            _speed_file(src, path, ftype, ctx, calibration_imatrix(model, ctx) if uses_imatrix else None)
             measured[key] = speed.llama_cpp_speed(path, f"llama.cpp {ftype} file", protocol)
             file_mb[key] = os.path.getsize(path) / 1e6
             os.remove(path)  # the F32 file alone is 4 bytes a parameter

@@ -427,9 +427,12 @@ def _kernel(method, **marks):
 
 
 SPEED_FAKES = {**FAKES, "gguf-q8": _kernel(rtn(0.01, 8), gguf_ftype="Q8_0"),
+               "gguf-iq1": _kernel(rtn(0.1, 2), gguf_ftype="IQ1_M", gguf_imatrix=True),
                "bnb-nf4": _kernel(rtn(0.05, 4), bnb_kind="nf4"), "plain": rtn(0.05, 4)}
+IMATRICES: dict = {}  # ftype -> the imatrix the fake _speed_file was given
 # tokens/s of the fake kernels: (prompt, generation)
 FAKE_TPS = {"F32": (100.0, 10.0), "F16": (200.0, 20.0), "BF16": (150.0, 15.0), "Q8_0": (300.0, 30.0),
+            "IQ1_M": (250.0, 35.0),
             "float32": (400.0, 40.0), "bfloat16": (100.0, 50.0), "nf4": (50.0, 25.0)}
 
 
@@ -440,8 +443,9 @@ def fake_kernels(monkeypatch):
 
     written = []
 
-    def speed_file(src, dst, ftype, ctx):
+    def speed_file(src, dst, ftype, ctx, imatrix=None):
         written.append(ftype)
+        IMATRICES[ftype] = imatrix
         with open(dst, "wb") as f:
             f.write(b"\0" * (1000 * len(written)))
 
@@ -479,6 +483,17 @@ def test_measure_speed_times_only_the_kernels_needed(rng, fake_kernels):
     model = fake_model(rng)
     sp = report.measure_speed(["plain"], model, Context(quick=True), "unused.gguf", methods=SPEED_FAKES)
     assert sp.baselines == {} and not sp.rows["plain"].ok and sp.protocol.stack_blocks == 2
+
+
+def test_measure_speed_writes_an_imatrix_rows_file_with_its_imatrix(rng, fake_kernels, monkeypatch):
+    """A row quantized with the calibration imatrix (IQ2_M, IQ1_M need one) is timed on a file written
+    with that imatrix; the other files get none."""
+    sentinel = {"blk.0.ffn_down.weight": np.ones(4, np.float32)}
+    monkeypatch.setattr(report, "calibration_imatrix", lambda model, ctx: sentinel)
+    _, sp = _speed_run(rng, ["gguf-q8", "gguf-iq1"])
+    assert fake_kernels == ["F32", "F16", "BF16", "Q8_0", "IQ1_M"]
+    assert IMATRICES["IQ1_M"] is sentinel and all(IMATRICES[t] is None for t in ("F32", "F16", "BF16", "Q8_0"))
+    assert sp.rows["gguf-iq1"].ok and sp.rows["gguf-iq1"].generation == 35.0
 
 
 def test_markdown_and_csv_with_speed(rng, fake_kernels):
@@ -550,7 +565,7 @@ def test_report_speed_quick_end_to_end(smollm2_path, tmp_path):
     _first_block(smollm2_path, model)
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "refquant.cli", "report", "--quick", "--speed", "--model", model,
-                           "--methods", "Q8_0,NF4,INT4-G128", "--tokens", "32", "--window", "32", "--no-progress",
+                           "--methods", "Q8_0,NF4,INT4-G128,IQ1_M", "--tokens", "32", "--window", "32", "--no-progress",
                            "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (out / "report.md").read_text()
@@ -558,11 +573,11 @@ def test_report_speed_quick_end_to_end(smollm2_path, tmp_path):
     for label in ("F32 baseline | llama.cpp F32 file", "F16 baseline | llama.cpp F16 file",
                   "BF16 baseline | llama.cpp BF16 file", "Q8_0 | llama.cpp Q8_0 file",
                   "float32 baseline | torch Linear, float32: 7 linears of block 0",
-                  "NF4 | bitsandbytes Linear4bit NF4"):
+                  "IQ1_M | llama.cpp IQ1_M file", "NF4 | bitsandbytes Linear4bit NF4"):
         assert f"| {label}" in md, label
     assert f"- **INT4-G128**: n/a, {report.SPEED_MISSING['INT4-G128']}" in md
     rows = {r["method"]: r for r in csv.DictReader(open(out / "report.csv", newline=""))}
-    for m in ("baseline", "Q8_0", "NF4"):
+    for m in ("baseline", "Q8_0", "IQ1_M", "NF4"):  # IQ1_M: its file written with the calibration imatrix
         assert float(rows[m]["prompt_tokens_per_s"]) > 0 and float(rows[m]["generation_tokens_per_s"]) > 0
     assert rows["INT4-G128"]["speed_kernel"].startswith("n/a:")
     assert not list(tmp_path.glob("**/refquant-speed-*"))  # the timed files are gone

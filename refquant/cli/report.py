@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, metavar="N", help="evaluation tokens (default 2048; 1024 with --quick)")
     parser.add_argument("--window", type=int, metavar="N", help="perplexity window in tokens (default 512)")
     parser.add_argument("--calib-tokens", type=int, metavar="N",
-                        help="calibration tokens for GPTQ/AWQ, in windows of 512 (default 1024; 512 with --quick)")
+                        help=f"calibration tokens ({report.CALIBRATED}), in windows of 512 (default 1024; 512 with --quick)")
     parser.add_argument("--tensors", metavar="REGEX",
                         help="quantize only the tensors whose GGUF name matches (e.g. 'blk\\.0\\.'); "
                              "the others keep their baseline weights")
@@ -181,7 +181,7 @@ def _protocol(args: argparse.Namespace, n_windows: int, window: int, n_calib: in
         "baseline": "the file's weights decoded to float32",
         "evaluation": f"{n_windows * window} tokens of the evaluation split (Python's pydoc topics) "
                       f"in {n_windows} non-overlapping windows of {window}, every next-token prediction scored",
-        "calibration": f"{n_calib} tokens of the calibration split (GPTQ, AWQ)",
+        "calibration": f"{n_calib} tokens of the calibration split ({report.CALIBRATED})",
         **({"tensors quantized": f"only those matching /{args.tensors}/"} if args.tensors else {}),
         "backend": args.backend,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
