@@ -133,6 +133,7 @@ def ggml_quantize_or_abort(x: np.ndarray, qtype: str | int, imatrix: np.ndarray 
             os.close(read_end)
             os.environ["GGML_NO_BACKTRACE"] = "1"          # ggml_abort would otherwise attach gdb
             devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)                             # nor are the "Oops"/neighbour dumps it printf()s
             os.dup2(devnull, 2)                             # the abort's message is not this caller's output
             data = memoryview(ggml_quantize(x, tid, imatrix).tobytes())
             while data:
