@@ -611,7 +611,7 @@ def _speed_file(src: str, dst: str, ftype: str, ctx: Context, imatrix: dict[str,
     from .gguf.file import read
 
     with read(src) as f:
-        types = recipes.tensor_types(f, ftype)
+        types = recipes.tensor_types(f, ftype, has_imatrix=imatrix is not None)
     keep = {n: "F32" for n in types if ctx.tensors is not None and not ctx.tensors.search(n)}
     quantize_file(src, dst, ftype, imatrix=imatrix, types_override=keep or None)
 
