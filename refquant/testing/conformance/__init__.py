@@ -505,9 +505,34 @@ def _fixed_edge_rows(fmt: Format, fixed_n: int | None) -> list:
     return rows
 
 
+def _with_examples(test: Callable, case: _Case, prop: str, fixed: np.ndarray | None, wants_imatrix: bool,
+                   pinned: tuple) -> Callable:
+    """``test`` with Hypothesis examples: the caller's ``pinned`` inputs first, then (edge parity) the
+    seeded edge rows; on the decode side each is encoded by refquant (skipped outside its domain)."""
+    from hypothesis import example
+
+    fmt = case.fmt
+    fixed_n = None if fixed is None else int(fixed.shape[0])
+    fixed_rows = _fixed_edge_rows(fmt, fixed_n) if prop == "edge parity" else []
+    for x in reversed(list(pinned if prop != "non-finite" else ()) + fixed_rows):  # the caller's inputs first
+        x = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])
+        if case.direction == "quantize":
+            imat = (fixed if fixed is not None else np.ones(x.shape[1], np.float32)) if wants_imatrix else None
+            test = example((x, imat))(test)
+        elif prop != "bulk parity":
+            imat = _decode_side_imatrix(fmt, x.shape[1])
+            try:
+                with np.errstate(all="ignore"):
+                    enc = fmt.encode(x, imat)
+            except (ValueError, OverflowError, FloatingPointError):
+                continue                                 # out of refquant's domain: nothing to decode
+            test = example((x, enc, x.shape))(test)
+    return test
+
+
 def _run(case: _Case, prop: str, examples: int, shrink: bool, imatrix: Any, pinned: tuple = ()) -> PropertyResult:
     """One property as a Hypothesis search; the failure kept is the last one seen (the shrunk one)."""
-    from hypothesis import HealthCheck, Phase, example, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
     from hypothesis.errors import Unsatisfiable
 
@@ -561,21 +586,7 @@ def _run(case: _Case, prop: str, examples: int, shrink: bool, imatrix: Any, pinn
                 raise _Mismatch(f.line())
 
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
-    test = given(inputs())(body)
-    fixed_rows = _fixed_edge_rows(fmt, fixed_n) if prop == "edge parity" else []
-    for x in reversed(list(pinned if prop != "non-finite" else ()) + fixed_rows):  # the caller's inputs first
-        x = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])
-        if case.direction == "quantize":
-            imat = (fixed if fixed is not None else np.ones(x.shape[1], np.float32)) if wants_imatrix else None
-            test = example((x, imat))(test)
-        elif prop != "bulk parity":
-            imat = _decode_side_imatrix(fmt, x.shape[1])
-            try:
-                with np.errstate(all="ignore"):
-                    enc = fmt.encode(x, imat)
-            except (ValueError, OverflowError, FloatingPointError):
-                continue                                 # out of refquant's domain: nothing to decode
-            test = example((x, enc, x.shape))(test)
+    test = _with_examples(given(inputs())(body), case, prop, fixed, wants_imatrix, pinned)
     test = settings(max_examples=examples, derandomize=True, database=None, deadline=None, phases=phases,
                     suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False)(test)
     t0 = time.perf_counter()
